@@ -1,0 +1,47 @@
+"""Shared test set-up: fake CPU devices and strict numerics, before JAX."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (
+    _flags + " --xla_force_host_platform_device_count=4"
+  ).strip()
+
+import pathlib  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+SHARED_DATASETS = (
+  pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+)
+
+
+@pytest.fixture
+def key():
+  return jax.random.key(0)
+
+
+@pytest.fixture
+def mnist_dir():
+  path = SHARED_DATASETS / "mnist"
+  if not (path / "train-images-idx3-ubyte.gz").exists():
+    pytest.skip(
+      f"real MNIST archives not found at {path}: clone the project with "
+      "../shared beside it to run the real-data integration tests"
+    )
+  return path
+
+
+@pytest.fixture
+def tiny_images():
+  """20 images of 8x8x1, two per class for 10 classes, standardised-ish."""
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(20, 8, 8, 1)).astype(np.float32)
+  labels = np.repeat(np.arange(10, dtype=np.int32), 2)
+  return images, labels
