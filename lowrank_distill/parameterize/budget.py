@@ -1,0 +1,307 @@
+"""Storage budgets: how many synthetic images a parameterization may keep.
+
+The storage of a set counts every float that must be kept to rebuild it:
+reconstructor parameters, label logits when labels are soft (a hard label
+costs nothing) and a learned student lr. It is computed from the shapes of
+the real `init` outputs (`jax.eval_shape`), so it cannot drift from them.
+
+Budgets (`BUDGETS`):
+- 'same-memory': the most images per class whose storage does not exceed
+  the full-rank budget `ipc * num_classes * h * w * c` (what `ipc` pixel
+  images with hard labels cost). For factors with hard labels that is
+  `floor(ipc * h * w / (r * (h + w)))`: 8x on 32x32 at rank 2.
+- 'same-images': keep `ipc` images per class, whatever they cost.
+
+References:
+  Yang et al., "An Efficient Dataset Condensation Plugin and Its Application
+  to Continual Learning", NeurIPS 2023 (same-memory / same-images); Kong et
+  al., "Efficient Dataset Distillation through Low-Rank Space Sampling",
+  arXiv:2503.07998, 2025 (labels and lr counted in the storage).
+"""
+
+import dataclasses
+import functools
+import operator
+
+import jax
+
+from lowrank_distill import parameterize
+from lowrank_distill.parameterize import labels as labels_lib
+
+BUDGETS = ("same-memory", "same-images")
+
+
+def _positive_int(value, field: str) -> int:
+  try:
+    result = None if isinstance(value, bool) else operator.index(value)
+  except TypeError:
+    result = None
+  if result is None or result < 1:
+    raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+  return result
+
+
+def full_rank_floats(*, ipc: int, num_classes: int, image_shape) -> int:
+  """The full-rank budget: `ipc * num_classes * h * w * c` floats."""
+  h, w, c = image_shape
+  return int(ipc) * int(num_classes) * int(h) * int(w) * int(c)
+
+
+def storage_floats(
+  param: str,
+  *,
+  num_classes: int,
+  images_per_class: int,
+  image_shape,
+  rank: int | None = None,
+  num_sets: int | None = None,
+  soft_labels: bool = False,
+  learn_lr: bool = False,
+) -> int:
+  """Floats a set costs, from the shapes of `init` alone (no compute).
+
+  Args:
+    param: a parameterization name.
+    num_classes: classes.
+    images_per_class: images per class.
+    image_shape: (h, w, c).
+    rank: for 'factors' / 'mappers'.
+    num_sets: for 'mappers'.
+    soft_labels: add `num_classes` logits per image.
+    learn_lr: add 1 for the learned student lr.
+
+  Returns:
+    The storage in floats, as `parameterize.num_floats` counts it.
+  """
+  module = parameterize.get(param)
+  shape = tuple(int(d) for d in image_shape)
+  kwargs = parameterize.kind_kwargs(param, rank=rank, num_sets=num_sets)
+  tree = {
+    "images": jax.eval_shape(
+      functools.partial(
+        module.init,
+        num_classes=num_classes,
+        images_per_class=images_per_class,
+        image_shape=shape,
+        **kwargs,
+      ),
+      jax.random.key(0),
+    )
+  }
+  if soft_labels:
+    tree["labels"] = jax.eval_shape(
+      functools.partial(
+        labels_lib.init_soft,
+        num_classes=num_classes,
+        images_per_class=images_per_class,
+      ),
+      jax.random.key(0),
+    )
+  if learn_lr:
+    tree["log_lr"] = 0.0
+  return parameterize.num_floats(tree)
+
+
+def images_per_class(
+  param: str,
+  *,
+  budget: str,
+  ipc: int,
+  num_classes: int,
+  image_shape,
+  rank: int | None = None,
+  num_sets: int | None = None,
+  soft_labels: bool = False,
+  learn_lr: bool = False,
+) -> int:
+  """Images per class the budget allows.
+
+  Args:
+    param: a parameterization name.
+    budget: 'same-memory' or 'same-images'.
+    ipc: the budget in full-size images per class.
+    num_classes: classes.
+    image_shape: (h, w, c).
+    rank: for 'factors' / 'mappers'.
+    num_sets: for 'mappers'.
+    soft_labels: whether label logits are stored.
+    learn_lr: whether a student lr is stored.
+
+  Returns:
+    'same-images': `ipc`. 'same-memory': the largest m with
+    `storage_floats(m) <= full_rank_floats(ipc)`.
+
+  Raises:
+    ValueError for an unknown budget or parameterization, bad rank or
+    num_sets, or when not even one image per class fits.
+  """
+  if budget not in BUDGETS:
+    raise ValueError(
+      f"budget {budget!r} is not known (synset.budget); valid: {list(BUDGETS)}"
+    )
+  ipc = _positive_int(ipc, "ipc")
+  num_classes = _positive_int(num_classes, "num_classes")
+  parameterize.validate(
+    param, image_shape=image_shape, rank=rank, num_sets=num_sets
+  )
+  if budget == "same-images":
+    return ipc
+
+  # Storage is affine in images per class: fixed + m * per_class. Mapper
+  # sets need one image each, so measure where every set has one.
+  def cost(m):
+    return storage_floats(
+      param,
+      num_classes=num_classes,
+      images_per_class=m,
+      image_shape=image_shape,
+      rank=rank,
+      num_sets=num_sets,
+      soft_labels=soft_labels,
+      learn_lr=learn_lr,
+    )
+
+  sets = num_sets if "num_sets" in parameterize.KIND_ARGS[param] else 1
+  first = -(-int(sets) // num_classes)  # ceil: every set gets an image
+  per_class = cost(first + 1) - cost(first)
+  fixed = cost(first) - first * per_class
+  allowed = full_rank_floats(
+    ipc=ipc, num_classes=num_classes, image_shape=image_shape
+  )
+  best = (allowed - fixed) // per_class
+  if best < max(first, 1):
+    settings = parameterize.kind_kwargs(param, rank=rank, num_sets=num_sets)
+    settings["soft labels"] = bool(soft_labels)
+    described = ", ".join(f"{k} {v}" for k, v in settings.items())
+    raise ValueError(
+      f"budget 'same-memory' at ipc {ipc} allows {allowed} floats, too few "
+      f"for {max(first, 1)} image(s) per class of {param!r} ({described}): "
+      f"{fixed} fixed + {per_class} per image per class. Lower the rank, "
+      f"raise ipc, or use budget='same-images'"
+    )
+  if cost(best) > allowed or cost(best + 1) <= allowed:
+    raise AssertionError(f"storage of {param!r} is not affine in ipc")
+  return int(best)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """A resolved storage budget (what launchers print before a run).
+
+  Attributes:
+    param: the parameterization.
+    budget: 'same-memory' or 'same-images'.
+    ipc: the requested budget, in full-size images per class.
+    num_classes: classes.
+    image_shape: (h, w, c).
+    rank: the rank, None for pixels.
+    num_sets: mapper sets, None unless 'mappers'.
+    soft_labels: whether label logits are stored.
+    learn_lr: whether a student lr is stored.
+    images_per_class: images per class the set holds.
+    floats_used: the set's storage.
+    floats_allowed: the full-rank budget `ipc * classes * h * w * c`
+      (a bound only for 'same-memory').
+  """
+
+  param: str
+  budget: str
+  ipc: int
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  rank: int | None
+  num_sets: int | None
+  soft_labels: bool
+  learn_lr: bool
+  images_per_class: int
+  floats_used: int
+  floats_allowed: int
+
+  @property
+  def num_images(self) -> int:
+    return self.num_classes * self.images_per_class
+
+  @property
+  def ratio(self) -> float:
+    """floats_used / floats_allowed."""
+    return self.floats_used / self.floats_allowed
+
+
+def plan(
+  param: str,
+  *,
+  budget: str,
+  ipc: int,
+  num_classes: int,
+  image_shape,
+  rank: int | None = None,
+  num_sets: int | None = None,
+  soft_labels: bool = False,
+  learn_lr: bool = False,
+) -> Budget:
+  """Resolves a budget (see `images_per_class`) into a `Budget`.
+
+  Arguments the parameterization does not use (rank for pixels, num_sets
+  for factors) are ignored and recorded as None.
+  """
+  m = images_per_class(
+    param,
+    budget=budget,
+    ipc=ipc,
+    num_classes=num_classes,
+    image_shape=image_shape,
+    rank=rank,
+    num_sets=num_sets,
+    soft_labels=soft_labels,
+    learn_lr=learn_lr,
+  )
+  kwargs = parameterize.kind_kwargs(param, rank=rank, num_sets=num_sets)
+  shape = tuple(int(d) for d in image_shape)
+  return Budget(
+    param=param,
+    budget=budget,
+    ipc=ipc,
+    num_classes=num_classes,
+    image_shape=shape,
+    rank=kwargs.get("rank"),
+    num_sets=kwargs.get("num_sets"),
+    soft_labels=bool(soft_labels),
+    learn_lr=bool(learn_lr),
+    images_per_class=m,
+    floats_used=storage_floats(
+      param,
+      num_classes=num_classes,
+      images_per_class=m,
+      image_shape=shape,
+      soft_labels=soft_labels,
+      learn_lr=learn_lr,
+      **kwargs,
+    ),
+    floats_allowed=full_rank_floats(
+      ipc=ipc, num_classes=num_classes, image_shape=shape
+    ),
+  )
+
+
+def budget_table(b: Budget) -> str:
+  """A small aligned text table of a budget, one header row and one row."""
+  h, w, c = b.image_shape
+  labels = "soft" if b.soft_labels else "hard"
+  columns = [
+    ("parameterization", b.param),
+    ("budget", b.budget),
+    ("image", f"{h}x{w}x{c}"),
+    ("rank", "-" if b.rank is None else str(b.rank)),
+    ("sets", "-" if b.num_sets is None else str(b.num_sets)),
+    ("labels", labels + (" +lr" if b.learn_lr else "")),
+    ("ipc", str(b.ipc)),
+    ("images/class", str(b.images_per_class)),
+    ("total images", str(b.num_images)),
+    ("floats used", f"{b.floats_used:,}"),
+    ("floats allowed", f"{b.floats_allowed:,}"),
+    ("ratio", f"{b.ratio:.3f}"),
+  ]
+  widths = [max(len(name), len(value)) for name, value in columns]
+  header = "  ".join(n.ljust(wd) for (n, _), wd in zip(columns, widths))
+  row = "  ".join(v.ljust(wd) for (_, v), wd in zip(columns, widths))
+  return f"{header.rstrip()}\n{row.rstrip()}"
