@@ -1,0 +1,15 @@
+r"""Evaluates a saved synthetic set (or coreset) given its path.
+
+  python launch/evaluate.py --workdir=/tmp/eval \
+    --config=configs/evaluate.py:synset=/tmp/run/synset
+"""
+
+import common
+from absl import app
+
+from lowrank_distill import evaluate
+
+common.define_flags("configs/evaluate.py")
+
+if __name__ == "__main__":
+  app.run(common.main_for(evaluate.run))

@@ -1,0 +1,146 @@
+"""Helpers for `configs/*.py`: argument strings and the shared sub-configs.
+
+`get_config(arg)` files take `arg` as `key=value,key=value`
+(`configs/dm.py:dataset=mnist,ipc=10`), parsed against typed defaults.
+"""
+
+import ml_collections
+
+EVAL_EPOCHS_WITH_DSA = 1000
+EVAL_EPOCHS_WITHOUT_DSA = 300
+
+
+def _convert(name: str, text: str, default):
+  if isinstance(default, bool):
+    if text.lower() in ("1", "true", "yes"):
+      return True
+    if text.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(f"config arg {name}={text!r}: expected true or false")
+  if default is None or isinstance(default, str):
+    return text
+  try:
+    return type(default)(text)
+  except ValueError:
+    raise ValueError(
+      f"config arg {name}={text!r}: expected {type(default).__name__}"
+    ) from None
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses `key=value,...` against `defaults`; unknown keys are errors."""
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    name, sep, text = item.partition("=")
+    if not sep:
+      raise ValueError(f"config arg {item!r} is not of the form key=value")
+    if name not in defaults:
+      raise ValueError(
+        f"config arg {name!r} is not known; valid: {sorted(defaults)}"
+      )
+    values[name] = _convert(name, text, defaults[name])
+  return ml_collections.ConfigDict(values)
+
+
+def dataset_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """Arguments of `lowrank_distill.data.load`."""
+  config = ml_collections.ConfigDict(
+    {
+      "name": name,
+      "source": "",
+      "path": "",
+      "data_dir": "",
+      "manual_dir": "",
+      "zca": "none",
+    }
+  )
+  config.update(overrides)
+  return config
+
+
+def eval_config(
+  *, dsa: bool, num_models: int = 5, runlocal: bool = False, **overrides
+) -> ml_collections.ConfigDict:
+  """The evaluation protocol of DESIGN 3.8 (DC/DSA reference settings)."""
+  config = ml_collections.ConfigDict(
+    {
+      "models": ["convnet"],
+      "num_models": num_models,
+      "epochs": EVAL_EPOCHS_WITH_DSA if dsa else EVAL_EPOCHS_WITHOUT_DSA,
+      "lr": 0.01,
+      "batch_size": 256,
+      "momentum": 0.9,
+      "weight_decay": 5e-4,
+      "dsa_strategy": "color_crop_cutout_flip_scale_rotate" if dsa else "none",
+      "models_per_batch": 0,
+      "test_batch_size": 500,
+    }
+  )
+  if runlocal:
+    config.update({"num_models": 2, "epochs": 20})
+  config.update(overrides)
+  return config
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """The network: a `lowrank_distill.models` name, its options, conv impl."""
+  config = ml_collections.ConfigDict(
+    {
+      "name": "convnet",
+      "conv_impl": "auto",
+      # Used by the ConvNet family only (DESIGN 3.2 defaults).
+      "options": {
+        "width": 128,
+        "depth": 3,
+        "norm": "instance",
+        "pooling": "avg",
+        "activation": "relu",
+      },
+    }
+  )
+  config.update(overrides)
+  return config
+
+
+def _or_none(value):
+  return None if value in ("", None) else value
+
+
+def dataset_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """Keyword arguments of `data.load` from a `dataset_config`."""
+  return {
+    "source": _or_none(config.source),
+    "path": _or_none(config.path),
+    "data_dir": _or_none(config.data_dir),
+    "manual_dir": _or_none(config.manual_dir),
+    "zca": config.zca,
+  }
+
+
+def eval_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """Keyword arguments of `evaluate.evaluate_set` from an `eval_config`."""
+  return {
+    "num_models": config.num_models,
+    "epochs": config.epochs,
+    "lr": config.lr,
+    "batch_size": config.batch_size,
+    "momentum": config.momentum,
+    "weight_decay": config.weight_decay,
+    "dsa_strategy": config.dsa_strategy,
+    "models_per_batch": config.models_per_batch or None,
+    "test_batch_size": config.test_batch_size,
+  }
+
+
+def base_config(
+  *, dataset: str, dsa: bool, runlocal: bool, seed: int = 0
+) -> ml_collections.ConfigDict:
+  """Fields every run has: seed, dataset, model, eval."""
+  config = ml_collections.ConfigDict()
+  config.seed = seed
+  config.dataset = dataset_config(dataset)
+  config.model = model_config()
+  config.eval = eval_config(dsa=dsa, runlocal=runlocal)
+  if runlocal:
+    config.model.options.update(width=16, depth=2)
+  return config

@@ -1,0 +1,459 @@
+"""The evaluation protocol: train fresh networks on a (synthetic) set.
+
+K networks are initialised from K seeds and trained in one jitted program,
+vmapped over the seed axis, then tested on the whole test set in
+bounded-memory batches (DESIGN 3.8).
+
+References:
+  Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching",
+  ICLR 2021 (the protocol, `evaluate_synset` of the reference code).
+"""
+
+import dataclasses
+import math
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from lowrank_distill import augment, config_utils, data, models, rng
+from lowrank_distill import synset as synset_lib
+from lowrank_distill import workdir as workdir_lib
+from lowrank_distill.parameterize import labels as labels_lib
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+  """Test accuracies of K independently trained models."""
+
+  accuracies: np.ndarray  # [K]
+  model: str
+
+  @property
+  def mean(self) -> float:
+    return float(np.mean(self.accuracies))
+
+  @property
+  def std(self) -> float:
+    return float(np.std(self.accuracies))
+
+  def to_json(self) -> dict:
+    return {
+      "model": self.model,
+      "accuracies": [float(a) for a in self.accuracies],
+      "mean": self.mean,
+      "std": self.std,
+    }
+
+  def __str__(self) -> str:
+    return (
+      f"{self.model}: {100 * self.mean:.2f} ± {100 * self.std:.2f} "
+      f"(n={len(self.accuracies)})"
+    )
+
+
+def decay_epoch(epochs: int) -> int:
+  """Last epoch at the initial lr; the reference decays by 0.1 after it."""
+  return epochs // 2 + 1
+
+
+def _lr_at(epoch, *, lr, epochs):
+  return jnp.where(epoch > decay_epoch(epochs), 0.1 * lr, lr)
+
+
+def _epoch_batches(key, num_examples: int, batch_size: int):
+  """A fresh permutation split into fixed-shape batches with a validity mask.
+
+  Returns:
+    indices: [steps, batch] int32, mask: [steps, batch] float32, where
+    steps = ceil(num_examples / batch) and the last batch is partial, as a
+    PyTorch DataLoader without drop_last.
+  """
+  steps = math.ceil(num_examples / batch_size)
+  padded = steps * batch_size
+  perm = jax.random.permutation(key, num_examples)
+  perm = jnp.concatenate(
+    [perm, jnp.zeros((padded - num_examples,), perm.dtype)]
+  )
+  mask = (jnp.arange(padded) < num_examples).astype(jnp.float32)
+  return (
+    perm.reshape(steps, batch_size).astype(jnp.int32),
+    mask.reshape(steps, batch_size),
+  )
+
+
+def init_variables(key, model, image_shape: Sequence[int]) -> PyTree:
+  """Flax variables of `model` for one image of `image_shape` (h, w, c)."""
+  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))
+
+
+def train_network(
+  key,
+  images,
+  targets,
+  *,
+  model,
+  epochs: int,
+  lr,
+  batch_size: int = 256,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  dsa_strategy: str = "none",
+  track_forgetting: bool = False,
+) -> tuple[PyTree, dict]:
+  """Trains one fresh network with the protocol's SGD schedule.
+
+  SGD with momentum and L2 weight decay on every parameter, as
+  `torch.optim.SGD`. Like the reference loop (`range(Epoch + 1)`), it runs
+  `epochs + 1` epochs and multiplies the lr by 0.1 after epoch
+  `epochs // 2 + 1`, restarting the momentum buffer as the reference does by
+  building a new optimiser. Every batch is augmented with per-sample DSA.
+
+  Args:
+    key: this model's key; init, data order and augmentation fold from it.
+    images: [n, h, w, c] training images.
+    targets: [n, num_classes] target probabilities (one-hot for hard labels).
+    model: a Linen module from `lowrank_distill.models`.
+    epochs: E of the protocol.
+    lr: initial learning rate (a float or a traced scalar, e.g. learned).
+    batch_size: minibatch size; the last batch of an epoch may be partial.
+    momentum: SGD momentum.
+    weight_decay: L2 coefficient added to the gradient.
+    dsa_strategy: DSA strategy string or 'none'.
+    track_forgetting: also count, per example, forgetting events (correct at
+      one presentation, wrong at the next) as Toneva et al. (2019) do.
+
+  Returns:
+    (variables, stats): the trained Flax variables, and when tracking,
+    stats = {'forgetting': [n] int32, 'learned': [n] bool}, else {}.
+  """
+  num_examples = images.shape[0]
+  batch_size = min(batch_size, num_examples)
+  ops = augment.parse_strategy(dsa_strategy)
+  init_key, order_key, aug_key = (jax.random.fold_in(key, i) for i in range(3))
+  variables = init_variables(init_key, model, images.shape[1:])
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
+  optimizer = optax.chain(
+    optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum)
+  )
+  opt_state = optimizer.init(params)
+  steps_per_epoch = math.ceil(num_examples / batch_size)
+
+  def loss_fn(params, state, x, y, mask):
+    variables = {"params": params, **state}
+    if state:
+      logits, new_state = model.apply(
+        variables, x, train=True, mutable=list(state)
+      )
+    else:
+      logits, new_state = model.apply(variables, x, train=True), state
+    losses = labels_lib.soft_cross_entropy(logits, y)
+    correct = jnp.argmax(logits, -1) == jnp.argmax(y, -1)
+    return jnp.sum(losses * mask) / jnp.sum(mask), (new_state, correct)
+
+  def update_forgetting(stats, idx, mask, correct):
+    valid = mask > 0
+    previous = stats["last_correct"][idx]
+    forgotten = (previous & ~correct & valid).astype(jnp.int32)
+    # Padding rows point at example 0: scatter them nowhere.
+    idx = jnp.where(valid, idx, num_examples)
+    return {
+      "forgetting": stats["forgetting"].at[idx].add(forgotten, mode="drop"),
+      "learned": stats["learned"].at[idx].max(correct, mode="drop"),
+      "last_correct": stats["last_correct"].at[idx].set(correct, mode="drop"),
+    }
+
+  def step(carry, batch):
+    params, state, opt_state, stats, epoch_lr, step_index = carry
+    idx, mask = batch
+    x = images[idx]
+    if ops:
+      x = augment.augment(
+        jax.random.fold_in(aug_key, step_index),
+        x,
+        strategy=dsa_strategy,
+        siamese=False,
+      )
+    grads, (state, correct) = jax.grad(loss_fn, has_aux=True)(
+      params, state, x, targets[idx], mask
+    )
+    if track_forgetting:
+      stats = update_forgetting(stats, idx, mask, correct)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p - epoch_lr * u, params, updates)
+    carry = (params, state, opt_state, stats, epoch_lr, step_index + 1)
+    return carry, None
+
+  def epoch_fn(carry, epoch):
+    params, state, opt_state, stats = carry
+    restart = epoch == decay_epoch(epochs) + 1
+    opt_state = jax.tree.map(
+      lambda t: jnp.where(restart, jnp.zeros_like(t), t), opt_state
+    )
+    batches = _epoch_batches(
+      jax.random.fold_in(order_key, epoch), num_examples, batch_size
+    )
+    carry = (
+      params,
+      state,
+      opt_state,
+      stats,
+      _lr_at(epoch, lr=lr, epochs=epochs),
+      epoch * steps_per_epoch,
+    )
+    (params, state, opt_state, stats, _, _), _ = jax.lax.scan(
+      step, carry, batches
+    )
+    return (params, state, opt_state, stats), None
+
+  stats = {}
+  if track_forgetting:
+    stats = {
+      "forgetting": jnp.zeros((num_examples,), jnp.int32),
+      "learned": jnp.zeros((num_examples,), bool),
+      "last_correct": jnp.zeros((num_examples,), bool),
+    }
+  (params, state, _, stats), _ = jax.lax.scan(
+    epoch_fn, (params, state, opt_state, stats), jnp.arange(epochs + 1)
+  )
+  stats.pop("last_correct", None)
+  return {"params": params, **state}, stats
+
+
+def count_correct(model, variables, images, labels, *, batch_size: int = 500):
+  """Number of correctly classified images, in bounded-memory batches.
+
+  Args:
+    model: a Linen module.
+    variables: its Flax variables (eval mode: BatchNorm running averages).
+    images: [m, h, w, c]; labels: [m] int.
+    batch_size: images per forward pass (bounds activation memory).
+
+  Returns:
+    A scalar int32.
+  """
+  num = images.shape[0]
+  batch_size = min(batch_size, num)
+  steps = math.ceil(num / batch_size)
+  pad = steps * batch_size - num
+  images = jnp.concatenate(
+    [images, jnp.zeros((pad, *images.shape[1:]), images.dtype)]
+  ).reshape(steps, batch_size, *images.shape[1:])
+  labels = jnp.concatenate([labels, jnp.full((pad,), -1, labels.dtype)])
+  labels = labels.reshape(steps, batch_size)
+
+  def body(total, batch):
+    x, y = batch
+    pred = jnp.argmax(model.apply(variables, x, train=False), axis=-1)
+    return total + jnp.sum(pred == y), None
+
+  total, _ = jax.lax.scan(body, jnp.int32(0), (images, labels))
+  return total
+
+
+def model_keys(key, num_models: int, *, first: int = 0):
+  """Keys of models first..first+num_models-1; each is fold_in(key, index)."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(
+    jnp.arange(first, first + num_models)
+  )
+
+
+def evaluate_set(
+  key,
+  images,
+  labels,
+  test_images,
+  test_labels,
+  *,
+  model_name: str = "convnet",
+  model_options: dict | None = None,
+  num_classes: int,
+  num_models: int = 5,
+  epochs: int = 300,
+  lr=0.01,
+  batch_size: int = 256,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  dsa_strategy: str = "none",
+  models_per_batch: int | None = None,
+  test_batch_size: int = 500,
+  conv_impl: str = "auto",
+) -> EvalResult:
+  """Trains `num_models` fresh networks on a set and tests each of them.
+
+  Models are vmapped over seeds in one jitted program; `models_per_batch`
+  bounds how many train at once (the result does not depend on it: model i
+  always uses `fold_in(key, i)`).
+
+  Args:
+    key: evaluation key.
+    images: [n, h, w, c] the set to train on.
+    labels: [n] int hard labels or [n, num_classes] float label logits.
+    test_images: [m, h, w, c]; test_labels: [m] int.
+    model_name: a name of `lowrank_distill.models.MODELS`.
+    model_options: extra options for `models.create` (width, depth, ...).
+    num_classes: number of classes.
+    num_models: K, models trained from K seeds.
+    epochs, lr, batch_size, momentum, weight_decay, dsa_strategy: see
+      `train_network`; lr may be a learned lr.
+    models_per_batch: models trained in parallel; all of them when None.
+    test_batch_size: test images per forward pass.
+    conv_impl: convolution implementation for `models.create`.
+
+  Returns:
+    EvalResult with every model's test accuracy.
+  """
+  augment.parse_strategy(dsa_strategy)
+  if num_models < 1:
+    raise ValueError(f"num_models must be >= 1, got {num_models}")
+  model = models.create(
+    model_name,
+    num_classes=num_classes,
+    image_shape=tuple(images.shape[1:]),
+    conv_impl=conv_impl,
+    **(model_options or {}),
+  )
+  images = jnp.asarray(images, jnp.float32)
+  targets = labels_lib.targets(jnp.asarray(labels), num_classes)
+  test_images = jnp.asarray(test_images, jnp.float32)
+  test_labels = jnp.asarray(test_labels, jnp.int32)
+  lr = jnp.asarray(lr, jnp.float32)
+
+  @jax.jit
+  def train_and_test(keys, images, targets, lr, test_images, test_labels):
+    def one(k):
+      variables, _ = train_network(
+        k,
+        images,
+        targets,
+        model=model,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        dsa_strategy=dsa_strategy,
+      )
+      return count_correct(
+        model, variables, test_images, test_labels, batch_size=test_batch_size
+      )
+
+    return jax.vmap(one)(keys)
+
+  chunk = models_per_batch or num_models
+  correct = []
+  for first in range(0, num_models, chunk):
+    keys = model_keys(key, min(chunk, num_models - first), first=first)
+    correct.append(
+      np.asarray(
+        train_and_test(keys, images, targets, lr, test_images, test_labels)
+      )
+    )
+  accuracies = np.concatenate(correct) / test_images.shape[0]
+  return EvalResult(accuracies=accuracies, model=model_name)
+
+
+def evaluate_architectures(
+  key,
+  images,
+  labels,
+  test_images,
+  test_labels,
+  *,
+  model_names: Sequence[str],
+  model_options: dict[str, dict] | None = None,
+  **kwargs,
+) -> dict[str, EvalResult]:
+  """Cross-architecture evaluation: `evaluate_set` for each model name.
+
+  Every name is validated before any training starts; `model_options` maps
+  a name to its `models.create` options.
+  """
+  models.check_names(model_names)
+  model_options = model_options or {}
+  return {
+    name: evaluate_set(
+      jax.random.fold_in(key, i),
+      images,
+      labels,
+      test_images,
+      test_labels,
+      model_name=name,
+      model_options=model_options.get(name),
+      **kwargs,
+    )
+    for i, name in enumerate(model_names)
+  }
+
+
+def run(config, workdir) -> dict:
+  """Evaluates a saved synthetic set or coreset (`config.synset`, a path).
+
+  The test set is the one the set was made from (its saved dataset config)
+  unless `config.dataset.name` names another. The lr is the learned one when
+  the set has it and `config.use_learned_lr`, else `config.eval.lr`.
+
+  Returns:
+    The results dictionary written to `<workdir>/results.json`.
+  """
+  workdir = pathlib.Path(workdir)
+  chosen = synset_lib.load(config.synset)
+  dataset_cfg = config_utils.dataset_config(
+    **chosen.info.get("dataset_config", {"name": chosen.dataset["name"]})
+  )
+  if config.dataset.name:
+    dataset_cfg = config.dataset
+  kwargs = config_utils.eval_kwargs(config.eval)
+  augment.parse_strategy(kwargs["dsa_strategy"])
+  models.check_names(config.eval.models)
+  dataset = data.load(
+    dataset_cfg.name, **config_utils.dataset_kwargs(dataset_cfg)
+  )
+  if tuple(chosen.images.shape[1:]) != tuple(dataset.image_shape):
+    raise ValueError(
+      f"synset {config.synset} has images of shape {chosen.images.shape[1:]}, "
+      f"but dataset {dataset.name!r} has {dataset.image_shape}"
+    )
+  if chosen.num_classes != dataset.num_classes:
+    raise ValueError(
+      f"synset {config.synset} has {chosen.num_classes} classes, but dataset "
+      f"{dataset.name!r} has {dataset.num_classes}"
+    )
+  if config.use_learned_lr and chosen.lr is not None:
+    kwargs["lr"] = chosen.lr
+  workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_config(workdir, config)
+  results = evaluate_architectures(
+    rng.stream(jax.random.key(config.seed), "eval"),
+    chosen.images,
+    chosen.labels,
+    dataset.test_images,
+    dataset.test_labels,
+    model_names=list(config.eval.models),
+    model_options={
+      name: models.options_for(name, config.model.options)
+      for name in config.eval.models
+    },
+    num_classes=dataset.num_classes,
+    conv_impl=config.model.conv_impl,
+    **kwargs,
+  )
+  summary = {
+    "synset": str(config.synset),
+    "param": chosen.param,
+    "storage_floats": chosen.storage_floats,
+    "lr": kwargs["lr"],
+    "results": {name: r.to_json() for name, r in results.items()},
+  }
+  workdir_lib.write_json(workdir / "results.json", summary)
+  for result in results.values():
+    logging.info("%s", result)
+  return summary

@@ -1,0 +1,71 @@
+"""A run's working directory: config.json, metrics.jsonl and result files.
+
+Only process 0 writes, so multi-host runs produce one copy of each file.
+"""
+
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+
+
+def is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+def _to_jsonable(value: Any):
+  if hasattr(value, "to_dict"):
+    return value.to_dict()
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_json(path, obj, *, overwrite: bool = True) -> None:
+  """Writes `obj` as JSON atomically (temporary file, then rename)."""
+  if not is_writer():
+    return
+  path = pathlib.Path(path)
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} exists; refusing to overwrite it")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+  tmp.write_text(json.dumps(obj, indent=2, default=_to_jsonable) + "\n")
+  tmp.replace(path)
+
+
+def json_line(record: dict) -> str:
+  return json.dumps(record, default=_to_jsonable) + "\n"
+
+
+def read_json(path):
+  return json.loads(pathlib.Path(path).read_text())
+
+
+def write_config(workdir, config) -> None:
+  """Writes the run's config to `<workdir>/config.json`."""
+  write_json(pathlib.Path(workdir) / "config.json", config.to_dict())
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to `<workdir>/metrics.jsonl`."""
+
+  def __init__(self, workdir):
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+
+  def write(self, step: int, **metrics) -> None:
+    if not is_writer():
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"step": int(step), "time": time.time(), **metrics}
+    with self.path.open("a") as f:
+      f.write(json_line(record))
+      f.flush()
+
+  def read(self) -> list[dict]:
+    if not self.path.exists():
+      return []
+    return [json.loads(line) for line in self.path.read_text().splitlines()]

@@ -1,0 +1,210 @@
+"""Tests of the evaluation protocol (lowrank_distill.evaluate)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lowrank_distill import evaluate, models
+
+TINY = {"width": 8, "depth": 1}
+
+
+def _tiny_model(name="convnet", **options):
+  return models.create(
+    name,
+    num_classes=10,
+    image_shape=(8, 8, 1),
+    **({**TINY, **options} if name.startswith("convnet") else options),
+  )
+
+
+def _onehot(labels):
+  return jax.nn.one_hot(labels, 10)
+
+
+def test_lr_schedule_decays_once_after_half():
+  assert evaluate.decay_epoch(1000) == 501
+  lrs = [float(evaluate._lr_at(e, lr=1.0, epochs=10)) for e in range(11)]
+  assert lrs[: evaluate.decay_epoch(10) + 1] == [1.0] * 7
+  np.testing.assert_allclose(lrs[7:], [0.1] * 4)
+
+
+def test_epoch_batches_cover_every_example_once(key):
+  idx, mask = evaluate._epoch_batches(key, 10, 4)
+  chex.assert_shape(idx, (3, 4))
+  assert float(mask.sum()) == 10
+  assert sorted(np.asarray(idx)[np.asarray(mask) > 0].tolist()) == list(
+    range(10)
+  )
+
+
+def test_vmapped_training_equals_a_loop_over_the_same_seeds(tiny_images):
+  images, labels = map(jnp.asarray, tiny_images)
+  model = _tiny_model()
+  keys = evaluate.model_keys(jax.random.key(3), 3)
+
+  def train(k):
+    variables, _ = evaluate.train_network(
+      k,
+      images,
+      _onehot(labels),
+      model=model,
+      epochs=3,
+      lr=0.01,
+      batch_size=8,
+      dsa_strategy="color_crop_cutout_scale_rotate",
+    )
+    return variables
+
+  vmapped = jax.jit(jax.vmap(train))(keys)
+  looped = [jax.jit(train)(keys[i]) for i in range(3)]
+  for i, one in enumerate(looped):
+    chex.assert_trees_all_close(
+      jax.tree.map(lambda x: x[i], vmapped), one, atol=1e-5, rtol=1e-5
+    )
+  first, second = (jax.tree.leaves(v)[0] for v in looped[:2])
+  assert not np.allclose(first, second)  # different seeds, different models
+
+
+def test_evaluate_set_is_independent_of_models_per_batch(tiny_images):
+  images, labels = tiny_images
+  kwargs = dict(
+    model_options=TINY,
+    num_classes=10,
+    num_models=3,
+    epochs=2,
+  )
+  together = evaluate.evaluate_set(
+    jax.random.key(1), images, labels, images, labels, **kwargs
+  )
+  one_by_one = evaluate.evaluate_set(
+    jax.random.key(1),
+    images,
+    labels,
+    images,
+    labels,
+    models_per_batch=1,
+    **kwargs,
+  )
+  chex.assert_shape(together.accuracies, (3,))
+  np.testing.assert_allclose(together.accuracies, one_by_one.accuracies)
+  assert 0.0 <= together.mean <= 1.0 and together.std >= 0.0
+
+
+def test_training_learns_a_separable_set():
+  rng = np.random.default_rng(0)
+  labels = np.arange(20) % 10
+  centres = rng.normal(size=(10, 8, 8, 1)).astype(np.float32) * 2
+  images = centres[labels] + 0.1 * rng.normal(size=(20, 8, 8, 1))
+  result = evaluate.evaluate_set(
+    jax.random.key(0),
+    images.astype(np.float32),
+    labels,
+    images.astype(np.float32),
+    labels,
+    model_options=TINY,
+    num_classes=10,
+    num_models=2,
+    epochs=60,
+    lr=0.05,
+  )
+  assert result.mean == 1.0, result
+
+
+def test_soft_labels_train_and_learned_lr_can_be_an_array(tiny_images):
+  images, labels = tiny_images
+  logits = 10.0 * np.asarray(_onehot(labels))
+  result = evaluate.evaluate_set(
+    jax.random.key(0),
+    images,
+    logits.astype(np.float32),
+    images,
+    labels,
+    model_options=TINY,
+    num_classes=10,
+    num_models=1,
+    epochs=2,
+    lr=jnp.float32(0.02),
+  )
+  chex.assert_tree_all_finite(result.accuracies)
+
+
+def test_count_correct_pads_the_last_batch():
+  model = _tiny_model()
+  variables = evaluate.init_variables(jax.random.key(0), model, (8, 8, 1))
+  x = jax.random.normal(jax.random.key(1), (23, 8, 8, 1))
+  predictions = jnp.argmax(model.apply(variables, x), -1)
+  labels = predictions.at[:5].set((predictions[:5] + 1) % 10)
+  got = evaluate.count_correct(model, variables, x, labels, batch_size=10)
+  assert int(got) == 18
+
+
+def test_forgetting_statistics(tiny_images):
+  images, labels = map(jnp.asarray, tiny_images)
+  variables, stats = jax.jit(
+    lambda k: evaluate.train_network(
+      k,
+      images,
+      _onehot(labels),
+      model=_tiny_model(),
+      epochs=20,
+      lr=0.05,
+      batch_size=6,
+      track_forgetting=True,
+    )
+  )(jax.random.key(0))
+  chex.assert_shape(stats["forgetting"], (20,))
+  chex.assert_shape(stats["learned"], (20,))
+  assert int(stats["forgetting"].min()) >= 0
+  assert bool(stats["learned"].any())
+  assert set(stats) == {"forgetting", "learned"}
+
+
+def test_batchnorm_models_train_with_batch_statistics(tiny_images):
+  images, labels = tiny_images
+  result = evaluate.evaluate_set(
+    jax.random.key(0),
+    images,
+    labels,
+    images,
+    labels,
+    model_name="convnet_bn",
+    model_options=TINY,
+    num_classes=10,
+    num_models=2,
+    epochs=2,
+  )
+  chex.assert_tree_all_finite(result.accuracies)
+
+
+def test_cross_architecture_validates_names_first(tiny_images):
+  images, labels = tiny_images
+  with pytest.raises(ValueError, match="valid"):
+    evaluate.evaluate_architectures(
+      jax.random.key(0),
+      images,
+      labels,
+      images,
+      labels,
+      model_names=["convnet", "no_such_net"],
+      num_classes=10,
+    )
+
+
+def test_cross_architecture_runs_each_model(tiny_images):
+  images, labels = tiny_images
+  results = evaluate.evaluate_architectures(
+    jax.random.key(0),
+    images,
+    labels,
+    images,
+    labels,
+    model_names=["convnet", "mlp"],
+    model_options={"convnet": TINY},
+    num_classes=10,
+    num_models=1,
+    epochs=1,
+  )
+  assert set(results) == {"convnet", "mlp"}

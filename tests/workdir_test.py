@@ -1,0 +1,24 @@
+"""Tests of workdir files (lowrank_distill.workdir)."""
+
+import pytest
+
+from lowrank_distill import workdir
+
+
+def test_metrics_are_appended_as_json_lines(tmp_path):
+  writer = workdir.MetricsWriter(tmp_path)
+  writer.write(1, loss=0.5)
+  writer.write(2, loss=0.25, eval={"convnet": {"mean": 0.9}})
+  records = writer.read()
+  assert [r["step"] for r in records] == [1, 2]
+  assert records[1]["eval"]["convnet"]["mean"] == 0.9
+
+
+def test_write_json_can_refuse_to_overwrite(tmp_path):
+  path = tmp_path / "a" / "results.json"
+  workdir.write_json(path, {"x": 1})
+  assert workdir.read_json(path) == {"x": 1}
+  with pytest.raises(FileExistsError, match="results.json"):
+    workdir.write_json(path, {"x": 2}, overwrite=False)
+  assert workdir.read_json(path) == {"x": 1}
+  assert [p.name for p in path.parent.iterdir()] == ["results.json"]
