@@ -1,0 +1,40 @@
+r"""Coreset baselines: random, herding, k-center, forgetting (DESIGN 3.9).
+
+  python launch/coreset.py --workdir=/tmp/coreset \
+    --config=configs/coreset.py:dataset=mnist,method=random,ipc=10
+
+Arguments: dataset (digits|mnist|fashion_mnist|cifar10|...), method
+(random|herding|kcenter|forgetting), ipc, dsa (evaluate with DSA: 1000
+epochs, else 300), runlocal (seconds on a CPU).
+
+Published ConvNet accuracies (Zhao et al., ICLR 2021, Table 1), MNIST:
+random 64.9 (IPC 1) / 95.1 (IPC 10) / 97.9 (IPC 50); herding 89.2 / 93.7 /
+94.8; forgetting 35.5 / 68.1 / 88.2. CIFAR-10: random 14.4 / 26.0 / 43.4;
+herding 21.5 / 31.6 / 40.4.
+"""
+
+from lowrank_distill import config_utils
+
+
+def get_config(arg=None):
+  arg = config_utils.parse_arg(
+    arg,
+    dataset="digits",
+    method="random",
+    ipc=1,
+    dsa=False,
+    runlocal=False,
+  )
+  config = config_utils.base_config(
+    dataset=arg.dataset, dsa=arg.dsa, runlocal=arg.runlocal
+  )
+  config.coreset = dict(
+    method=arg.method,
+    ipc=arg.ipc,
+    # Herding and k-center embed with, and forgetting counts events of, a
+    # ConvNet trained on the whole training set for train_epochs (+1).
+    train_epochs=0 if arg.runlocal else 10,
+    lr=0.01,
+    batch_size=256,
+  )
+  return config

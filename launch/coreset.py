@@ -1,0 +1,15 @@
+r"""Selects a coreset baseline and evaluates it with the protocol.
+
+  python launch/coreset.py --workdir=/tmp/coreset \
+    --config=configs/coreset.py:dataset=mnist,method=herding,ipc=10
+"""
+
+import common
+from absl import app
+
+from lowrank_distill import coreset
+
+common.define_flags("configs/coreset.py")
+
+if __name__ == "__main__":
+  app.run(common.main_for(coreset.run))
