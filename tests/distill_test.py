@@ -1,0 +1,168 @@
+"""Tests of the distillation loop (lowrank_distill.distill)."""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import dm as dm_config
+from configs import evaluate as evaluate_config
+from lowrank_distill import checkpoint, distill, evaluate, synset
+
+
+def _config(arg="", **distill_overrides):
+  config = dm_config.get_config(
+    "runlocal=true," + arg if arg else "runlocal=true"
+  )
+  config.distill.update(distill_overrides)
+  # The protocol itself is tested in evaluate_test; keep these runs short.
+  config.eval.update(epochs=2, num_models=1)
+  return config
+
+
+def test_guard_skips_and_counts_non_finite_losses():
+  optimizer = distill.make_optimizer({"images": (0.1, 0.5)})
+  state = distill.init_state({"images": {"x": jnp.ones(3)}}, optimizer)
+
+  def loss_fn(trainable, key, scale):
+    return scale * jnp.sum(trainable["images"]["x"] ** 2)
+
+  step = jax.jit(distill.make_train_step(loss_fn, optimizer, max_loss=100.0))
+  new, metrics = step(state, jax.random.key(0), jnp.float32(jnp.nan))
+  assert bool(metrics["skipped"]) and int(new.skipped) == 1
+  chex.assert_trees_all_equal(new.trainable, state.trainable)
+  chex.assert_trees_all_equal(new.opt_state, state.opt_state)
+  exploding, _ = step(new, jax.random.key(0), jnp.float32(1e6))
+  assert int(exploding.skipped) == 2
+  fine, metrics = step(exploding, jax.random.key(0), jnp.float32(1.0))
+  assert not bool(metrics["skipped"]) and int(fine.step) == 3
+  assert float(fine.trainable["images"]["x"][0]) < 1.0
+
+
+def test_optimizer_groups_use_their_own_learning_rates():
+  optimizer = distill.make_optimizer(
+    {"images": (1.0, 0.0), "log_lr": (0.5, 0.0)}
+  )
+  params = {"images": {"a": jnp.zeros(2)}, "log_lr": jnp.float32(0.0)}
+  grads = {"images": {"a": jnp.ones(2)}, "log_lr": jnp.float32(1.0)}
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  np.testing.assert_allclose(updates["images"]["a"], [-1.0, -1.0])
+  np.testing.assert_allclose(updates["log_lr"], -0.5)
+
+
+def test_the_jitted_step_traces_once():
+  config = _config()
+  plan = distill.plan(config)
+  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
+  optimizer = distill.make_optimizer(
+    distill.optimizer_groups(config, trainable)
+  )
+  state = distill.init_state(trainable, optimizer)
+  loss_fn = distill.OBJECTIVES["dm"](plan, config)
+  step = jax.jit(
+    chex.assert_max_traces(
+      distill.make_train_step(loss_fn, optimizer, max_loss=1e8), n=1
+    )
+  )
+  from lowrank_distill import data
+
+  images = jnp.asarray(plan.dataset.train_images)
+  index = data.class_index(plan.dataset.train_labels, plan.num_classes)
+  for i in range(3):
+    state, metrics = step(state, jax.random.key(i), images, index)
+  assert int(state.step) == 3
+  chex.assert_tree_all_finite(state.trainable)
+
+
+def test_run_exports_a_set_that_reloads_and_evaluates(tmp_path):
+  summary = distill.run(_config(), tmp_path / "run")
+  run_dir = tmp_path / "run"
+  for name in ("config.json", "metrics.jsonl", "results.json"):
+    assert (run_dir / name).exists(), name
+  assert list((run_dir / "images").glob("synset_*.png"))
+  assert list((run_dir / "images").glob("factors_*.png"))
+  exported = synset.load(run_dir / "synset")
+  plan = distill.plan(_config())
+  n = plan.images_per_class * plan.num_classes
+  chex.assert_shape(exported.images, (n, 8, 8, 1))
+  assert exported.storage_floats <= plan.budget.floats_allowed
+  assert summary["results"]["convnet"]["mean"] > 0.0
+  eval_cfg = evaluate_config.get_config(
+    f"synset={run_dir / 'synset'},runlocal=true"
+  )
+  results = evaluate.run(eval_cfg, tmp_path / "eval")
+  assert 0.0 <= results["results"]["convnet"]["mean"] <= 1.0
+  metrics = [
+    json.loads(line)
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+  ]
+  assert [m["step"] for m in metrics if "loss" in m] == [2, 4]
+
+
+def _final_state(workdir, config):
+  plan = distill.plan(config)
+  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
+  optimizer = distill.make_optimizer(
+    distill.optimizer_groups(config, trainable)
+  )
+  abstract = jax.eval_shape(lambda: distill.init_state(trainable, optimizer))
+  with checkpoint.Checkpointer(
+    workdir / "checkpoints", config=distill._identity_config(config)
+  ) as ckpt:
+    state, _ = ckpt.restore(abstract)
+  return state
+
+
+def test_a_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+  config = _config(iterations=4, checkpoint_every=1)
+  distill.run(config, tmp_path / "straight")
+  # "Killed" after 2 iterations (its last checkpoint), then started again.
+  distill.run(_config(iterations=2, checkpoint_every=1), tmp_path / "resumed")
+  distill.run(config, tmp_path / "resumed")
+  straight = _final_state(tmp_path / "straight", config)
+  resumed = _final_state(tmp_path / "resumed", config)
+  assert int(resumed.step) == 4
+  chex.assert_trees_all_equal(straight, resumed)
+  steps = [
+    json.loads(line)["step"]
+    for line in (tmp_path / "resumed" / "metrics.jsonl")
+    .read_text()
+    .splitlines()
+    if "loss" in json.loads(line)
+  ]
+  assert steps == [2, 4]
+
+
+def test_a_workdir_of_another_config_is_refused_untouched(tmp_path):
+  distill.run(_config(), tmp_path)
+  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+  with pytest.raises(checkpoint.CheckpointError, match="synset.param"):
+    distill.run(_config("param=pixels"), tmp_path)
+  after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+  assert before == after
+
+
+@pytest.mark.parametrize(
+  "arg,field",
+  [
+    ("rank=9", "rank"),
+    ("param=voxels", "synset.param"),
+    ("budget=lots", "synset.budget"),
+    ("ipc=1000", "synset.ipc"),
+    ("param=factors,rank=8,budget=same-memory", "budget"),
+  ],
+)
+def test_bad_input_is_refused_before_compute(tmp_path, arg, field):
+  with pytest.raises(ValueError, match=field):
+    distill.run(_config(arg), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def test_soft_labels_are_refused_for_dm():
+  config = _config()
+  config.labels.kind = "soft"
+  with pytest.raises(ValueError, match="labels.kind"):
+    distill.validate(config)
