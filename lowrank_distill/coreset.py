@@ -220,8 +220,7 @@ def run(config, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   cfg = config.coreset
   check_method(cfg.method)
-  eval_kwargs = config_utils.eval_kwargs(config.eval)
-  augment.parse_strategy(eval_kwargs["dsa_strategy"])
+  augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names([config.model.name, *config.eval.models])
   dataset = data.load(
     config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
@@ -267,20 +266,8 @@ def run(config, workdir) -> dict:
     )
     synset_lib.save(synset_path, chosen)
 
-  results = evaluate.evaluate_architectures(
-    rng.stream(key, "eval"),
-    chosen.images,
-    chosen.labels,
-    dataset.test_images,
-    dataset.test_labels,
-    model_names=list(config.eval.models),
-    model_options={
-      name: models.options_for(name, config.model.options)
-      for name in config.eval.models
-    },
-    num_classes=dataset.num_classes,
-    conv_impl=config.model.conv_impl,
-    **eval_kwargs,
+  results = evaluate.evaluate_with_config(
+    rng.stream(key, "eval"), chosen.images, chosen.labels, dataset, config
   )
   summary = {
     "method": cfg.method,

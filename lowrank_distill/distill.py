@@ -382,25 +382,13 @@ def save_pictures(workdir: pathlib.Path, step: int, trainable, plan, config):
 
 
 def _evaluate(key, trainable, plan: Plan, config) -> dict:
-  images = plan.reconstructor.materialize(trainable["images"])
-  kwargs = config_utils.eval_kwargs(config.eval)
-  lr = learned_lr(trainable)
-  if lr is not None:
-    kwargs["lr"] = lr
-  results = evaluate.evaluate_architectures(
+  results = evaluate.evaluate_with_config(
     key,
-    images,
+    plan.reconstructor.materialize(trainable["images"]),
     labels_of(trainable, plan),
-    plan.dataset.test_images,
-    plan.dataset.test_labels,
-    model_names=list(config.eval.models),
-    model_options={
-      name: models.options_for(name, config.model.options)
-      for name in config.eval.models
-    },
-    num_classes=plan.num_classes,
-    conv_impl=config.model.conv_impl,
-    **kwargs,
+    plan.dataset,
+    config,
+    lr=learned_lr(trainable),
   )
   return {name: r.to_json() for name, r in results.items()}
 

@@ -394,6 +394,35 @@ def evaluate_architectures(
   }
 
 
+def evaluate_with_config(
+  key, images, labels, dataset, config, *, lr=None
+) -> dict[str, EvalResult]:
+  """Cross-architecture evaluation as a run's `eval` and `model` configs say.
+
+  Shared by the `run` functions: the protocol's settings come from
+  `config.eval`, the ConvNet options and conv impl from `config.model`, and
+  a learned `lr`, when given, replaces `config.eval.lr`.
+  """
+  kwargs = config_utils.eval_kwargs(config.eval)
+  if lr is not None:
+    kwargs["lr"] = lr
+  return evaluate_architectures(
+    key,
+    images,
+    labels,
+    dataset.test_images,
+    dataset.test_labels,
+    model_names=list(config.eval.models),
+    model_options={
+      name: models.options_for(name, config.model.options)
+      for name in config.eval.models
+    },
+    num_classes=dataset.num_classes,
+    conv_impl=config.model.conv_impl,
+    **kwargs,
+  )
+
+
 def run(config, workdir) -> dict:
   """Evaluates a saved synthetic set or coreset (`config.synset`, a path).
 
@@ -411,8 +440,7 @@ def run(config, workdir) -> dict:
   )
   if config.dataset.name:
     dataset_cfg = config.dataset
-  kwargs = config_utils.eval_kwargs(config.eval)
-  augment.parse_strategy(kwargs["dsa_strategy"])
+  augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names(config.eval.models)
   dataset = data.load(
     dataset_cfg.name, **config_utils.dataset_kwargs(dataset_cfg)
@@ -427,30 +455,22 @@ def run(config, workdir) -> dict:
       f"synset {config.synset} has {chosen.num_classes} classes, but dataset "
       f"{dataset.name!r} has {dataset.num_classes}"
     )
-  if config.use_learned_lr and chosen.lr is not None:
-    kwargs["lr"] = chosen.lr
+  lr = chosen.lr if config.use_learned_lr else None
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.write_config(workdir, config)
-  results = evaluate_architectures(
+  results = evaluate_with_config(
     rng.stream(jax.random.key(config.seed), "eval"),
     chosen.images,
     chosen.labels,
-    dataset.test_images,
-    dataset.test_labels,
-    model_names=list(config.eval.models),
-    model_options={
-      name: models.options_for(name, config.model.options)
-      for name in config.eval.models
-    },
-    num_classes=dataset.num_classes,
-    conv_impl=config.model.conv_impl,
-    **kwargs,
+    dataset,
+    config,
+    lr=lr,
   )
   summary = {
     "synset": str(config.synset),
     "param": chosen.param,
     "storage_floats": chosen.storage_floats,
-    "lr": kwargs["lr"],
+    "lr": config.eval.lr if lr is None else lr,
     "results": {name: r.to_json() for name, r in results.items()},
   }
   workdir_lib.write_json(workdir / "results.json", summary)
