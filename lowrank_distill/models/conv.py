@@ -1,0 +1,199 @@
+"""2-D convolution with a selectable implementation, and PyTorch-style layers.
+
+Two implementations of the same convolution (NHWC inputs, HWIO kernels):
+
+- `'xla'`: `lax.conv_general_dilated`, the right choice on GPU/TPU.
+- `'im2col'`: the `kh*kw` shifted (strided) slices of the padded input are
+  concatenated on the channel axis and multiplied by the reshaped kernel in
+  one matmul. On XLA:CPU the gradients of `lax.conv` inside a `lax.scan`
+  (trajectory-matching unrolls) fall back to a naive loop that is more than
+  an order of magnitude slower; slices, concatenation and a matmul all have
+  fast CPU kernels, so this is the CPU default.
+
+Layers initialise as PyTorch's `nn.Conv2d` / `nn.Linear` defaults: weight and
+bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (`kaiming_uniform_(a=sqrt(5))` for
+the weight). Distribution matching samples random networks, so the
+initialisation is part of the method.
+"""
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("xla", "im2col")
+
+Padding = int | Sequence[int] | Sequence[tuple[int, int]]
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> 'im2col' on the CPU backend, 'xla' elsewhere; checks names."""
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  if impl not in CONV_IMPLS:
+    raise ValueError(
+      f"conv_impl must be one of {('auto', *CONV_IMPLS)}, got {impl!r}"
+    )
+  return impl
+
+
+def _pair(value, field: str) -> tuple[int, int]:
+  if isinstance(value, int):
+    return (value, value)
+  value = tuple(value)
+  if len(value) != 2:
+    raise ValueError(f"{field} must be an int or a pair, got {value!r}")
+  return value
+
+
+def _padding_pairs(padding: Padding) -> tuple[tuple[int, int], ...]:
+  """int p, (ph, pw) or ((top, bottom), (left, right)) -> two (lo, hi)."""
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  padding = tuple(padding)
+  if len(padding) == 2 and all(isinstance(p, int) for p in padding):
+    return ((padding[0], padding[0]), (padding[1], padding[1]))
+  if len(padding) == 2 and all(len(p) == 2 for p in padding):
+    return tuple(tuple(int(q) for q in p) for p in padding)
+  raise ValueError(
+    "padding must be an int, (ph, pw) or ((top, bottom), (left, right)), "
+    f"got {padding!r}"
+  )
+
+
+def conv2d(x, kernel, *, stride: int | Sequence[int] = 1, padding=0, impl):
+  """Cross-correlation of NHWC images with an HWIO kernel (no bias).
+
+  Same arithmetic as `torch.nn.functional.conv2d` with zero padding.
+
+  Args:
+    x: [n, h, w, cin] images.
+    kernel: [kh, kw, cin, cout].
+    stride: an int or (sh, sw).
+    padding: zero padding, an int, (ph, pw) or ((top, bottom), (left, right)).
+    impl: 'xla' (`lax.conv_general_dilated`) or 'im2col' (shifted slices and
+      one matmul).
+
+  Returns:
+    [n, oh, ow, cout] with oh = (h + top + bottom - kh) // sh + 1 (same for w).
+  """
+  if x.ndim != 4 or kernel.ndim != 4:
+    raise ValueError(
+      f"conv2d expects x [n, h, w, c] and kernel [kh, kw, cin, cout], got "
+      f"shapes {x.shape} and {kernel.shape}"
+    )
+  if x.shape[-1] != kernel.shape[2]:
+    raise ValueError(
+      f"conv2d: x has {x.shape[-1]} channels but the kernel expects "
+      f"{kernel.shape[2]} (x {x.shape}, kernel {kernel.shape})"
+    )
+  sh, sw = _pair(stride, "stride")
+  pads = _padding_pairs(padding)
+  kh, kw = kernel.shape[:2]
+  oh = (x.shape[1] + sum(pads[0]) - kh) // sh + 1
+  ow = (x.shape[2] + sum(pads[1]) - kw) // sw + 1
+  if oh < 1 or ow < 1:
+    raise ValueError(
+      f"conv2d: input {x.shape[1]}x{x.shape[2]} with padding {pads} is "
+      f"smaller than the {kh}x{kw} kernel"
+    )
+  if impl == "xla":
+    return lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=(sh, sw),
+      padding=pads,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+  if impl == "im2col":
+    return _conv2d_im2col(x, kernel, strides=(sh, sw), pads=pads, out=(oh, ow))
+  raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}")
+
+
+def _conv2d_im2col(x, kernel, *, strides, pads, out):
+  n, _, _, cin = x.shape
+  kh, kw, _, cout = kernel.shape
+  (sh, sw), (oh, ow) = strides, out
+  if any(p for pair in pads for p in pair):
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  patches = [
+    lax.slice(
+      x,
+      (0, i, j, 0),
+      (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, cin),
+      (1, sh, sw, 1),
+    )
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  # Channel order (i, j, cin) matches the row-major reshape of HWIO.
+  patches = patches[0] if len(patches) == 1 else jnp.concatenate(patches, -1)
+  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
+
+
+def torch_uniform(fan_in: int):
+  """Initializer U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class Conv(nn.Module):
+  """`nn.Conv2d` (zero padding, PyTorch init) over NHWC inputs.
+
+  Attributes:
+    features: output channels.
+    kernel_size: an int or (kh, kw).
+    stride: an int or (sh, sw).
+    padding: see `conv2d`.
+    use_bias: add a learned bias.
+    impl: 'xla' or 'im2col', see `conv2d`.
+
+  Params: 'kernel' [kh, kw, cin, cout] and 'bias' [cout].
+  """
+
+  features: int
+  kernel_size: int | tuple[int, int] = 3
+  stride: int | tuple[int, int] = 1
+  padding: Padding = 0
+  use_bias: bool = True
+  impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x):
+    """x: [n, h, w, cin] -> [n, oh, ow, features]."""
+    kh, kw = _pair(self.kernel_size, "kernel_size")
+    cin = x.shape[-1]
+    init = torch_uniform(kh * kw * cin)
+    kernel = self.param("kernel", init, (kh, kw, cin, self.features))
+    y = conv2d(
+      x, kernel, stride=self.stride, padding=self.padding, impl=self.impl
+    )
+    if self.use_bias:
+      bias = self.param("bias", init, (self.features,))
+      y = y + bias.reshape(1, 1, 1, self.features)
+    return y
+
+
+class Dense(nn.Module):
+  """`nn.Linear` with PyTorch init. Params: 'kernel' [in, out], 'bias' [out]."""
+
+  features: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    """x: [n, d] -> [n, features]."""
+    init = torch_uniform(x.shape[-1])
+    kernel = self.param("kernel", init, (x.shape[-1], self.features))
+    y = jnp.dot(x, kernel)
+    if self.use_bias:
+      bias = self.param("bias", init, (self.features,))
+      y = y + bias.reshape(1, self.features)
+    return y

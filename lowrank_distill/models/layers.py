@@ -1,0 +1,161 @@
+"""Normalisation, pooling and activation layers as in the PyTorch references.
+
+All norms use eps 1e-5 and the two-pass variance (mean of squared
+deviations), initialise the scale to 1 and the bias to 0, and name their
+parameters 'scale' and 'bias'.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+EPS = 1e-5
+
+NORMS = ("instance", "batch", "layer", "group", "none")
+POOLINGS = ("avg", "max", "none")
+ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
+
+
+def _normalize(x, axes):
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + EPS)
+
+
+def _channel_affine(module, x):
+  c = x.shape[-1]
+  scale = module.param("scale", nn.initializers.ones, (c,))
+  bias = module.param("bias", nn.initializers.zeros, (c,))
+  return x * scale.reshape(1, 1, 1, c) + bias.reshape(1, 1, 1, c)
+
+
+class GroupNorm(nn.Module):
+  """`nn.GroupNorm(num_groups, C, affine=True)` on [n, h, w, C].
+
+  `num_groups=None` means one group per channel: the "instancenorm" of the
+  DC/DSA/DM/MTT ConvNet (`nn.GroupNorm(C, C)`), which unlike
+  `nn.InstanceNorm2d` has a per-channel affine.
+  """
+
+  num_groups: int | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    n, h, w, c = x.shape
+    groups = c if self.num_groups is None else self.num_groups
+    if c % groups:
+      raise ValueError(
+        f"GroupNorm: {c} channels are not divisible into {groups} groups"
+      )
+    y = _normalize(x.reshape(n, h, w, groups, c // groups), (1, 2, 4))
+    return _channel_affine(self, y.reshape(n, h, w, c))
+
+
+class LayerNorm(nn.Module):
+  """`nn.LayerNorm([C, H, W])` on [n, h, w, C]: one mean/var per image.
+
+  Elementwise affine over the whole map: 'scale' and 'bias' are [h, w, C]
+  (2*C*H*W parameters, as in the reference ConvNet's 'layernorm').
+  """
+
+  @nn.compact
+  def __call__(self, x):
+    shape = x.shape[1:]
+    scale = self.param("scale", nn.initializers.ones, shape)
+    bias = self.param("bias", nn.initializers.zeros, shape)
+    y = _normalize(x, (1, 2, 3))
+    return y * scale.reshape(1, *shape) + bias.reshape(1, *shape)
+
+
+class BatchNorm(nn.Module):
+  """`nn.BatchNorm2d(C)` (momentum 0.1, eps 1e-5) on [n, h, w, C] or [n, C].
+
+  Train mode normalises with the batch's mean and biased variance and, when
+  the 'batch_stats' collection is mutable (and not while initialising),
+  updates the running averages as PyTorch does: `mean <- 0.9 mean + 0.1
+  batch_mean`, `var <- 0.9 var + 0.1 unbiased_batch_var`. Train mode with an
+  immutable 'batch_stats' normalises with the batch and leaves the running
+  averages alone (what gradient matching needs). Eval mode uses the running
+  averages.
+
+  Variables: params 'scale', 'bias' [C]; batch_stats 'mean' (init 0),
+  'var' (init 1) [C].
+  """
+
+  momentum: float = 0.1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    c = x.shape[-1]
+    bshape = (1,) * (x.ndim - 1) + (c,)
+    axes = tuple(range(x.ndim - 1))
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    ra_mean = self.variable(
+      "batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32)
+    )
+    ra_var = self.variable(
+      "batch_stats", "var", lambda: jnp.ones((c,), jnp.float32)
+    )
+    if train:
+      mean = jnp.mean(x, axis=axes)
+      var = jnp.mean(jnp.square(x - mean.reshape(bshape)), axis=axes)
+      count = x.size // c
+      if self.is_mutable_collection("batch_stats") and not (
+        self.is_initializing()
+      ):
+        m = self.momentum
+        unbiased = var * (count / max(count - 1, 1))
+        ra_mean.value = (1 - m) * ra_mean.value + m * mean
+        ra_var.value = (1 - m) * ra_var.value + m * unbiased
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    y = (x - mean.reshape(bshape)) * jax.lax.rsqrt(var.reshape(bshape) + EPS)
+    return y * scale.reshape(bshape) + bias.reshape(bshape)
+
+
+def norm(x, kind: str, *, train: bool, name: str):
+  """Applies one of `NORMS` by name; 'none' is the identity.
+
+  Call it inside a compact method: the norm module becomes a child called
+  `name` of the calling module.
+  """
+  if kind == "instance":
+    return GroupNorm(name=name)(x)
+  if kind == "group":
+    return GroupNorm(num_groups=4, name=name)(x)
+  if kind == "layer":
+    return LayerNorm(name=name)(x)
+  if kind == "batch":
+    return BatchNorm(name=name)(x, train)
+  if kind == "none":
+    return x
+  raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+def activation(x, kind: str):
+  """ReLU, sigmoid or LeakyReLU (slope 0.01) by name."""
+  if kind == "relu":
+    return jax.nn.relu(x)
+  if kind == "sigmoid":
+    return jax.nn.sigmoid(x)
+  if kind == "leakyrelu":
+    return jax.nn.leaky_relu(x, 0.01)
+  raise ValueError(f"activation must be one of {ACTIVATIONS}, got {kind!r}")
+
+
+def pool(x, kind: str, window: int = 2):
+  """`nn.AvgPool2d` / `nn.MaxPool2d` (window = stride, no padding, floor)."""
+  if kind == "none":
+    return x
+  if x.shape[1] < window or x.shape[2] < window:
+    raise ValueError(
+      f"cannot {kind}-pool a {x.shape[1]}x{x.shape[2]} feature map with a "
+      f"{window}x{window} window: the input image is too small"
+    )
+  dims = (window, window)
+  if kind == "avg":
+    return nn.avg_pool(x, dims, strides=dims)
+  if kind == "max":
+    return nn.max_pool(x, dims, strides=dims)
+  raise ValueError(f"pooling must be one of {POOLINGS}, got {kind!r}")
