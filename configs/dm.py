@@ -81,6 +81,11 @@ def get_config(arg=None):
     batch_real=128 if digits else 256,
     dsa_strategy=dsa,
     classes_in_parallel=1,
+    # The DM step differentiates no convolution inside a scan, so XLA's
+    # native conv is fastest on every backend (2-core CPU: 0.83x PyTorch's
+    # step time vs 1.00x with im2col, docs/RESULTS.md). Evaluation keeps
+    # model.conv_impl ('auto': im2col on CPU, where its training scan needs it).
+    conv_impl="xla",
     learn_lr=False,
     lr_student=0.01,
     lr_lr=0.0,

@@ -269,7 +269,7 @@ def plan(config) -> Plan:
     config.model.name,
     num_classes=dataset.num_classes,
     image_shape=dataset.image_shape,
-    conv_impl=config.model.conv_impl,
+    conv_impl=config.distill.conv_impl,
     **models.options_for(config.model.name, config.model.options),
   )
   return Plan(
