@@ -77,9 +77,15 @@ def test_the_jitted_step_traces_once():
   chex.assert_tree_all_finite(state.trainable)
 
 
-def test_run_exports_a_set_that_reloads_and_evaluates(tmp_path):
-  summary = distill.run(_config(), tmp_path / "run")
-  run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """One uninterrupted runlocal run, shared by the tests that only read it."""
+  workdir = tmp_path_factory.mktemp("straight")
+  return workdir, distill.run(_config(), workdir)
+
+
+def test_run_exports_a_set_that_reloads_and_evaluates(finished_run, tmp_path):
+  run_dir, summary = finished_run
   for name in ("config.json", "metrics.jsonl", "results.json"):
     assert (run_dir / name).exists(), name
   assert list((run_dir / "images").glob("synset_*.png"))
@@ -95,11 +101,12 @@ def test_run_exports_a_set_that_reloads_and_evaluates(tmp_path):
   )
   results = evaluate.run(eval_cfg, tmp_path / "eval")
   assert 0.0 <= results["results"]["convnet"]["mean"] <= 1.0
-  metrics = [
-    json.loads(line)
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-  ]
-  assert [m["step"] for m in metrics if "loss" in m] == [2, 4]
+  assert _loss_steps(run_dir) == [2, 4]
+
+
+def _loss_steps(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [r["step"] for r in map(json.loads, lines) if "loss" in r]
 
 
 def _final_state(workdir, config):
@@ -116,32 +123,27 @@ def _final_state(workdir, config):
   return state
 
 
-def test_a_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
-  config = _config(iterations=4, checkpoint_every=1)
-  distill.run(config, tmp_path / "straight")
+def test_a_killed_and_resumed_run_matches_an_uninterrupted_one(
+  finished_run, tmp_path
+):
+  config = _config()
+  assert config.distill.iterations == 4
   # "Killed" after 2 iterations (its last checkpoint), then started again.
-  distill.run(_config(iterations=2, checkpoint_every=1), tmp_path / "resumed")
-  distill.run(config, tmp_path / "resumed")
-  straight = _final_state(tmp_path / "straight", config)
-  resumed = _final_state(tmp_path / "resumed", config)
+  distill.run(_config(iterations=2), tmp_path)
+  distill.run(config, tmp_path)
+  straight = _final_state(finished_run[0], config)
+  resumed = _final_state(tmp_path, config)
   assert int(resumed.step) == 4
   chex.assert_trees_all_equal(straight, resumed)
-  steps = [
-    json.loads(line)["step"]
-    for line in (tmp_path / "resumed" / "metrics.jsonl")
-    .read_text()
-    .splitlines()
-    if "loss" in json.loads(line)
-  ]
-  assert steps == [2, 4]
+  assert _loss_steps(tmp_path) == [2, 4]
 
 
-def test_a_workdir_of_another_config_is_refused_untouched(tmp_path):
-  distill.run(_config(), tmp_path)
-  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+def test_a_workdir_of_another_config_is_refused_untouched(finished_run):
+  workdir, _ = finished_run
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
   with pytest.raises(checkpoint.CheckpointError, match="synset.param"):
-    distill.run(_config("param=pixels"), tmp_path)
-  after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    distill.run(_config("param=pixels"), workdir)
+  after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
   assert before == after
 
 
