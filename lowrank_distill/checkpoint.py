@@ -208,6 +208,17 @@ def _describe(error: Exception, limit: int = 300) -> str:
 # Run checkpoints.
 
 
+def _require_items(path: pathlib.Path, names, writer: str) -> None:
+  """Raises CheckpointError unless the directory `path` holds every name."""
+  found = sorted(entry.name for entry in path.iterdir())
+  missing = [name for name in names if name not in found]
+  if missing:
+    raise CheckpointError(
+      f"{path} was not written by lowrank_distill.{writer} (missing "
+      f"{', '.join(missing)}; found {', '.join(found) or 'nothing'})"
+    )
+
+
 class Checkpointer:
   """Saves and restores a run's state under `<workdir>/checkpoints`.
 
@@ -327,17 +338,9 @@ class Checkpointer:
         f"no checkpoint for step {step} in {self.directory} (steps present: "
         f"{self.all_steps()})"
       )
-    found = sorted(entry.name for entry in path.iterdir())
-    missing = [
-      name
-      for name in (_STEP_METADATA_FILE, STATE_ITEM, CONFIG_ITEM)
-      if name not in found
-    ]
-    if missing:
-      raise CheckpointError(
-        f"{path} was not written by lowrank_distill.checkpoint (missing "
-        f"{', '.join(missing)}; found {', '.join(found) or 'nothing'})"
-      )
+    _require_items(
+      path, (_STEP_METADATA_FILE, STATE_ITEM, CONFIG_ITEM), "checkpoint"
+    )
     try:
       saved = self._manager.restore(
         step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()})
@@ -565,17 +568,11 @@ def _check_tree_dir(path) -> pathlib.Path:
     raise CheckpointError(f"{path} does not exist")
   if not path.is_dir():
     raise CheckpointError(f"{path} is not a directory written by save_tree")
-  found = sorted(entry.name for entry in path.iterdir())
-  missing = [
-    name
-    for name in (_STEP_METADATA_FILE, TREE_ITEM, METADATA_ITEM)
-    if name not in found
-  ]
-  if missing:
-    raise CheckpointError(
-      f"{path} was not written by lowrank_distill.checkpoint.save_tree "
-      f"(missing {', '.join(missing)}; found {', '.join(found) or 'nothing'})"
-    )
+  _require_items(
+    path,
+    (_STEP_METADATA_FILE, TREE_ITEM, METADATA_ITEM),
+    "checkpoint.save_tree",
+  )
   return path
 
 
