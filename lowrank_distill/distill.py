@@ -229,12 +229,19 @@ def validate(config) -> None:
   models.check_names([config.model.name, *config.eval.models])
 
 
-def plan(config) -> Plan:
-  """Loads the dataset and resolves the budget; raises on bad values."""
+def plan(config, *, dataset: data.Dataset | None = None) -> Plan:
+  """Loads the dataset and resolves the budget; raises on bad values.
+
+  Args:
+    config: the run's config.
+    dataset: distil this dataset instead of loading `config.dataset` (e.g.
+      the classes of one continual-learning step).
+  """
   validate(config)
-  dataset = data.load(
-    config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
-  )
+  if dataset is None:
+    dataset = data.load(
+      config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
+    )
   syn = config.synset
   parameterize.validate(
     syn.param,
@@ -442,17 +449,31 @@ def _truncate_metrics(writer: workdir_lib.MetricsWriter, step: int) -> None:
   tmp.replace(writer.path)
 
 
-def run(config, workdir) -> dict:
+def run(
+  config,
+  workdir,
+  *,
+  dataset: data.Dataset | None = None,
+  final_eval: bool = True,
+) -> dict:
   """Distils a synthetic set; resumes from the workdir's last checkpoint.
 
   Writes config.json, metrics.jsonl, checkpoints/, images/*.png, synset/
   (the export) and results.json into `workdir`.
 
+  Args:
+    config: the run's config.
+    workdir: where everything is written.
+    dataset: distil (and evaluate on) this dataset instead of loading
+      `config.dataset`.
+    final_eval: evaluate the final set with `config.eval` (else `results` is
+      empty: a caller that trains on the export itself skips the cost).
+
   Returns:
     The final evaluation results, per architecture.
   """
   workdir = pathlib.Path(workdir)
-  the_plan = plan(config)
+  the_plan = plan(config, dataset=dataset)
   check_workdir(workdir, config)
   print(budget_lib.budget_table(the_plan.budget), flush=True)
 
@@ -528,10 +549,15 @@ def run(config, workdir) -> dict:
   final_step = int(state.step)
   save_pictures(workdir, final_step, state.trainable, the_plan, config)
   exported = export(workdir / "synset", state.trainable, the_plan, config)
-  results = _evaluate(
-    jax.random.fold_in(eval_key, final_step), state.trainable, the_plan, config
-  )
-  writer.write(final_step, eval=results, final=True)
+  results = {}
+  if final_eval:
+    results = _evaluate(
+      jax.random.fold_in(eval_key, final_step),
+      state.trainable,
+      the_plan,
+      config,
+    )
+    writer.write(final_step, eval=results, final=True)
   summary = {
     "method": config.method,
     "param": config.synset.param,

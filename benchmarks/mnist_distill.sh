@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Real MNIST at equal storage: each (method, ipc, param) in turn, full
+# evaluation protocol (1000 epochs, DSA, 5 models) after a CPU-sized
+# distillation budget.
+#
+#   benchmarks/mnist_distill.sh CONFIG ITERATIONS BATCH_REAL "IPCS" "PARAMS" [extra flags]
+#   benchmarks/mnist_distill.sh configs/dm.py 400 64 "1 10" "pixels factors"
+#
+# Results: $ROOT/<ipc>_<param>/results.json (ROOT defaults to
+# /tmp/lowrank_distill/mnist_<config name>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+config=$1 iterations=$2 batch_real=$3 ipcs=$4 params=$5
+shift 5
+root=${ROOT:-/tmp/lowrank_distill/mnist_$(basename "$config" .py)}
+python=${PYTHON:-python}
+for ipc in $ipcs; do
+  for param in $params; do
+    "$python" launch/distill.py \
+      --config="$config:dataset=mnist,ipc=$ipc,param=$param,iterations=$iterations" \
+      --config.dataset.source=idx \
+      --config.dataset.path=../shared/datasets/mnist \
+      --config.distill.batch_real="$batch_real" \
+      --config.distill.eval_every=0 \
+      --workdir="$root/${ipc}_${param}" "$@"
+  done
+done
