@@ -68,7 +68,7 @@ def _lr_at(epoch, *, lr, epochs):
   return jnp.where(epoch > decay_epoch(epochs), 0.1 * lr, lr)
 
 
-def _epoch_batches(key, num_examples: int, batch_size: int):
+def epoch_batches(key, num_examples: int, batch_size: int):
   """A fresh permutation split into fixed-shape batches with a validity mask.
 
   Returns:
@@ -198,7 +198,7 @@ def train_network(
     opt_state = jax.tree.map(
       lambda t: jnp.where(restart, jnp.zeros_like(t), t), opt_state
     )
-    batches = _epoch_batches(
+    batches = epoch_batches(
       jax.random.fold_in(order_key, epoch), num_examples, batch_size
     )
     carry = (

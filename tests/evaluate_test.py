@@ -32,7 +32,7 @@ def test_lr_schedule_decays_once_after_half():
 
 
 def test_epoch_batches_cover_every_example_once(key):
-  idx, mask = evaluate._epoch_batches(key, 10, 4)
+  idx, mask = evaluate.epoch_batches(key, 10, 4)
   chex.assert_shape(idx, (3, 4))
   assert float(mask.sum()) == 10
   assert sorted(np.asarray(idx)[np.asarray(mask) > 0].tolist()) == list(

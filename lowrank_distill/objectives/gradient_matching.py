@@ -1,0 +1,271 @@
+"""Gradient matching (DC, DSA): match a network's gradients on real and
+synthetic data, class by class.
+
+References:
+  Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching",
+  ICLR 2021 (DC).
+  Zhao & Bilen, "Dataset Condensation with Differentiable Siamese
+  Augmentation", ICML 2021 (DSA).
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lowrank_distill import augment, evaluate
+from lowrank_distill.parameterize import labels as labels_lib
+
+PyTree = Any
+
+# The reference adds this to the product of norms in every cosine.
+COS_EPS = 1e-6
+# Real images per class that set the BatchNorm statistics before matching
+# (the reference's `BNSizePC`).
+BN_IMAGES_PER_CLASS = 16
+
+
+def _output_rows(grad):
+  """[..., out] -> [out, rest]: one row per output channel.
+
+  Flax kernels keep output channels last (conv HWIO, dense [in, out],
+  layer-norm affine [h, w, C]); PyTorch's `distance_wb` reshapes them first.
+  """
+  return grad.reshape(-1, grad.shape[-1]).T
+
+
+def _norm_rows(x):
+  # A row of zeros (e.g. a channel whose ReLU is dead on every synthetic
+  # image) has no norm gradient: 0 instead of `linalg.norm`'s NaN.
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1), 1e-30))
+
+
+def _cosine_distance_rows(a, b):
+  dots = jnp.sum(a * b, axis=-1)
+  return jnp.sum(1.0 - dots / (_norm_rows(a) * _norm_rows(b) + COS_EPS))
+
+
+def ours(grads_syn: PyTree, grads_real: PyTree) -> jax.Array:
+  """Sum over layers and output channels of `1 - cos`; 1-D params ignored."""
+  total = jnp.float32(0.0)
+  for gs, gr in zip(jax.tree.leaves(grads_syn), jax.tree.leaves(grads_real)):
+    if gs.ndim < 2:
+      continue
+    total = total + _cosine_distance_rows(_output_rows(gs), _output_rows(gr))
+  return total
+
+
+def mse(grads_syn: PyTree, grads_real: PyTree) -> jax.Array:
+  """Sum over every parameter of the squared difference."""
+  return sum(
+    jnp.sum((gs - gr) ** 2)
+    for gs, gr in zip(jax.tree.leaves(grads_syn), jax.tree.leaves(grads_real))
+  )
+
+
+def cos(grads_syn: PyTree, grads_real: PyTree) -> jax.Array:
+  """`1 - cos` between all gradients flattened into one vector each."""
+
+  def flat(tree):
+    return jnp.concatenate([g.reshape(-1) for g in jax.tree.leaves(tree)])
+
+  return _cosine_distance_rows(flat(grads_syn)[None], flat(grads_real)[None])
+
+
+DISTANCES: dict[str, Callable[[PyTree, PyTree], jax.Array]] = {
+  "ours": ours,
+  "mse": mse,
+  "cos": cos,
+}
+
+
+def check_distance(name: str, *, field: str = "distill.distance") -> None:
+  if name not in DISTANCES:
+    raise ValueError(f"{field} {name!r} is not known; valid: {list(DISTANCES)}")
+
+
+# ---------------------------------------------------------------------------
+# The network pieces.
+
+
+def _split(variables):
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
+  return params, state
+
+
+def _mean_loss(model, params, state, images, targets, *, train: bool):
+  """Mean cross-entropy of `model` on a batch; running stats untouched."""
+  logits = model.apply({"params": params, **state}, images, train=train)
+  return jnp.mean(labels_lib.soft_cross_entropy(logits, targets))
+
+
+def batch_norm_statistics(model, variables, images):
+  """One train-mode pass over real `images` to set the running statistics.
+
+  As the reference does before matching (`net.train(); net(img_real)`, then
+  every BatchNorm in eval mode): the running averages move one momentum
+  step towards this batch's statistics and are then frozen while matching,
+  since a synthetic class of one image has no usable batch statistics.
+
+  Returns:
+    `variables` with updated 'batch_stats' (unchanged without BatchNorm).
+  """
+  if "batch_stats" not in variables:
+    return variables
+  _, updated = model.apply(
+    variables, images, train=True, mutable=["batch_stats"]
+  )
+  return {**variables, **updated}
+
+
+def matching_loss(
+  key,
+  syn_images,
+  syn_targets,
+  real_images,
+  *,
+  model,
+  variables,
+  distance: str = "ours",
+  dsa_strategy: str = "none",
+  classes_in_parallel: int = 1,
+):
+  """Sum over classes of the distance between real and synthetic gradients.
+
+  For class c: `g_real = d CE(net(real_c), c) / d theta` (constant) and
+  `g_syn = d CE(net(syn_c), targets_c) / d theta`, differentiable in the
+  synthetic images and targets. With DSA both batches of a class get the
+  same augmentation draw (one key, siamese). Networks with BatchNorm run in
+  eval mode on the statistics already in `variables` (see
+  `batch_norm_statistics`); others are unaffected by the mode.
+
+  Args:
+    key: the per-class augmentation keys fold from it.
+    syn_images: [C, k, h, w, c] class-major synthetic images.
+    syn_targets: [C, k, C] target probabilities of the synthetic images.
+    real_images: [C, m, h, w, c] a class-balanced real batch.
+    model: a Linen module.
+    variables: the network's Flax variables (no gradient reaches them).
+    distance: a key of `DISTANCES`.
+    dsa_strategy: DSA strategy or 'none' (DC).
+    classes_in_parallel: classes matched at once (memory vs speed).
+
+  Returns:
+    A scalar.
+  """
+  check_distance(distance)
+  distance_fn = DISTANCES[distance]
+  params, state = _split(jax.lax.stop_gradient(variables))
+  num_classes = syn_images.shape[0]
+  train = "batch_stats" not in state
+  grad_fn = jax.grad(functools.partial(_mean_loss, model, train=train))
+  ops = augment.parse_strategy(dsa_strategy)
+
+  def class_distance(args):
+    real, syn, targets, c = args
+    if ops:
+      class_key = jax.random.fold_in(key, c)
+      real = augment.augment(class_key, real, strategy=dsa_strategy)
+      syn = augment.augment(class_key, syn, strategy=dsa_strategy)
+    real_targets = jax.nn.one_hot(
+      jnp.full((real.shape[0],), c), num_classes, dtype=jnp.float32
+    )
+    grads_real = jax.lax.stop_gradient(
+      grad_fn(params, state, real, real_targets)
+    )
+    grads_syn = grad_fn(params, state, syn, targets)
+    return distance_fn(grads_syn, grads_real)
+
+  per_class = jax.lax.map(
+    class_distance,
+    (real_images, syn_images, syn_targets, jnp.arange(num_classes)),
+    batch_size=classes_in_parallel,
+  )
+  return jnp.sum(per_class)
+
+
+def train_on_synthetic(
+  key,
+  variables,
+  images,
+  targets,
+  *,
+  model,
+  epochs: int,
+  lr: float,
+  batch_size: int = 256,
+  dsa_strategy: str = "none",
+):
+  """The inner loop: `epochs` epochs of plain SGD on the synthetic set.
+
+  As the reference's `epoch('train', ...)` between synthetic updates:
+  shuffled minibatches (the last one partial), cross-entropy against the
+  targets, SGD without momentum, per-sample (non-siamese) DSA when a
+  strategy is given, BatchNorm in train mode updating its running stats.
+
+  Args:
+    key: shuffling and augmentation keys fold from it.
+    variables: the network's Flax variables.
+    images: [n, h, w, c] synthetic images (treated as constants).
+    targets: [n, C] target probabilities.
+    model: a Linen module.
+    epochs: the inner loop count (0: return `variables` unchanged).
+    lr: the network's learning rate (`lr_net`).
+    batch_size: minibatch size.
+    dsa_strategy: DSA strategy or 'none'.
+
+  Returns:
+    The trained variables.
+  """
+  if epochs == 0:
+    return variables
+  images = jax.lax.stop_gradient(images)
+  targets = jax.lax.stop_gradient(targets)
+  num_examples = images.shape[0]
+  batch_size = min(batch_size, num_examples)
+  ops = augment.parse_strategy(dsa_strategy)
+  order_key, aug_key = jax.random.split(key)
+  mutable = [k for k in variables if k != "params"]
+
+  def loss_fn(params, state, x, y, mask):
+    if mutable:
+      logits, state = model.apply(
+        {"params": params, **state}, x, train=True, mutable=mutable
+      )
+    else:
+      logits = model.apply({"params": params}, x, train=True)
+    losses = labels_lib.soft_cross_entropy(logits, y)
+    return jnp.sum(losses * mask) / jnp.sum(mask), state
+
+  def step(carry, batch):
+    params, state, index = carry
+    idx, mask = batch
+    x = images[idx]
+    if ops:
+      x = augment.augment(
+        jax.random.fold_in(aug_key, index),
+        x,
+        strategy=dsa_strategy,
+        siamese=False,
+      )
+    grads, state = jax.grad(loss_fn, has_aux=True)(
+      params, state, x, targets[idx], mask
+    )
+    params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+    return (params, state, index + 1), None
+
+  def epoch(carry, e):
+    batches = evaluate.epoch_batches(
+      jax.random.fold_in(order_key, e), num_examples, batch_size
+    )
+    carry, _ = jax.lax.scan(step, carry, batches)
+    return carry, None
+
+  params, state = _split(variables)
+  (params, state, _), _ = jax.lax.scan(
+    epoch, (params, state, jnp.int32(0)), jnp.arange(epochs)
+  )
+  return {"params": params, **state}

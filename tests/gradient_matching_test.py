@@ -1,0 +1,321 @@
+"""Tests of gradient matching (objectives.gradient_matching) and its loop."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import gm as gm_config
+from lowrank_distill import distill, evaluate, models, parameterize
+from lowrank_distill.objectives import gradient_matching as gm
+
+STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+
+def _model(name="convnet", num_classes=3):
+  return models.create(
+    name,
+    num_classes=num_classes,
+    image_shape=(8, 8, 1),
+    width=8,
+    depth=2,
+    conv_impl="xla",
+  )
+
+
+def _grads(seed):
+  keys = jax.random.split(jax.random.key(seed), 4)
+  return {
+    "conv": {
+      "kernel": jax.random.normal(keys[0], (3, 3, 2, 4)),
+      "bias": jax.random.normal(keys[1], (4,)),
+    },
+    "dense": {"kernel": jax.random.normal(keys[2], (5, 3))},
+    "norm": {"scale": jax.random.normal(keys[3], (4,))},
+  }
+
+
+@pytest.mark.parametrize("name", sorted(gm.DISTANCES))
+def test_distances_are_zero_for_identical_gradients(name):
+  g = _grads(0)
+  assert abs(float(gm.DISTANCES[name](g, g))) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["ours", "cos"])
+def test_cosine_distances_ignore_positive_scaling(name):
+  a, b = _grads(0), _grads(1)
+  scaled = jax.tree.map(lambda x: 3.7 * x, a)
+  np.testing.assert_allclose(
+    gm.DISTANCES[name](scaled, b), gm.DISTANCES[name](a, b), rtol=1e-5
+  )
+  assert float(gm.DISTANCES[name](a, b)) > 0.1
+
+
+def test_ours_ignores_one_dimensional_parameters():
+  a, b = _grads(0), _grads(1)
+  other_biases = {
+    **a,
+    "conv": {**a["conv"], "bias": -a["conv"]["bias"]},
+    "norm": {"scale": 10 * a["norm"]["scale"]},
+  }
+  np.testing.assert_allclose(gm.ours(other_biases, b), gm.ours(a, b))
+  assert float(gm.mse(other_biases, b)) != pytest.approx(float(gm.mse(a, b)))
+
+
+def test_ours_matches_the_reference_layout():
+  # PyTorch stores a conv kernel [out, in, h, w] and compares rows per
+  # output channel; Flax's HWIO kernel must give the same number.
+  a, b = _grads(0), _grads(1)
+
+  def rows_distance(x, y):
+    dots = np.sum(x * y, -1)
+    norms = np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1)
+    return np.sum(1 - dots / (norms + gm.COS_EPS))
+
+  def torch_rows(kernel):
+    k = np.asarray(kernel)
+    if k.ndim == 4:
+      return k.transpose(3, 2, 0, 1).reshape(k.shape[3], -1)
+    return k.T
+
+  expected = sum(
+    rows_distance(torch_rows(x), torch_rows(y))
+    for x, y in [
+      (a["conv"]["kernel"], b["conv"]["kernel"]),
+      (a["dense"]["kernel"], b["dense"]["kernel"]),
+    ]
+  )
+  np.testing.assert_allclose(gm.ours(a, b), expected, rtol=1e-5)
+
+
+def test_zero_gradient_rows_have_a_finite_distance_gradient():
+  a, b = _grads(0), _grads(1)
+  a["conv"]["kernel"] = a["conv"]["kernel"].at[..., 0].set(0.0)
+  for name in ("ours", "cos"):
+    chex.assert_tree_all_finite(
+      jax.grad(gm.DISTANCES[name])(a, b), custom_message=name
+    )
+
+
+def test_unknown_distance_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="ours.*mse.*cos"):
+    gm.check_distance("l1")
+
+
+def _matching_inputs(num_classes=3, k=2, m=6):
+  real = jax.random.normal(jax.random.key(0), (num_classes, m, 8, 8, 1))
+  targets = jnp.broadcast_to(
+    jnp.eye(num_classes)[:, None], (num_classes, k, num_classes)
+  )
+  model = _model(num_classes=num_classes)
+  variables = evaluate.init_variables(jax.random.key(1), model, (8, 8, 1))
+  return real, targets, model, variables
+
+
+def test_matching_loss_is_zero_when_synthetic_equals_real():
+  real, _, model, variables = _matching_inputs(k=6)
+  targets = jnp.broadcast_to(jnp.eye(3)[:, None], (3, 6, 3))
+  loss = gm.matching_loss(
+    jax.random.key(2),
+    real,
+    targets,
+    real,
+    model=model,
+    variables=variables,
+    distance="mse",
+    dsa_strategy=STRATEGY,
+  )
+  assert abs(float(loss)) < 1e-9
+
+
+@pytest.mark.parametrize(
+  "param,kwargs",
+  [
+    ("pixels", {}),
+    ("factors", {"rank": 2}),
+    ("mappers", {"rank": 2, "num_sets": 2}),
+  ],
+)
+def test_gradient_reaches_every_reconstructor_parameter(param, kwargs):
+  real, targets, model, variables = _matching_inputs()
+  reconstructor = parameterize.get(param)
+  params = reconstructor.init(
+    jax.random.key(3),
+    num_classes=3,
+    images_per_class=2,
+    image_shape=(8, 8, 1),
+    **kwargs,
+  )
+
+  def loss(params):
+    syn = reconstructor.materialize(params).reshape(3, 2, 8, 8, 1)
+    return gm.matching_loss(
+      jax.random.key(2),
+      syn,
+      targets,
+      real,
+      model=model,
+      variables=variables,
+      dsa_strategy=STRATEGY,
+      classes_in_parallel=3,
+    )
+
+  grads = jax.jit(jax.grad(loss))(params)
+  chex.assert_tree_all_finite(grads)
+  for name, g in grads.items():
+    assert float(jnp.max(jnp.abs(g))) > 0, name
+
+
+def test_gradient_reaches_soft_label_logits():
+  real, _, model, variables = _matching_inputs()
+  syn = jax.random.normal(jax.random.key(4), (3, 2, 8, 8, 1))
+  logits = jax.random.normal(jax.random.key(5), (3, 2, 3))
+
+  def loss(logits):
+    return gm.matching_loss(
+      jax.random.key(2),
+      syn,
+      jax.nn.softmax(logits),
+      real,
+      model=model,
+      variables=variables,
+    )
+
+  g = jax.grad(loss)(logits)
+  chex.assert_tree_all_finite(g)
+  assert float(jnp.max(jnp.abs(g))) > 0
+
+
+def test_batch_norm_statistics_are_set_from_real_data_and_then_frozen():
+  model = _model("convnet_bn")
+  variables = evaluate.init_variables(jax.random.key(1), model, (8, 8, 1))
+  real = 3.0 + jax.random.normal(jax.random.key(0), (3, 6, 8, 8, 1))
+  updated = gm.batch_norm_statistics(
+    model, variables, real.reshape(-1, 8, 8, 1)
+  )
+  before = jax.tree.leaves(variables["batch_stats"])
+  after = jax.tree.leaves(updated["batch_stats"])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  chex.assert_trees_all_equal(updated["params"], variables["params"])
+  # Matching reads the frozen statistics: a synthetic class of one image
+  # gets a finite, non-zero gradient (batch statistics of one would not).
+  syn = jax.random.normal(jax.random.key(4), (3, 1, 8, 8, 1))
+  targets = jnp.eye(3)[:, None]
+  g = jax.grad(
+    lambda s: gm.matching_loss(
+      jax.random.key(2), s, targets, real, model=model, variables=updated
+    )
+  )(syn)
+  chex.assert_tree_all_finite(g)
+  assert float(jnp.max(jnp.abs(g))) > 0
+
+
+def test_train_on_synthetic_lowers_the_loss_and_zero_epochs_is_identity():
+  model = _model()
+  variables = evaluate.init_variables(jax.random.key(1), model, (8, 8, 1))
+  images = jax.random.normal(jax.random.key(0), (9, 8, 8, 1))
+  targets = jax.nn.one_hot(jnp.arange(9) % 3, 3)
+
+  def loss(v):
+    logits = model.apply(v, images)
+    return float(jnp.mean(-jnp.sum(targets * jax.nn.log_softmax(logits), -1)))
+
+  trained = gm.train_on_synthetic(
+    jax.random.key(2),
+    variables,
+    images,
+    targets,
+    model=model,
+    epochs=20,
+    lr=0.05,
+    batch_size=4,
+    dsa_strategy="none",
+  )
+  assert loss(trained) < loss(variables)
+  same = gm.train_on_synthetic(
+    jax.random.key(2),
+    variables,
+    images,
+    targets,
+    model=model,
+    epochs=0,
+    lr=0.05,
+  )
+  chex.assert_trees_all_equal(same, variables)
+
+
+# ---------------------------------------------------------------------------
+# The loop (distill with method 'gm').
+
+
+def _config(arg=""):
+  config = gm_config.get_config("runlocal=true" + ("," + arg if arg else ""))
+  config.model.options.update(width=8, depth=1)
+  config.eval.update(epochs=1, num_models=1)
+  config.distill.update(iterations=1, checkpoint_every=1)
+  return config
+
+
+def test_loop_counts_come_from_the_config_table():
+  assert (
+    gm_config.get_config("ipc=10").distill.outer_loop,
+    gm_config.get_config("ipc=10").distill.inner_loop,
+  ) == gm_config.LOOPS[10]
+  assert gm_config.get_config("ipc=50").distill.inner_loop == 10
+
+
+def test_an_ipc_without_loop_setting_names_the_fields_to_set():
+  config = gm_config.get_config("ipc=7")
+  with pytest.raises(ValueError, match="distill.outer_loop"):
+    distill.validate(config)
+
+
+def test_every_outer_loop_makes_one_guarded_update():
+  config = _config("param=pixels")
+  config.distill.update(outer_loop=3, inner_loop=1, max_loss=-1.0)
+  plan = distill.plan(config)
+  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
+  optimizer = distill.make_optimizer(
+    distill.optimizer_groups(config, trainable)
+  )
+  state = distill.init_state(trainable, optimizer)
+  objective = distill.OBJECTIVES["gm"]
+  step = jax.jit(
+    chex.assert_max_traces(objective.make_step(plan, config, optimizer), n=1)
+  )
+  inputs = objective.inputs(plan, config)
+  state, metrics = step(state, jax.random.key(1), *inputs(0))
+  # max_loss < 0 refuses every update: one refusal per outer loop.
+  assert int(state.skipped) == 3 and int(state.step) == 1
+  chex.assert_trees_all_equal(state.trainable, trainable)
+  state, _ = step(state, jax.random.key(2), *inputs(0))
+  assert int(state.skipped) == 6
+
+
+@pytest.mark.parametrize("method", ["dc", "dsa"])
+def test_one_iteration_runs_end_to_end_on_digits(method, tmp_path):
+  config = _config(f"method={method}")
+  config.distill.update(outer_loop=2, inner_loop=1)
+  summary = distill.run(config, tmp_path / method)
+  assert summary["iterations"] == 1 and summary["skipped_updates"] == 0
+  accuracy = summary["results"]["convnet"]["mean"]
+  assert 0.0 <= accuracy <= 1.0
+  assert (tmp_path / method / "synset").exists()
+
+
+def test_soft_labels_are_learned_by_gradient_matching():
+  # Soft logits cost storage: same-images keeps the image count.
+  config = _config("param=pixels,budget=same-images")
+  config.labels.update(kind="soft", init="onehot", lr=1.0)
+  plan = distill.plan(config)
+  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
+  optimizer = distill.make_optimizer(
+    distill.optimizer_groups(config, trainable)
+  )
+  state = distill.init_state(trainable, optimizer)
+  objective = distill.OBJECTIVES["gm"]
+  step = jax.jit(objective.make_step(plan, config, optimizer))
+  new, _ = step(state, jax.random.key(1), *objective.inputs(plan, config)(0))
+  assert not np.allclose(new.trainable["labels"], trainable["labels"])
+  chex.assert_tree_all_finite(new.trainable)
