@@ -11,6 +11,7 @@ applied), and updates every group.
 
 import dataclasses
 import functools
+import math
 import pathlib
 import time
 from collections.abc import Callable
@@ -35,9 +36,14 @@ from lowrank_distill import (
   parameterize,
   rng,
 )
+from lowrank_distill import experts as experts_lib
 from lowrank_distill import synset as synset_lib
 from lowrank_distill import workdir as workdir_lib
-from lowrank_distill.objectives import distribution_matching
+from lowrank_distill.objectives import (
+  distribution_matching,
+  gradient_matching,
+  trajectory_matching,
+)
 from lowrank_distill.parameterize import budget as budget_lib
 from lowrank_distill.parameterize import labels as labels_lib
 
@@ -102,6 +108,35 @@ def init_state(trainable: dict, optimizer) -> DistillState:
   )
 
 
+def guarded_update(
+  state: DistillState, loss, grads, optimizer, *, max_loss: float
+) -> tuple[DistillState, jax.Array]:
+  """Applies `grads` unless the loss or a gradient is bad.
+
+  A non-finite loss or gradient, or a loss above `max_loss`, leaves the
+  trainable params and the optimiser state untouched and increments
+  `skipped`. `step` is not changed.
+
+  Returns:
+    (state, refused): the new state and whether the update was refused.
+  """
+  finite_grads = jnp.all(
+    jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+  )
+  ok = jnp.isfinite(loss) & finite_grads & (loss <= max_loss)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  keep = functools.partial(
+    jax.tree.map, lambda new, old: jnp.where(ok, new, old)
+  )
+  new_state = state.replace(
+    trainable=keep(trainable, state.trainable),
+    opt_state=keep(opt_state, state.opt_state),
+    skipped=state.skipped + (~ok).astype(jnp.int32),
+  )
+  return new_state, ~ok
+
+
 def make_train_step(loss_fn: LossFn, optimizer, *, max_loss: float):
   """One distillation iteration with a guard against bad losses.
 
@@ -117,30 +152,21 @@ def make_train_step(loss_fn: LossFn, optimizer, *, max_loss: float):
 
   def train_step(state: DistillState, key, *data_args):
     loss, grads = jax.value_and_grad(loss_fn)(state.trainable, key, *data_args)
-    finite_grads = jnp.all(
-      jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    state, refused = guarded_update(
+      state, loss, grads, optimizer, max_loss=max_loss
     )
-    ok = jnp.isfinite(loss) & finite_grads & (loss <= max_loss)
-    updates, opt_state = optimizer.update(
-      grads, state.opt_state, state.trainable
-    )
-    trainable = optax.apply_updates(state.trainable, updates)
-    keep = functools.partial(
-      jax.tree.map, lambda new, old: jnp.where(ok, new, old)
-    )
-    new_state = DistillState(
-      step=state.step + 1,
-      trainable=keep(trainable, state.trainable),
-      opt_state=keep(opt_state, state.opt_state),
-      skipped=state.skipped + (~ok).astype(jnp.int32),
-    )
-    return new_state, {"loss": loss, "skipped": ~ok}
+    return state.replace(step=state.step + 1), {
+      "loss": loss,
+      "skipped": refused,
+    }
 
   return train_step
 
 
 # ---------------------------------------------------------------------------
-# Objectives: builders of `loss_fn(trainable, key, real_images, class_index)`.
+# Objectives.
+
+StepFn = Callable[..., tuple[DistillState, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,31 +186,356 @@ class Plan:
   def images_per_class(self) -> int:
     return self.budget.images_per_class
 
+  @property
+  def syn_shape(self) -> tuple[int, ...]:
+    """[C, k, h, w, c]: the synthetic set, class-major."""
+    return (self.num_classes, self.images_per_class, *self.dataset.image_shape)
 
-def _dm_loss(plan: Plan, config) -> LossFn:
+
+def syn_targets(trainable: dict, plan: Plan) -> jax.Array:
+  """[C, k, C] target probabilities of the synthetic images."""
+  c, k = plan.num_classes, plan.images_per_class
+  labels = trainable.get("labels", labels_lib.hard(c, k))
+  return labels_lib.targets(labels, c).reshape(c, k, c)
+
+
+InputsFn = Callable[[int], tuple]
+
+
+def real_data(plan: Plan, config) -> InputsFn:
+  """Every step reads (train images, class index) of the real data."""
+  del config
+  arrays = (
+    jnp.asarray(plan.dataset.train_images),
+    data.class_index(plan.dataset.train_labels, plan.num_classes),
+  )
+  return lambda step: arrays
+
+
+def _no_check(*args) -> None:
+  del args
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A distillation method as the loop sees it.
+
+  Attributes:
+    make_step: (plan, config, optimizer) -> step(state, key, *inputs) ->
+      (state, metrics with 'loss'); `run` jits it once.
+    inputs: (plan, config) -> inputs(step) -> the arrays step `step` reads
+      after the key (the same real data every step for DM and gradient
+      matching; expert snapshots for trajectory matching).
+    check: (config) -> None; raises on values this objective refuses,
+      before anything is loaded.
+    check_plan: (plan, config) -> None; raises on what only the loaded data
+      can show, before any compute.
+    learns_labels: gives label logits a gradient (soft labels allowed).
+    learns_lr: has a student lr to learn (`distill.learn_lr` allowed).
+  """
+
+  make_step: Callable[[Plan, Any, Any], StepFn]
+  inputs: Callable[[Plan, Any], InputsFn] = real_data
+  check: Callable[[Any], None] = _no_check
+  check_plan: Callable[[Plan, Any], None] = _no_check
+  learns_labels: bool = False
+  learns_lr: bool = False
+
+
+def _dm_step(plan: Plan, config, optimizer) -> StepFn:
   cfg = config.distill
   materialize = plan.reconstructor.materialize
-  shape = (plan.num_classes, plan.images_per_class, *plan.dataset.image_shape)
 
   def loss_fn(trainable, key, real_images, class_index):
     sample_key, loss_key = jax.random.split(key)
     idx = data.sample_per_class(sample_key, class_index, n=cfg.batch_real)
     return distribution_matching.loss(
       loss_key,
-      materialize(trainable["images"]).reshape(shape),
+      materialize(trainable["images"]).reshape(plan.syn_shape),
       real_images[idx],
       model=plan.model,
       dsa_strategy=cfg.dsa_strategy,
       classes_in_parallel=cfg.classes_in_parallel,
     )
 
-  return loss_fn
+  return make_train_step(loss_fn, optimizer, max_loss=cfg.max_loss)
 
 
-OBJECTIVES: dict[str, Callable[[Plan, Any], LossFn]] = {"dm": _dm_loss}
-# Objectives that give label logits / the student lr a gradient.
-LEARNS_LABELS: tuple[str, ...] = ()
-LEARNS_LR: tuple[str, ...] = ()
+def _gm_check(config) -> None:
+  cfg = config.distill
+  gradient_matching.check_distance(cfg.distance)
+  if cfg.outer_loop < 1 or cfg.inner_loop < 0:
+    raise ValueError(
+      f"distill.outer_loop / distill.inner_loop: no loop setting for IPC "
+      f"{config.synset.ipc} (got outer_loop={cfg.outer_loop}, "
+      f"inner_loop={cfg.inner_loop}); set both, e.g. "
+      f"--config.distill.outer_loop=10 --config.distill.inner_loop=50 (the "
+      f"published table is in configs/gm.py)"
+    )
+  for field in ("lr_net", "batch_real", "batch_train"):
+    if cfg[field] <= 0:
+      raise ValueError(f"distill.{field} must be > 0, got {cfg[field]}")
+
+
+def _gm_check_plan(plan: Plan, config) -> None:
+  if models.uses_batch_norm(plan.model):
+    data.check_images_per_class(
+      plan.dataset.train_labels,
+      gradient_matching.BN_IMAGES_PER_CLASS,
+      field="dataset (images per class for the BatchNorm statistics)",
+    )
+
+
+def _gm_step(plan: Plan, config, optimizer) -> StepFn:
+  """One iteration: `outer_loop` synthetic updates on one fresh network.
+
+  Per outer loop: (BatchNorm networks: set the running statistics from a
+  real batch), match the gradients of a class-balanced real batch and of the
+  synthetic set, update the synthetic set (guarded), then train the network
+  on the synthetic set for `inner_loop` epochs, except after the last outer
+  loop, as the reference does. The reported loss is the mean over outer
+  loops of the summed class distances.
+  """
+  cfg = config.distill
+  model = plan.model
+  materialize = plan.reconstructor.materialize
+  image_shape = plan.dataset.image_shape
+  batch_norm = models.uses_batch_norm(model)
+
+  def match(trainable, key, real, variables):
+    return gradient_matching.matching_loss(
+      key,
+      materialize(trainable["images"]).reshape(plan.syn_shape),
+      syn_targets(trainable, plan),
+      real,
+      model=model,
+      variables=variables,
+      distance=cfg.distance,
+      dsa_strategy=cfg.dsa_strategy,
+      classes_in_parallel=cfg.classes_in_parallel,
+    )
+
+  def train_network(key, variables, trainable):
+    return gradient_matching.train_on_synthetic(
+      key,
+      variables,
+      materialize(trainable["images"]),
+      syn_targets(trainable, plan).reshape(-1, plan.num_classes),
+      model=model,
+      epochs=cfg.inner_loop,
+      lr=cfg.lr_net,
+      batch_size=cfg.batch_train,
+      dsa_strategy=cfg.dsa_strategy,
+    )
+
+  def step(state: DistillState, key, real_images, class_index):
+    net_key, loop_key = jax.random.split(key)
+    variables = model.init(net_key, real_images[:1])
+
+    def outer(carry, index):
+      state, variables = carry
+      bn_key, real_key, match_key, inner_key = jax.random.split(
+        jax.random.fold_in(loop_key, index), 4
+      )
+      if batch_norm:
+        idx = data.sample_per_class(
+          bn_key, class_index, n=gradient_matching.BN_IMAGES_PER_CLASS
+        )
+        variables = gradient_matching.batch_norm_statistics(
+          model, variables, real_images[idx].reshape(-1, *image_shape)
+        )
+      idx = data.sample_per_class(real_key, class_index, n=cfg.batch_real)
+      loss, grads = jax.value_and_grad(match)(
+        state.trainable, match_key, real_images[idx], variables
+      )
+      state, refused = guarded_update(
+        state, loss, grads, optimizer, max_loss=cfg.max_loss
+      )
+      variables = jax.lax.cond(
+        index < cfg.outer_loop - 1,
+        lambda v: train_network(inner_key, v, state.trainable),
+        lambda v: v,
+        variables,
+      )
+      return (state, variables), (loss, refused)
+
+    (state, _), (losses, refused) = jax.lax.scan(
+      outer, (state, variables), jnp.arange(cfg.outer_loop)
+    )
+    return state.replace(step=state.step + 1), {
+      "loss": jnp.mean(losses),
+      "skipped": jnp.any(refused),
+    }
+
+  return step
+
+
+def _tm_check(config) -> None:
+  cfg = config.distill
+  trajectory_matching.check_start_schedule(cfg.start)
+  for field, low in (
+    ("syn_steps", 0),
+    ("expert_epochs", 1),
+    ("max_start", 1),
+    ("batch_syn", 0),
+    ("num_trajectories", 1),
+  ):
+    if cfg[field] < low:
+      raise ValueError(f"distill.{field} must be >= {low}, got {cfg[field]}")
+  if not config.experts.path:
+    raise ValueError(
+      "experts.path: trajectory matching needs an expert buffer; train one "
+      "with launch/experts.py and pass --config.experts.path=<its workdir>"
+    )
+  if not cfg.learn_lr and cfg.lr_student <= 0:
+    raise ValueError(f"distill.lr_student must be > 0, got {cfg.lr_student}")
+
+
+def _tm_window(config) -> tuple[int, int]:
+  """(snapshots the run reads from epoch 0, the fewest it needs)."""
+  cfg = config.distill
+  if cfg.start == "uniform":
+    last = cfg.max_start - 1
+    needed = last + cfg.expert_epochs + 1
+    return needed, needed
+  last = math.floor(cfg.max_start + cfg.start_delta)
+  # Progressive starts are clipped to the buffer: one target is enough.
+  return last + cfg.expert_epochs + 1, cfg.expert_epochs + 1
+
+
+def _tm_buffer(plan: Plan, config):
+  buffer = experts_lib.open_buffer(config.experts.path, field="experts.path")
+  _, needed = _tm_window(config)
+  wanted = config.experts.num_experts or buffer.num_experts
+  experts_lib.check_buffer(
+    buffer,
+    experts_lib.buffer_identity(plan.dataset, config),
+    field="experts.path",
+    min_snapshots=needed,
+    needed_by="distill.max_start + distill.expert_epochs",
+    min_experts=max(wanted, 1),
+  )
+  return buffer, wanted
+
+
+def _tm_check_plan(plan: Plan, config) -> None:
+  _tm_buffer(plan, config)
+
+
+class ExpertSnapshots:
+  """The snapshots trajectory matching reads, held in host memory.
+
+  Every expert's epochs `0 .. window - 1` (the latest start plus the
+  expert epochs) are read by slice from the buffer once; each step then
+  draws experts and start epochs with a generator seeded by (seed, step), so
+  a resumed run draws what the uninterrupted one would have.
+  """
+
+  def __init__(self, plan: Plan, config):
+    buffer, num_experts = _tm_buffer(plan, config)
+    window, _ = _tm_window(config)
+    window = min(window, buffer.num_snapshots)
+    trajectories = [buffer.read(e, 0, window) for e in range(num_experts)]
+    self.params = jax.tree.map(lambda *x: np.stack(x), *trajectories)
+    self.num_bytes = sum(x.nbytes for x in jax.tree.leaves(self.params))
+    limit = config.experts.max_host_bytes
+    if limit and self.num_bytes > limit:
+      raise ValueError(
+        f"experts.num_experts: {num_experts} experts x {window} snapshots "
+        f"take {self.num_bytes / 2**30:.2f} GiB, above "
+        f"experts.max_host_bytes ({limit / 2**30:.2f} GiB); use fewer "
+        f"experts or raise the limit"
+      )
+    self.num_experts = num_experts
+    self.last_start = window - 1 - config.distill.expert_epochs
+    self.config = config
+
+  def __call__(self, step: int) -> tuple:
+    cfg = self.config.distill
+    rng = np.random.default_rng((self.config.seed, step))
+    experts, starts = trajectory_matching.sample_starts(
+      rng,
+      step,
+      num=cfg.num_trajectories,
+      num_experts=self.num_experts,
+      schedule=cfg.start,
+      iterations=cfg.iterations,
+      max_start=cfg.max_start,
+      delta=cfg.start_delta,
+      window=cfg.start_window,
+      last_start=self.last_start,
+    )
+    targets = starts + cfg.expert_epochs
+    return (
+      jax.tree.map(lambda x: jnp.asarray(x[experts, starts]), self.params),
+      jax.tree.map(lambda x: jnp.asarray(x[experts, targets]), self.params),
+    )
+
+
+def _tm_step(plan: Plan, config, optimizer) -> StepFn:
+  """Mean over `num_trajectories` trajectories of the MTT loss."""
+  cfg = config.distill
+  materialize = plan.reconstructor.materialize
+  # The student's non-param variables (BatchNorm running averages) start
+  # as a fresh network's; experts store params only.
+  variables = evaluate.init_variables(
+    jax.random.key(0), plan.model, plan.dataset.image_shape
+  )
+  model_state = {k: v for k, v in variables.items() if k != "params"} or None
+
+  def loss_fn(trainable, key, start_params, target_params):
+    images = materialize(trainable["images"])
+    targets = syn_targets(trainable, plan).reshape(-1, plan.num_classes)
+    if "log_lr" in trainable:
+      lr = jnp.exp(trainable["log_lr"])
+    else:
+      lr = jnp.float32(cfg.lr_student)
+
+    def one(key, start, target):
+      return trajectory_matching.trajectory_loss(
+        key,
+        start,
+        target,
+        images,
+        targets,
+        model=plan.model,
+        lr=lr,
+        steps=cfg.syn_steps,
+        batch_size=cfg.batch_syn or images.shape[0],
+        dsa_strategy=cfg.dsa_strategy,
+        model_state=model_state,
+        remat=cfg.remat,
+      )
+
+    keys = jax.random.split(key, cfg.num_trajectories)
+    return jnp.mean(jax.vmap(one)(keys, start_params, target_params))
+
+  return make_train_step(loss_fn, optimizer, max_loss=cfg.max_loss)
+
+
+OBJECTIVES: dict[str, Objective] = {
+  "dm": Objective(make_step=_dm_step),
+  "gm": Objective(
+    make_step=_gm_step,
+    check=_gm_check,
+    check_plan=_gm_check_plan,
+    learns_labels=True,
+  ),
+  "tm": Objective(
+    make_step=_tm_step,
+    inputs=ExpertSnapshots,
+    check=_tm_check,
+    check_plan=_tm_check_plan,
+    learns_labels=True,
+    learns_lr=True,
+  ),
+}
+
+
+def learning_objectives(what: str) -> list[str]:
+  """Names of the objectives that learn labels ('labels') or the lr ('lr')."""
+  attr = {"labels": "learns_labels", "lr": "learns_lr"}[what]
+  return [name for name, o in OBJECTIVES.items() if getattr(o, attr)]
 
 
 # ---------------------------------------------------------------------------
@@ -206,16 +557,17 @@ def validate(config) -> None:
   _check_choice("labels.kind", config.labels.kind, ("hard", "soft"))
   if config.labels.kind == "soft":
     _check_choice("labels.init", config.labels.init, labels_lib.LABEL_INITS)
-    if config.method not in LEARNS_LABELS:
+    if not OBJECTIVES[config.method].learns_labels:
       raise ValueError(
         f"labels.kind 'soft': objective {config.method!r} gives label "
         f"logits no gradient; use labels.kind='hard' (objectives that learn "
-        f"labels: {list(LEARNS_LABELS)})"
+        f"labels: {learning_objectives('labels')})"
       )
-  if config.distill.learn_lr and config.method not in LEARNS_LR:
+  if config.distill.learn_lr and not OBJECTIVES[config.method].learns_lr:
     raise ValueError(
       f"distill.learn_lr: objective {config.method!r} has no student lr to "
-      f"learn; set it to False (objectives with one: {list(LEARNS_LR)})"
+      f"learn; set it to False (objectives with one: "
+      f"{learning_objectives('lr')})"
     )
   _check_choice("synset.init", config.synset.init, ("noise", "real"))
   if config.synset.ipc < 1:
@@ -227,6 +579,7 @@ def validate(config) -> None:
   augment.parse_strategy(config.distill.dsa_strategy)
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names([config.model.name, *config.eval.models])
+  OBJECTIVES[config.method].check(config)
 
 
 def plan(config, *, dataset: data.Dataset | None = None) -> Plan:
@@ -279,12 +632,14 @@ def plan(config, *, dataset: data.Dataset | None = None) -> Plan:
     conv_impl=config.distill.conv_impl,
     **models.options_for(config.model.name, config.model.options),
   )
-  return Plan(
+  the_plan = Plan(
     dataset=dataset,
     budget=budget,
     reconstructor=parameterize.get(syn.param),
     model=model,
   )
+  OBJECTIVES[config.method].check_plan(the_plan, config)
+  return the_plan
 
 
 def initial_trainable(key, plan: Plan, config) -> dict:
@@ -481,10 +836,8 @@ def run(
   trainable = initial_trainable(rng.stream(root, "init"), the_plan, config)
   optimizer = make_optimizer(optimizer_groups(config, trainable))
   state = init_state(trainable, optimizer)
-  loss_fn = OBJECTIVES[config.method](the_plan, config)
-  train_step = jax.jit(
-    make_train_step(loss_fn, optimizer, max_loss=config.distill.max_loss)
-  )
+  objective = OBJECTIVES[config.method]
+  train_step = jax.jit(objective.make_step(the_plan, config, optimizer))
 
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.write_config(workdir, config)
@@ -499,10 +852,7 @@ def run(
       logging.info("Resumed from step %d", int(state.step))
       _truncate_metrics(writer, int(state.step))
 
-    real_images = jnp.asarray(the_plan.dataset.train_images)
-    class_index = data.class_index(
-      the_plan.dataset.train_labels, the_plan.num_classes
-    )
+    inputs = objective.inputs(the_plan, config)
     distill_key = rng.stream(root, "distill")
     eval_key = rng.stream(root, "eval")
     start = int(state.step)
@@ -517,7 +867,7 @@ def run(
     )
     for step in progress:
       state, metrics = train_step(
-        state, jax.random.fold_in(distill_key, step), real_images, class_index
+        state, jax.random.fold_in(distill_key, step), *inputs(step)
       )
       losses.append(metrics["loss"])
       done = step + 1

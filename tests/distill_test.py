@@ -61,18 +61,13 @@ def test_the_jitted_step_traces_once():
     distill.optimizer_groups(config, trainable)
   )
   state = distill.init_state(trainable, optimizer)
-  loss_fn = distill.OBJECTIVES["dm"](plan, config)
+  objective = distill.OBJECTIVES["dm"]
   step = jax.jit(
-    chex.assert_max_traces(
-      distill.make_train_step(loss_fn, optimizer, max_loss=1e8), n=1
-    )
+    chex.assert_max_traces(objective.make_step(plan, config, optimizer), n=1)
   )
-  from lowrank_distill import data
-
-  images = jnp.asarray(plan.dataset.train_images)
-  index = data.class_index(plan.dataset.train_labels, plan.num_classes)
+  inputs = objective.inputs(plan, config)
   for i in range(3):
-    state, metrics = step(state, jax.random.key(i), images, index)
+    state, metrics = step(state, jax.random.key(i), *inputs(i))
   assert int(state.step) == 3
   chex.assert_tree_all_finite(state.trainable)
 
