@@ -1,0 +1,90 @@
+r"""Expert trajectories for trajectory matching (MTT, DESIGN 3.7).
+
+  python launch/experts.py --workdir=/tmp/experts_cifar10 \
+    --config=configs/experts.py:dataset=cifar10
+
+The workdir is the buffer: a distillation run names it in `experts.path`.
+A killed run, restarted with the same command, trains only the missing
+experts; a larger `num_experts` adds experts to a finished buffer.
+
+Arguments: dataset (digits|mnist|fashion_mnist|cifar10|cifar100|...),
+num_experts (0: the setting below), epochs (0: the setting below), runlocal
+(seconds on a CPU: ConvNet width 16, depth 2, 2 experts x 2 epochs).
+
+Published settings (Cazenavette et al., CVPR 2022, `buffer.py` of the
+reference code): 100 experts trained for 50 epochs each (51 snapshots),
+SGD lr 0.01, no momentum, no weight decay, batch 256, ConvNet-3 (width 128,
+instance norm), ZCA whitening for CIFAR-10/100 (the MTT flavour: eps 0.1 on
+[0, 1] images), DSA `color_crop_cutout_flip_scale_rotate` on every real batch
+(per sample), without `flip` for digit datasets (MNIST, SVHN, digits).
+
+Settings sized for a CPU:
+* `dataset=digits` (the default; the embedded 8x8 digits, 1438 training
+  images): 4 experts x 4 epochs of the full ConvNet-3, all four vmapped,
+  with batch 32 instead of 256: at batch 256 an epoch is 6 SGD steps and
+  experts barely leave their init (~25% test accuracy after 5 epochs);
+  at batch 32 (45 steps an epoch) they reach ~75-80% after 4. About 30 s
+  of CPU time on the 2-core development CPU, half of it compilation (a
+  minute of wall time while other jobs shared the CPU).
+* `dataset=mnist`: 4 experts x 4 epochs, two at a time. One expert-epoch of
+  60,000 images costs ~13 min on the 2-core development CPU under load
+  (~76 images/s), so about 3.5 hours in all; use a GPU for the published
+  100 x 50. Offline, from the IDX archives:
+
+    python launch/experts.py --workdir=/tmp/experts_mnist \
+      --config=configs/experts.py:dataset=mnist \
+      --config.dataset.source=idx --config.dataset.path=../shared/datasets/mnist
+"""
+
+from lowrank_distill import config_utils
+
+# Digit datasets get no horizontal flip.
+DSA_NO_FLIP = "color_crop_cutout_scale_rotate"
+DSA_STRATEGY = {
+  "digits": DSA_NO_FLIP,
+  "mnist": DSA_NO_FLIP,
+  "svhn_cropped": DSA_NO_FLIP,
+}
+# MTT whitens the CIFAR datasets (eps 0.1 on [0, 1] images).
+ZCA = {"cifar10": "mtt", "cifar100": "mtt"}
+# (num_experts, epochs, experts_in_parallel) by dataset; others: published.
+PUBLISHED = (100, 50, 10)
+SETTINGS = {
+  "digits": (4, 4, 4),
+  "mnist": (4, 4, 2),
+}
+RUNLOCAL = (2, 2, 2)
+# Datasets too small for batch 256 to give trajectories worth matching.
+BATCH_SIZE = {"digits": 32}
+
+
+def get_config(arg=None):
+  arg = config_utils.parse_arg(
+    arg,
+    dataset="digits",
+    num_experts=0,
+    epochs=0,
+    runlocal=False,
+  )
+  config = config_utils.base_config(
+    dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
+  )
+  config.dataset.zca = ZCA.get(arg.dataset, "none")
+  dsa = DSA_STRATEGY.get(arg.dataset, "color_crop_cutout_flip_scale_rotate")
+  config.eval.dsa_strategy = dsa
+  num_experts, epochs, in_parallel = (
+    RUNLOCAL if arg.runlocal else SETTINGS.get(arg.dataset, PUBLISHED)
+  )
+  config.experts = dict(
+    num_experts=arg.num_experts or num_experts,
+    epochs=arg.epochs or epochs,
+    lr=0.01,
+    momentum=0.0,
+    weight_decay=0.0,
+    batch_size=BATCH_SIZE.get(arg.dataset, 256),
+    dsa_strategy=dsa,
+    # Experts vmapped together; results do not depend on it beyond float
+    # rounding, and a resumed run keeps the same chunks.
+    experts_in_parallel=in_parallel,
+  )
+  return config

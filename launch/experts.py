@@ -1,0 +1,17 @@
+r"""Trains expert trajectories for trajectory matching (MTT).
+
+  python launch/experts.py --workdir=/tmp/experts_cifar10 \
+    --config=configs/experts.py:dataset=cifar10
+
+Restart the same command to resume: saved experts are skipped.
+"""
+
+import common
+from absl import app
+
+from lowrank_distill import experts
+
+common.define_flags("configs/experts.py")
+
+if __name__ == "__main__":
+  app.run(common.main_for(experts.run))

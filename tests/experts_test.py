@@ -1,0 +1,333 @@
+"""Tests of expert trajectories (lowrank_distill.experts)."""
+
+import functools
+import json
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import experts as experts_config
+from lowrank_distill import checkpoint, data, evaluate, experts, models
+from lowrank_distill.parameterize import labels as labels_lib
+
+NUM_EXPERTS = 3
+EPOCHS = 3
+DSA = "color_crop_cutout_scale_rotate"
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def train_set(digits):
+  """A third of the digits training split: [480, 8, 8, 1], [480]."""
+  return digits.train_images[:480], digits.train_labels[:480]
+
+
+@pytest.fixture(scope="module")
+def model():
+  return models.create(
+    "convnet", num_classes=10, image_shape=(8, 8, 1), width=8, depth=1
+  )
+
+
+def _train(model, train_set, **kwargs):
+  kwargs = {
+    "model": model,
+    "num_experts": NUM_EXPERTS,
+    "epochs": EPOCHS,
+    "num_classes": 10,
+    "batch_size": 32,
+    "dsa_strategy": DSA,
+    **kwargs,
+  }
+  fn = jax.jit(functools.partial(experts.train_experts, **kwargs))
+  return fn(jax.random.key(0), *train_set)
+
+
+@pytest.fixture(scope="module")
+def trajectories(model, train_set):
+  return jax.device_get(_train(model, train_set))
+
+
+def _expert(tree, i):
+  return jax.tree.map(lambda t: t[i], tree)
+
+
+def _snapshot(tree, i, epoch):
+  return jax.tree.map(lambda t: t[i, epoch], tree)
+
+
+def _init(model, key):
+  return jax.jit(evaluate.init_variables, static_argnums=(1, 2))(
+    key, model, (8, 8, 1)
+  )
+
+
+def _abstract_init(model):
+  return jax.eval_shape(
+    functools.partial(
+      evaluate.init_variables, model=model, image_shape=(8, 8, 1)
+    ),
+    jax.random.key(0),
+  )
+
+
+def test_trajectories_have_an_expert_and_an_epoch_axis(model, trajectories):
+  params = _abstract_init(model)
+  jax.tree.map(
+    lambda t, p: chex.assert_shape(t, (NUM_EXPERTS, EPOCHS + 1, *p.shape)),
+    trajectories,
+    params["params"],
+  )
+  chex.assert_tree_all_finite(trajectories)
+
+
+def test_snapshot_zero_is_the_init_of_the_experts_key(model, trajectories):
+  for i in range(NUM_EXPERTS):
+    key = experts.init_key(experts.expert_key(jax.random.key(0), i))
+    init = _init(model, key)["params"]
+    chex.assert_trees_all_equal(_snapshot(trajectories, i, 0), init)
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_equal(
+      _snapshot(trajectories, 0, 0), _snapshot(trajectories, 1, 0)
+    )
+
+
+def test_epochs_move_the_params_and_lower_the_loss(model, digits, trajectories):
+  targets = labels_lib.targets(digits.train_labels, 10)
+
+  def loss(params):
+    logits = model.apply({"params": params}, digits.train_images)
+    return float(jnp.mean(labels_lib.soft_cross_entropy(logits, targets)))
+
+  for i in range(NUM_EXPERTS):
+    for epoch in range(EPOCHS):
+      with pytest.raises(AssertionError):
+        chex.assert_trees_all_close(
+          _snapshot(trajectories, i, epoch),
+          _snapshot(trajectories, i, epoch + 1),
+        )
+    losses = [loss(_snapshot(trajectories, i, e)) for e in range(EPOCHS + 1)]
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_an_expert_does_not_depend_on_the_experts_beside_it(
+  model, train_set, trajectories
+):
+  alone = jax.device_get(_train(model, train_set, num_experts=1, first=1))
+  # Same computation; XLA's batched matmuls round differently (~1e-8).
+  chex.assert_trees_all_close(
+    _expert(alone, 0), _expert(trajectories, 1), atol=1e-6, rtol=1e-6
+  )
+
+
+def test_batch_norm_experts_snapshot_params_only(digits):
+  model = models.create(
+    "convnet_bn", num_classes=10, image_shape=(8, 8, 1), width=8, depth=1
+  )
+  images = digits.train_images[:200]
+  targets = labels_lib.targets(digits.train_labels[:200], 10)
+  expert = jax.jit(
+    functools.partial(experts.train_expert, model=model, epochs=1)
+  )(jax.random.key(1), images, targets)
+  assert set(expert.state) == {"batch_stats"}
+  assert "batch_stats" not in expert.trajectory
+  init = _abstract_init(model)
+  jax.tree.map(
+    lambda t, p: chex.assert_shape(t, (2, *p.shape)),
+    expert.trajectory,
+    init["params"],
+  )
+  chex.assert_shape(expert.train_loss, (1,))
+
+
+# ----------------------------------------------------------------------------
+# Storage.
+
+
+def _identity(digits, width=8):
+  config = experts_config.get_config("runlocal=true")
+  config.model.options.update(width=width, depth=1)
+  config.experts.epochs = EPOCHS
+  return experts.buffer_identity(digits, config)
+
+
+@pytest.fixture(scope="module")
+def buffer_dir(tmp_path_factory, digits, trajectories):
+  path = tmp_path_factory.mktemp("buffer")
+  identity = _identity(digits)
+  (path / experts.BUFFER_FILE).write_text(
+    json.dumps(
+      {
+        "format": experts.BUFFER_FORMAT,
+        "version": experts.BUFFER_VERSION,
+        "num_snapshots": EPOCHS + 1,
+        "identity": identity,
+      }
+    )
+  )
+  for i in range(NUM_EXPERTS):
+    experts.save_expert(
+      path, i, _expert(trajectories, i), metadata={"identity": identity}
+    )
+  return path
+
+
+def test_read_gives_back_the_saved_epochs_exactly(buffer_dir, trajectories):
+  buffer = experts.open_buffer(buffer_dir)
+  assert buffer.num_experts == NUM_EXPERTS
+  assert buffer.num_snapshots == EPOCHS + 1
+  assert buffer.indices == tuple(range(NUM_EXPERTS))
+  for i, (start, stop) in [(0, (0, EPOCHS + 1)), (2, (1, 3)), (1, (3, 4))]:
+    got = buffer.read(i, start, stop)
+    want = jax.tree.map(lambda t: t[i, start:stop], trajectories)
+    chex.assert_trees_all_equal(got, want)
+    for leaf in jax.tree.leaves(got):
+      assert leaf.shape[0] == stop - start
+  chex.assert_trees_all_equal(
+    buffer.snapshot(2, 1), _snapshot(trajectories, 2, 1)
+  )
+  abstract = buffer.abstract_params()
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+    abstract, _snapshot(trajectories, 0, 0)
+  )
+  metadata = checkpoint.load_metadata(buffer_dir / "expert_000001")
+  assert metadata["expert"] == 1
+  assert metadata["num_snapshots"] == EPOCHS + 1
+  with pytest.raises(IndexError, match="snapshots"):
+    buffer.read(0, 2, EPOCHS + 2)
+  with pytest.raises(IndexError, match="expert"):
+    buffer.read(NUM_EXPERTS, 0, 1)
+  with pytest.raises(FileExistsError):
+    experts.save_expert(buffer_dir, 0, _expert(trajectories, 0), metadata={})
+
+
+def test_check_buffer_accepts_its_own_identity(buffer_dir, digits):
+  buffer = experts.check_buffer(
+    buffer_dir, _identity(digits), min_snapshots=EPOCHS + 1
+  )
+  assert buffer.num_experts == NUM_EXPERTS
+  other_training = _identity(digits)
+  other_training["training"]["lr"] = 0.5
+  experts.check_buffer(buffer, other_training)
+
+
+def test_check_buffer_refuses_another_dataset_or_model(buffer_dir, digits):
+  expected = _identity(digits, width=16)
+  expected["dataset"]["zca"] = {"flavour": "mtt", "eps": 0.1}
+  with pytest.raises(checkpoint.CheckpointError) as info:
+    experts.check_buffer(buffer_dir, expected, field="distill.experts")
+  message = str(info.value)
+  assert "distill.experts" in message and str(buffer_dir) in message
+  assert "model.options.width: 8 -> 16" in message
+  assert "dataset.zca: None -> {'flavour': 'mtt', 'eps': 0.1}" in message
+  assert "dataset.name" not in message
+  assert isinstance(info.value, ValueError)
+
+
+def test_check_buffer_refuses_missing_and_short_buffers(
+  buffer_dir, digits, tmp_path
+):
+  identity = _identity(digits)
+  with pytest.raises(checkpoint.CheckpointError, match="experts.path.*no such"):
+    experts.check_buffer(tmp_path / "nowhere", identity)
+  with pytest.raises(checkpoint.CheckpointError, match="no buffer.json"):
+    experts.check_buffer(tmp_path, identity)
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match=r"holds 4 snapshots.*needs 6 \(distill.max_start_epoch",
+  ):
+    experts.check_buffer(
+      buffer_dir,
+      identity,
+      min_snapshots=6,
+      needed_by="distill.max_start_epoch + distill.expert_epochs",
+    )
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  shutil.copy(buffer_dir / experts.BUFFER_FILE, empty)
+  with pytest.raises(checkpoint.CheckpointError, match="holds 0 experts"):
+    experts.check_buffer(empty, identity)
+  (empty / experts.BUFFER_FILE).write_text('{"format": "other"}')
+  with pytest.raises(checkpoint.CheckpointError, match="not written by"):
+    experts.open_buffer(empty)
+
+
+# ----------------------------------------------------------------------------
+# The run.
+
+
+def _run_config(**experts_overrides):
+  config = experts_config.get_config("runlocal=true")
+  config.model.options.update(width=8, depth=1)
+  config.experts.update(experts_overrides)
+  return config
+
+
+def test_run_trains_saves_and_resumes_only_the_missing_expert(tmp_path, digits):
+  config = _run_config(num_experts=2, epochs=2, experts_in_parallel=2)
+  summary = experts.run(config, tmp_path)
+  assert summary["trained"] == [0, 1]
+  buffer = experts.check_buffer(
+    tmp_path, experts.buffer_identity(digits, config), min_snapshots=3
+  )
+  assert (buffer.num_experts, buffer.num_snapshots) == (2, 3)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["expert"] for line in lines] == [0, 1]
+  assert all(0 <= json.loads(line)["test_accuracy"] <= 1 for line in lines)
+  assert (tmp_path / "config.json").exists()
+  original, _ = checkpoint.load_tree(tmp_path / "expert_000001")
+  kept = (tmp_path / "expert_000000").stat().st_mtime_ns
+
+  shutil.rmtree(tmp_path / "expert_000001")
+  unfinished = tmp_path / "expert_000001.orbax-checkpoint-tmp-17"
+  unfinished.mkdir()
+  summary = experts.run(config, tmp_path)
+  assert not unfinished.exists()
+  assert summary["trained"] == [1] and summary["skipped"] == [0]
+  retrained, _ = checkpoint.load_tree(tmp_path / "expert_000001")
+  chex.assert_trees_all_equal(retrained, original)
+  assert (tmp_path / "expert_000000").stat().st_mtime_ns == kept
+
+  other = _run_config(num_experts=2, epochs=2, lr=0.02)
+  with pytest.raises(checkpoint.CheckpointError, match=r"training.lr: 0.01"):
+    experts.run(other, tmp_path)
+
+
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
+    ("model.name", "transformer", "model.name"),
+    ("experts.num_experts", 0, "experts.num_experts"),
+    ("experts.epochs", 0, "experts.epochs"),
+    ("experts.experts_in_parallel", 0, "experts.experts_in_parallel"),
+    ("experts.dsa_strategy", "color_blur", "experts.dsa_strategy"),
+    ("experts.lr", 0.0, "experts.lr"),
+  ],
+)
+def test_bad_config_values_raise_before_compute(tmp_path, field, value, match):
+  config = _run_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=match):
+    experts.run(config, workdir)
+  assert not workdir.exists()
+
+
+def test_configs_hold_the_published_settings():
+  cifar = experts_config.get_config("dataset=cifar10")
+  assert (cifar.experts.num_experts, cifar.experts.epochs) == (100, 50)
+  assert cifar.experts.lr == 0.01 and cifar.experts.batch_size == 256
+  assert cifar.experts.momentum == 0 and cifar.experts.weight_decay == 0
+  assert cifar.dataset.zca == "mtt"
+  assert cifar.experts.dsa_strategy == "color_crop_cutout_flip_scale_rotate"
+  mnist = experts_config.get_config("dataset=mnist,num_experts=7")
+  assert mnist.experts.num_experts == 7 and mnist.dataset.zca == "none"
+  assert "flip" not in mnist.experts.dsa_strategy
