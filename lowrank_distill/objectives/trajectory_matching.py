@@ -1,0 +1,219 @@
+"""Trajectory matching (MTT) and the progressive start of MTT-LSS.
+
+A student network starts at an expert's parameters of epoch t, takes N SGD
+steps on synthetic minibatches with the (learnable) student lr, and the loss
+is its normalised distance to the expert's parameters of epoch t + M. The
+unroll is a `lax.scan` with `jax.checkpoint` on its body, so the memory of
+the differentiated unroll holds one parameter set per step instead of every
+activation of every step.
+
+References:
+  Cazenavette et al., "Dataset Distillation by Matching Training
+  Trajectories", CVPR 2022 (MTT).
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lowrank_distill import augment, evaluate
+from lowrank_distill.parameterize import labels as labels_lib
+
+PyTree = Any
+START_SCHEDULES = ("uniform", "progressive")
+
+
+def squared_distance(a: PyTree, b: PyTree) -> jax.Array:
+  """`sum over every parameter of (a - b)^2`."""
+  return sum(
+    jnp.sum((x - y) ** 2)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+
+
+def student_batches(key, num_images: int, *, batch_size: int, steps: int):
+  """Minibatch indices for `steps` student steps: epochs of permutations.
+
+  As the reference, the synthetic set is shuffled and cut into chunks of
+  `batch_size`, a fresh permutation when the chunks run out; when
+  `batch_size` does not divide the set, the last chunk of an epoch is
+  partial (masked).
+
+  Returns:
+    indices: [steps, batch] int32, mask: [steps, batch] float32.
+  """
+  batch_size = min(batch_size, num_images)
+  per_epoch = math.ceil(num_images / batch_size)
+  epochs = math.ceil(steps / per_epoch)
+  idx, mask = jax.vmap(
+    lambda k: evaluate.epoch_batches(k, num_images, batch_size)
+  )(jax.random.split(key, max(epochs, 1)))
+  idx = idx.reshape(-1, batch_size)[:steps]
+  mask = mask.reshape(-1, batch_size)[:steps]
+  return idx, mask
+
+
+def unroll(
+  key,
+  start_params: PyTree,
+  images,
+  targets,
+  *,
+  model,
+  lr,
+  steps: int,
+  batch_size: int,
+  dsa_strategy: str = "none",
+  model_state: PyTree | None = None,
+  remat: bool = True,
+) -> PyTree:
+  """N differentiable SGD steps of a student on the synthetic set.
+
+  Args:
+    key: minibatch order and per-step augmentation fold from it.
+    start_params: the expert's params at the start epoch (Flax 'params').
+    images: [n, h, w, c] synthetic images.
+    targets: [n, C] target probabilities (soft cross-entropy).
+    model: a Linen module.
+    lr: the student lr (a traced scalar when learned).
+    steps: N, the number of student steps (0 returns `start_params`).
+    batch_size: synthetic images per step (`batch_syn`).
+    dsa_strategy: per-sample (non-siamese) DSA at every step, or 'none'.
+    model_state: non-param variables (BatchNorm statistics) of the model;
+      BatchNorm then normalises with each minibatch's statistics, as the
+      student in train mode does, and the running averages are discarded.
+    remat: `jax.checkpoint` the scan body (memory flat in `steps`).
+
+  Returns:
+    The student's params after `steps` steps.
+  """
+  if steps == 0:
+    return start_params
+  order_key, aug_key = jax.random.split(key)
+  idx, mask = student_batches(
+    order_key, images.shape[0], batch_size=batch_size, steps=steps
+  )
+  ops = augment.parse_strategy(dsa_strategy)
+  model_state = model_state or {}
+
+  def loss_fn(params, x, y, m):
+    variables = {"params": params, **model_state}
+    if model_state:
+      logits, _ = model.apply(
+        variables, x, train=True, mutable=list(model_state)
+      )
+    else:
+      logits = model.apply(variables, x, train=True)
+    losses = labels_lib.soft_cross_entropy(logits, y)
+    return jnp.sum(losses * m) / jnp.sum(m)
+
+  def body(params, batch):
+    i, batch_idx, batch_mask = batch
+    x = images[batch_idx]
+    if ops:
+      x = augment.augment(
+        jax.random.fold_in(aug_key, i), x, strategy=dsa_strategy, siamese=False
+      )
+    grads = jax.grad(loss_fn)(params, x, targets[batch_idx], batch_mask)
+    return jax.tree.map(lambda p, g: p - lr * g, params, grads), None
+
+  if remat:
+    body = jax.checkpoint(body)
+  params, _ = jax.lax.scan(body, start_params, (jnp.arange(steps), idx, mask))
+  return params
+
+
+def trajectory_loss(
+  key,
+  start_params: PyTree,
+  target_params: PyTree,
+  images,
+  targets,
+  **unroll_kwargs,
+) -> jax.Array:
+  """`||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2`.
+
+  Args:
+    key: passed to `unroll`.
+    start_params: expert params at epoch t (constants).
+    target_params: expert params at epoch t + M (constants).
+    images, targets: the synthetic set, see `unroll`.
+    **unroll_kwargs: model, lr, steps, batch_size, dsa_strategy, ...
+
+  Returns:
+    A scalar; exactly 1 when the student takes no step.
+  """
+  start_params = jax.lax.stop_gradient(start_params)
+  target_params = jax.lax.stop_gradient(target_params)
+  student = unroll(key, start_params, images, targets, **unroll_kwargs)
+  return squared_distance(student, target_params) / squared_distance(
+    start_params, target_params
+  )
+
+
+# ---------------------------------------------------------------------------
+# Start epochs (host side: they pick which expert snapshots to send).
+
+
+def check_start_schedule(name: str, *, field: str = "distill.start") -> None:
+  if name not in START_SCHEDULES:
+    raise ValueError(
+      f"{field} {name!r} is not known; valid: {list(START_SCHEDULES)}"
+    )
+
+
+def progressive_max_start(
+  iteration: int, *, iterations: int, max_start: float, delta: float
+) -> float:
+  """MTT-LSS: `max_start(it) = it / T * max_start + delta`."""
+  return iteration / max(iterations, 1) * max_start + delta
+
+
+def start_range(
+  iteration: int,
+  *,
+  schedule: str,
+  iterations: int,
+  max_start: int,
+  delta: float = 0.0,
+  window: int = 0,
+  last_start: int,
+) -> tuple[int, int]:
+  """The inclusive range [low, high] the start epoch is drawn from.
+
+  'uniform' (MTT): `[0, max_start - 1]` (`np.random.randint(0, max_start)`
+  in the reference). 'progressive' (MTT-LSS): `[m - window, m]` with
+  `m = floor(progressive_max_start(iteration))`. Both are clipped to
+  `[0, last_start]`, the last epoch with a target `M` epochs later.
+  """
+  check_start_schedule(schedule)
+  if schedule == "uniform":
+    low, high = 0, max_start - 1
+  else:
+    high = math.floor(
+      progressive_max_start(
+        iteration, iterations=iterations, max_start=max_start, delta=delta
+      )
+    )
+    low = high - window
+  high = min(max(high, 0), last_start)
+  low = min(max(low, 0), high)
+  return low, high
+
+
+def sample_starts(
+  rng: np.random.Generator,
+  iteration: int,
+  *,
+  num: int,
+  num_experts: int,
+  **range_kwargs,
+) -> tuple[np.ndarray, np.ndarray]:
+  """(expert indices [num], start epochs [num]) for one iteration."""
+  low, high = start_range(iteration, **range_kwargs)
+  experts = rng.integers(0, num_experts, size=num)
+  starts = rng.integers(low, high + 1, size=num)
+  return experts, starts

@@ -1,0 +1,331 @@
+"""Tests of trajectory matching (objectives.trajectory_matching), its loop."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import experts as experts_config
+from configs import tm as tm_config
+from lowrank_distill import checkpoint, distill, evaluate, experts, models
+from lowrank_distill.objectives import trajectory_matching as tm
+
+STRATEGY = "color_crop_cutout_scale_rotate"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _model(**options):
+  options = {"width": 4, "depth": 1, **options}
+  return models.create(
+    "convnet",
+    num_classes=3,
+    image_shape=(8, 8, 1),
+    conv_impl="im2col",
+    **options,
+  )
+
+
+def _problem(dtype=jnp.float32, model=None):
+  model = model or _model()
+  variables = evaluate.init_variables(jax.random.key(0), model, (8, 8, 1))
+  start = jax.tree.map(lambda x: x.astype(dtype), variables["params"])
+  target = jax.tree.map(
+    lambda x: x + 0.05 * jax.random.normal(jax.random.key(9), x.shape, dtype),
+    start,
+  )
+  images = jax.random.normal(jax.random.key(1), (6, 8, 8, 1), dtype)
+  targets = jax.nn.one_hot(jnp.arange(6) % 3, 3, dtype=dtype)
+  return model, variables, start, target, images, targets
+
+
+def test_with_no_student_step_the_loss_is_exactly_one():
+  model, _, start, target, images, targets = _problem()
+  loss = tm.trajectory_loss(
+    jax.random.key(2),
+    start,
+    target,
+    images,
+    targets,
+    model=model,
+    lr=0.01,
+    steps=0,
+    batch_size=6,
+  )
+  assert float(loss) == 1.0
+
+
+def test_meta_gradient_matches_finite_differences():
+  with jax.enable_x64(True):
+    model, _, start, target, images, targets = _problem(jnp.float64)
+
+    def loss(images, lr):
+      return tm.trajectory_loss(
+        jax.random.key(2),
+        start,
+        target,
+        images,
+        targets,
+        model=model,
+        lr=lr,
+        steps=3,
+        batch_size=4,
+        dsa_strategy=STRATEGY,
+      )
+
+    lr = jnp.float64(0.1)
+    g_images, g_lr = jax.grad(loss, argnums=(0, 1))(images, lr)
+    direction = jax.random.normal(jax.random.key(3), images.shape, jnp.float64)
+    eps = 1e-5
+    fd_images = (
+      loss(images + eps * direction, lr) - loss(images - eps * direction, lr)
+    ) / (2 * eps)
+    fd_lr = (loss(images, lr + eps) - loss(images, lr - eps)) / (2 * eps)
+    np.testing.assert_allclose(
+      jnp.sum(g_images * direction), fd_images, rtol=1e-5
+    )
+    np.testing.assert_allclose(g_lr, fd_lr, rtol=1e-5)
+
+
+def test_checkpointed_and_plain_unrolls_agree():
+  model, _, start, target, images, targets = _problem()
+
+  def loss(images, lr, remat):
+    return tm.trajectory_loss(
+      jax.random.key(2),
+      start,
+      target,
+      images,
+      targets,
+      model=model,
+      lr=lr,
+      steps=4,
+      batch_size=4,
+      dsa_strategy=STRATEGY,
+      remat=remat,
+    )
+
+  plain = jax.value_and_grad(loss, argnums=(0, 1))(images, 0.05, False)
+  remat = jax.value_and_grad(loss, argnums=(0, 1))(images, 0.05, True)
+  chex.assert_trees_all_close(plain, remat, rtol=1e-5, atol=1e-7)
+
+
+def test_a_student_with_batch_norm_uses_minibatch_statistics():
+  model = _model(norm="batch")
+  _, variables, start, target, images, targets = _problem(model=model)
+  state = {"batch_stats": variables["batch_stats"]}
+  g = jax.grad(
+    lambda im: tm.trajectory_loss(
+      jax.random.key(2),
+      start,
+      target,
+      im,
+      targets,
+      model=model,
+      lr=0.05,
+      steps=2,
+      batch_size=3,
+      model_state=state,
+    )
+  )(images)
+  chex.assert_tree_all_finite(g)
+  assert float(jnp.max(jnp.abs(g))) > 0
+
+
+def test_student_batches_cycle_through_the_set():
+  idx, mask = tm.student_batches(jax.random.key(0), 10, batch_size=4, steps=6)
+  chex.assert_shape(idx, (6, 4))
+  # Two epochs of 3 chunks (4, 4, 2): every image twice.
+  counts = np.bincount(np.asarray(idx)[np.asarray(mask) > 0], minlength=10)
+  np.testing.assert_array_equal(counts, 2)
+
+
+def test_uniform_starts_follow_the_reference():
+  low, high = tm.start_range(
+    7, schedule="uniform", iterations=100, max_start=20, last_start=48
+  )
+  assert (low, high) == (0, 19)
+
+
+def test_progressive_start_grows_and_stays_in_range():
+  kwargs = dict(
+    schedule="progressive",
+    iterations=100,
+    max_start=20,
+    delta=2.0,
+    window=3,
+    last_start=15,
+  )
+  ranges = [tm.start_range(it, **kwargs) for it in range(0, 101, 5)]
+  highs = [high for _, high in ranges]
+  assert highs == sorted(highs) and highs[0] == 2 and highs[-1] == 15
+  for it, (low, high) in zip(range(0, 101, 5), ranges):
+    assert 0 <= low <= high <= 15
+    expected = int(np.floor(it / 100 * 20 + 2.0))
+    assert high == min(expected, 15)
+    # [m - window, m] clipped to the valid epochs [0, 15] end by end.
+    assert low == min(max(expected - 3, 0), 15)
+  rng = np.random.default_rng(0)
+  _, starts = tm.sample_starts(rng, 50, num=200, num_experts=3, **kwargs)
+  assert starts.min() >= 9 and starts.max() <= 12
+
+
+def test_unknown_start_schedule_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="uniform.*progressive"):
+    tm.check_start_schedule("cosine")
+
+
+# ---------------------------------------------------------------------------
+# The loop: a tiny expert buffer on digits, then MTT, LoMTT and MTT-LSS.
+
+
+def _experts_config():
+  config = experts_config.get_config("runlocal=true")
+  config.model.options.update(width=4, depth=1)
+  config.experts.update(num_experts=2, epochs=3, experts_in_parallel=2)
+  return config
+
+
+@pytest.fixture(scope="module")
+def buffer_dir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("experts")
+  experts.run(_experts_config(), workdir)
+  return workdir
+
+
+def _config(buffer_dir, variant):
+  config = tm_config.get_config(f"runlocal=true,variant={variant}")
+  config.model.options.update(width=4, depth=1)
+  config.experts.path = str(buffer_dir)
+  config.distill.update(iterations=1, syn_steps=2, expert_epochs=1, max_start=2)
+  config.eval.update(epochs=1, num_models=1)
+  return config
+
+
+@pytest.mark.parametrize("variant", ["mtt", "lomtt", "mtt_lss"])
+def test_one_iteration_of_each_variant_runs_through_the_launcher(
+  variant, buffer_dir, tmp_path
+):
+  workdir = tmp_path / variant
+  command = [
+    sys.executable,
+    "launch/distill.py",
+    f"--config=configs/tm.py:runlocal=true,variant={variant}",
+    f"--workdir={workdir}",
+    f"--config.experts.path={buffer_dir}",
+    "--config.model.options.width=4",
+    "--config.model.options.depth=1",
+    "--config.distill.iterations=1",
+    "--config.distill.syn_steps=2",
+    "--config.distill.expert_epochs=1",
+    "--config.distill.max_start=2",
+    "--config.eval.epochs=1",
+    "--config.eval.num_models=1",
+  ]
+  done = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["method"] == "tm" and results["iterations"] == 1
+  assert results["param"] == tm_config.VARIANTS[variant]["param"]
+  assert results["lr"] > 0
+  assert "convnet:" in done.stdout
+
+
+def test_the_step_traces_once_and_learns_images_labels_and_lr(buffer_dir):
+  config = _config(buffer_dir, "mtt_lss")
+  # The published lr_lr moves the log-lr by ~1e-6 a step; make it visible.
+  config.distill.lr_lr = 100.0
+  plan = distill.plan(config)
+  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
+  assert set(trainable) == {"images", "labels", "log_lr"}
+  optimizer = distill.make_optimizer(
+    distill.optimizer_groups(config, trainable)
+  )
+  state = distill.init_state(trainable, optimizer)
+  objective = distill.OBJECTIVES["tm"]
+  step = jax.jit(
+    chex.assert_max_traces(objective.make_step(plan, config, optimizer), n=1)
+  )
+  inputs = objective.inputs(plan, config)
+  for i in range(2):
+    state, metrics = step(state, jax.random.key(i), *inputs(i))
+  assert int(state.skipped) == 0
+  for group in ("images", "labels", "log_lr"):
+    leaves_old = jax.tree.leaves(trainable[group])
+    leaves_new = jax.tree.leaves(state.trainable[group])
+    assert any(not np.allclose(a, b) for a, b in zip(leaves_old, leaves_new)), (
+      group
+    )
+
+
+def test_expert_snapshots_are_drawn_reproducibly_by_step(buffer_dir):
+  config = _config(buffer_dir, "mtt")
+  plan = distill.plan(config)
+  a = distill.ExpertSnapshots(plan, config)
+  b = distill.ExpertSnapshots(plan, config)
+  chex.assert_trees_all_equal(a(5), b(5))
+  start, target = a(3)
+  buffer = experts.open_buffer(buffer_dir)
+  # Every drawn start and target is an expert snapshot M epochs apart.
+  leaf = jax.tree.leaves(start)[0][0]
+  found = [
+    (e, t)
+    for e in range(buffer.num_experts)
+    for t in range(buffer.num_snapshots - 1)
+    if np.array_equal(jax.tree.leaves(buffer.read(e, t, t + 1))[0][0], leaf)
+  ]
+  assert len(found) == 1
+  e, t = found[0]
+  chex.assert_trees_all_equal(
+    jax.tree.map(lambda x: x[0], target),
+    jax.tree.map(lambda x: x[0], buffer.read(e, t + 1, t + 2)),
+  )
+
+
+def test_the_guard_skips_and_counts_exploding_losses(buffer_dir):
+  config = _config(buffer_dir, "mtt")
+  config.distill.update(learn_lr=False, lr_student=1e4, max_loss=10.0)
+  plan = distill.plan(config)
+  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
+  optimizer = distill.make_optimizer(
+    distill.optimizer_groups(config, trainable)
+  )
+  state = distill.init_state(trainable, optimizer)
+  objective = distill.OBJECTIVES["tm"]
+  step = jax.jit(objective.make_step(plan, config, optimizer))
+  new, metrics = step(
+    state, jax.random.key(0), *objective.inputs(plan, config)(0)
+  )
+  assert bool(metrics["skipped"]) and int(new.skipped) == 1
+  chex.assert_trees_all_equal(new.trainable, state.trainable)
+
+
+def test_a_buffer_of_another_model_is_refused(buffer_dir, tmp_path):
+  config = _config(buffer_dir, "mtt")
+  config.model.options.width = 8
+  with pytest.raises(checkpoint.CheckpointError, match="model.options.width"):
+    distill.run(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_buffer_too_short_for_the_start_epochs_is_refused(buffer_dir):
+  config = _config(buffer_dir, "mtt")
+  config.distill.max_start = 10
+  with pytest.raises(checkpoint.CheckpointError, match="distill.max_start"):
+    distill.plan(config)
+
+
+def test_a_missing_buffer_names_the_field(tmp_path):
+  config = tm_config.get_config("runlocal=true")
+  with pytest.raises(ValueError, match="experts.path"):
+    distill.validate(config)
+  config.experts.path = str(tmp_path / "nothing")
+  with pytest.raises(checkpoint.CheckpointError, match="experts.path"):
+    distill.plan(config)
