@@ -1,9 +1,32 @@
-"""Pictures of synthetic sets: image grids and low-rank components."""
+"""Pictures of synthetic sets and the plots that analyse them.
 
+Image grids (de-standardised), low-rank components, singular-value spectra,
+feature-space projections (PCA, t-SNE) and accuracy-versus-storage curves.
+
+Every `save_*` function is pure (arrays in, one PNG out), creates the
+parent folders and returns the path it wrote. Image grids are written with
+PIL pixel for pixel (their size is given by `grid_size`); plots are drawn
+with matplotlib's Agg canvas on a `Figure` of its own (pyplot's global
+state and the display backend are never touched) and are exactly
+`size = (width, height)` pixels: `figsize = size / dpi` at that `dpi`.
+"""
+
+import collections
+import functools
 import pathlib
+from collections.abc import Iterable, Mapping
 
+import jax
 import numpy as np
 from PIL import Image
+
+# Default plot size in pixels (width, height) and resolution.
+PLOT_SIZE = (640, 480)
+DPI = 100
+
+
+# ---------------------------------------------------------------------------
+# Image grids.
 
 
 def image_grid(images, *, nrow: int, pad: int = 1, scale: int = 1):
@@ -48,12 +71,55 @@ def _auto_scale(size: int) -> int:
   return max(1, 64 // size)
 
 
-def save_image_grid(path, images, *, nrow: int) -> pathlib.Path:
-  """Saves [n, h, w, c] images in [0, 1] as a grid PNG."""
+def grid_size(num_images: int, image_shape, *, nrow: int) -> tuple[int, int]:
+  """(width, height) in pixels of the PNG `save_image_grid` writes.
+
+  Images of `h x w` are upscaled by `s = max(1, 64 // h)` and tiled with a
+  one-pixel border: `(cols * (w * s + 1) + 1, rows * (h * s + 1) + 1)` with
+  `cols = min(nrow, n)` and `rows = ceil(n / cols)`.
+  """
+  h, w = int(image_shape[0]), int(image_shape[1])
+  s = _auto_scale(h)
+  cols = max(1, min(nrow, num_images))
+  rows = -(-num_images // cols)
+  return cols * (w * s + 1) + 1, rows * (h * s + 1) + 1
+
+
+def to_unit_images(images, dataset) -> np.ndarray:
+  """Images in the dataset's preprocessed space back to displayable [0, 1].
+
+  Args:
+    images: [n, h, w, c] standardised (and maybe ZCA-whitened) images.
+    dataset: the `lowrank_distill.data.Dataset` they live in; its
+      `to_unit_range` undoes ZCA, then standardisation.
+
+  Returns:
+    float32 [n, h, w, c] clipped to [0, 1].
+  """
+  unit = dataset.to_unit_range(np.asarray(images, np.float32))
+  return np.clip(np.asarray(unit, np.float32), 0.0, 1.0)
+
+
+def save_image_grid(path, images, *, nrow: int, dataset=None) -> pathlib.Path:
+  """Saves [n, h, w, c] images as a grid PNG of `grid_size` pixels.
+
+  Args:
+    path: the PNG to write.
+    images: [n, h, w, c]; in [0, 1] (clipped) when `dataset` is None, else
+      in `dataset`'s preprocessed space (see `to_unit_images`).
+    nrow: images per row (e.g. images per class: one class per row).
+    dataset: the `Dataset` to de-standardise with, or None.
+  """
   images = np.asarray(images)
+  if dataset is not None:
+    images = to_unit_images(images, dataset)
   return save_png(
     path, image_grid(images, nrow=nrow, scale=_auto_scale(images.shape[1]))
   )
+
+
+# ---------------------------------------------------------------------------
+# Low-rank components.
 
 
 def _normalise(x):
@@ -90,8 +156,426 @@ def rank_one_components(param: str, params: dict, *, max_images: int = 10):
 
 
 def save_components(path, param: str, params: dict) -> pathlib.Path:
-  """Saves the rank-one components of factors or mappers as a grid PNG."""
+  """Saves the rank-one components of factors or mappers as a grid PNG.
+
+  One row per image (factors: its r components) or per mapper set
+  (mappers: its r*r basis images); the size is `grid_size(m, (h, w),
+  nrow=items per row)` for the m components of `rank_one_components`.
+  """
   comps, nrow = rank_one_components(param, params)
   return save_png(
     path, image_grid(comps, nrow=nrow, scale=_auto_scale(comps.shape[1]))
   )
+
+
+# ---------------------------------------------------------------------------
+# Matplotlib plumbing.
+
+
+def _figure(size, dpi: int, *, ncols: int = 1):
+  """A pyplot-free Figure of exactly `size` pixels and its axes."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  width, height = (int(s) for s in size)
+  if width < 1 or height < 1 or dpi < 1:
+    raise ValueError(f"size {size} and dpi {dpi} must be positive")
+  fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, ncols, squeeze=False)[0]
+  return fig, list(axes)
+
+
+def _save_figure(fig, path, dpi: int) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=dpi, format="png")
+  return path
+
+
+# ---------------------------------------------------------------------------
+# Singular-value spectra.
+
+
+def singular_values(images) -> np.ndarray:
+  """Singular values of every channel of every image.
+
+  Args:
+    images: [n, h, w, c].
+
+  Returns:
+    float64 [n, c, min(h, w)], each row in decreasing order.
+  """
+  x = np.asarray(images, np.float64)
+  if x.ndim != 4:
+    raise ValueError(f"images must be [n, h, w, c], got shape {x.shape}")
+  return np.linalg.svd(np.transpose(x, (0, 3, 1, 2)), compute_uv=False)
+
+
+def energy_spectrum(spectra) -> np.ndarray:
+  """Mean share of energy per singular value, per channel.
+
+  Args:
+    spectra: [n, c, k] singular values (see `singular_values`).
+
+  Returns:
+    [c, k]: the mean over images of `s_i**2 / sum_j s_j**2` (each image's
+    spectrum sums to 1; an all-zero channel counts as zero everywhere).
+  """
+  s2 = np.square(np.asarray(spectra, np.float64))
+  total = s2.sum(axis=-1, keepdims=True)
+  share = np.divide(s2, total, out=np.zeros_like(s2), where=total > 0)
+  return share.mean(axis=0)
+
+
+def save_spectra(
+  path,
+  spectra_by_name: Mapping[str, np.ndarray],
+  *,
+  size=PLOT_SIZE,
+  dpi: int = DPI,
+  log_y: bool = False,
+  title: str | None = None,
+) -> pathlib.Path:
+  """Plots the mean normalised singular-value spectrum of several sets.
+
+  One panel per channel, one line per set: `energy_spectrum` against the
+  index of the singular value. Real images concentrate their energy in the
+  first few; a rank-r set has none beyond r.
+
+  Args:
+    path: the PNG to write, exactly `size` pixels.
+    spectra_by_name: set name -> [n_i, c, k_i] singular values; the sets
+      must agree on c.
+    size: (width, height) in pixels, shared by the panels.
+    dpi: resolution; `figsize = size / dpi`.
+    log_y: a logarithmic energy axis (zero shares are not drawn).
+    title: figure title.
+
+  References:
+    Yang et al., "An Efficient Dataset Condensation Plugin and Its
+    Application to Continual Learning", NeurIPS 2023 (the low-rank
+    argument).
+  """
+  energies = {name: energy_spectrum(s) for name, s in spectra_by_name.items()}
+  channels = {e.shape[0] for e in energies.values()}
+  if len(channels) != 1:
+    raise ValueError(f"sets disagree on the channel count: {sorted(channels)}")
+  (c,) = channels
+  fig, axes = _figure(size, dpi, ncols=c)
+  for ch, ax in enumerate(axes):
+    for name, energy in energies.items():
+      index = np.arange(1, energy.shape[1] + 1)
+      ax.plot(index, energy[ch], marker="o", markersize=3, label=name)
+    if log_y:
+      ax.set_yscale("log")
+    ax.set_xlabel("singular value index")
+    if c > 1:
+      ax.set_title(f"channel {ch}")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("share of energy")
+  axes[0].legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return _save_figure(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------
+# Feature space.
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _embed(model, variables, x):
+  return model.apply(variables, x, method="embed")
+
+
+def embed_images(model, variables, images, *, batch_size: int = 256):
+  """Features of images before a model's classifier, in batches.
+
+  Every batch is padded to `batch_size`, so one compiled program serves all
+  batches and all calls with the same model and image shape.
+
+  Args:
+    model: a `lowrank_distill.models` module with an `embed` method.
+    variables: its Flax variables.
+    images: [n, h, w, c], n >= 1.
+    batch_size: images per forward pass.
+
+  Returns:
+    float32 numpy [n, d].
+  """
+  images = np.asarray(images, np.float32)
+  n = images.shape[0]
+  if n < 1 or batch_size < 1:
+    raise ValueError(
+      f"need n >= 1 images and batch_size >= 1, got {n}, {batch_size}"
+    )
+  out = []
+  for start in range(0, n, batch_size):
+    batch = images[start : start + batch_size]
+    size = batch.shape[0]
+    if size < batch_size:
+      pad = np.zeros((batch_size - size, *batch.shape[1:]), np.float32)
+      batch = np.concatenate([batch, pad])
+    out.append(np.asarray(_embed(model, variables, batch))[:size])
+  return np.concatenate(out).reshape(n, -1)
+
+
+def pca(features, *, num_components: int = 2, fit=None) -> np.ndarray:
+  """Principal-component coordinates.
+
+  Args:
+    features: [n, d].
+    num_components: k <= d.
+    fit: [m, d] the data the axes are fitted on (default: `features`).
+
+  Returns:
+    [n, k]: `(features - mean) @ V_k` with `mean` and the top-k right
+    singular vectors `V_k` of the centred `fit`; each axis's sign makes its
+    largest-magnitude loading positive, so the result is deterministic.
+  """
+  x = np.asarray(features, np.float64)
+  fit = x if fit is None else np.asarray(fit, np.float64)
+  if not 1 <= num_components <= x.shape[1]:
+    raise ValueError(
+      f"num_components must be in [1, {x.shape[1]}], got {num_components}"
+    )
+  mean = fit.mean(axis=0)
+  _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
+  axes = vt[:num_components]
+  rows = np.arange(num_components)
+  signs = np.sign(axes[rows, np.argmax(np.abs(axes), axis=1)])
+  return (x - mean) @ (axes * signs[:, None]).T
+
+
+def _tsne(x, *, seed: int, perplexity: float, max_iter: int):
+  from sklearn.manifold import TSNE
+
+  perplexity = min(perplexity, max(1.0, (x.shape[0] - 1) / 3))
+  return TSNE(
+    n_components=2,
+    perplexity=perplexity,
+    init="pca",
+    max_iter=max_iter,
+    random_state=seed,
+  ).fit_transform(x)
+
+
+PROJECTIONS = ("pca", "tsne")
+
+
+def project_features(
+  features_by_name: Mapping[str, np.ndarray],
+  *,
+  method: str = "pca",
+  seed: int = 0,
+  perplexity: float = 30.0,
+  max_iter: int = 1000,
+  fit_on: str | None = None,
+) -> dict[str, np.ndarray]:
+  """Projects several feature sets into one shared 2-D space.
+
+  The sets are projected jointly (one PCA basis, one t-SNE embedding), so
+  real and synthetic points are comparable.
+
+  Args:
+    features_by_name: set name -> [n_i, d] features (or [n_i, ...], which
+      is flattened).
+    method: 'pca' (numpy SVD) or 'tsne' (`sklearn.manifold.TSNE`, PCA
+      init; perplexity capped at `(N - 1) / 3` for N points in all).
+    seed: the t-SNE random state.
+    perplexity: the t-SNE perplexity.
+    max_iter: t-SNE optimisation steps (sklearn needs at least 250).
+    fit_on: for 'pca', fit the axes on this set only (e.g. the real one);
+      None fits on all of them.
+
+  Returns:
+    set name -> [n_i, 2].
+  """
+  if method not in PROJECTIONS:
+    raise ValueError(
+      f"projection {method!r} is not known; valid: {list(PROJECTIONS)}"
+    )
+  names = list(features_by_name)
+  arrays = [
+    np.asarray(features_by_name[k], np.float64).reshape(
+      len(features_by_name[k]), -1
+    )
+    for k in names
+  ]
+  if fit_on is not None and fit_on not in features_by_name:
+    raise ValueError(f"fit_on {fit_on!r} is not a set; valid: {names}")
+  joint = np.concatenate(arrays)
+  if method == "pca":
+    fit = None if fit_on is None else arrays[names.index(fit_on)]
+    points = pca(joint, num_components=2, fit=fit)
+  else:
+    points = _tsne(joint, seed=seed, perplexity=perplexity, max_iter=max_iter)
+  splits = np.cumsum([len(a) for a in arrays])[:-1]
+  return dict(zip(names, np.split(points, splits)))
+
+
+_MARKERS = ("o", "X", "^", "s", "P", "D", "v", "*")
+
+
+def _class_ids(labels) -> np.ndarray:
+  """[n] int classes from [n] ints or [n, C] logits (their argmax)."""
+  labels = np.asarray(labels)
+  return labels.argmax(axis=-1) if labels.ndim == 2 else labels.astype(int)
+
+
+def save_feature_plot(
+  path,
+  projections: Mapping[str, np.ndarray],
+  labels_by_name: Mapping[str, np.ndarray] | None = None,
+  *,
+  size=PLOT_SIZE,
+  dpi: int = DPI,
+  title: str | None = None,
+) -> pathlib.Path:
+  """Scatter plot of projected real and synthetic sets.
+
+  Colour is the class (one colour map for all sets), marker the set: the
+  first set (usually the real one) as small faint dots, the others as large
+  outlined markers.
+
+  Args:
+    path: the PNG to write, exactly `size` pixels.
+    projections: set name -> [n_i, 2] (see `project_features`).
+    labels_by_name: set name -> [n_i] int classes, or [n_i, C] label logits
+      (their argmax); a set without labels is drawn in one colour.
+    size: (width, height) in pixels.
+    dpi: resolution.
+    title: axes title.
+  """
+  from matplotlib.lines import Line2D
+
+  classes = {
+    name: _class_ids(labels) for name, labels in (labels_by_name or {}).items()
+  }
+  num_classes = 1 + max([int(c.max()) for c in classes.values()] or [0])
+  cmap = "tab10" if num_classes <= 10 else "tab20"
+  cmap = cmap if num_classes <= 20 else "turbo"
+  fig, (ax,) = _figure(size, dpi)
+  handles = []
+  for i, (name, points) in enumerate(projections.items()):
+    points = np.asarray(points)
+    marker = _MARKERS[i % len(_MARKERS)]
+    size_pt, alpha, edge = (8, 0.35, "none") if i == 0 else (70, 1.0, "black")
+    if name in classes:
+      colour = dict(c=classes[name], cmap=cmap, vmin=0, vmax=num_classes - 1)
+      face = "0.5"
+    else:
+      colour = dict(color=f"C{i % 10}")
+      face = f"C{i % 10}"
+    ax.scatter(
+      points[:, 0],
+      points[:, 1],
+      s=size_pt,
+      marker=marker,
+      alpha=alpha,
+      edgecolors=edge,
+      linewidths=0 if i == 0 else 0.8,
+      **colour,
+    )
+    handles.append(
+      Line2D(
+        [],
+        [],
+        linestyle="",
+        marker=marker,
+        markersize=4 if i == 0 else 8,
+        markerfacecolor=face,
+        markeredgecolor="none" if i == 0 else "black",
+        label=name,
+      )
+    )
+  ax.legend(handles=handles)
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  return _save_figure(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------
+# Accuracy versus storage.
+
+X_LABELS = {
+  "storage_floats": "storage (floats)",
+  "ipc": "storage (images per class)",
+}
+
+
+def point_from_summary(summary: Mapping, *, label: str, model="convnet"):
+  """An accuracy point from a `distill.run` summary (or `results.json`).
+
+  Returns:
+    {'label', 'storage_floats', 'ipc', 'mean', 'std'}, ipc being the budget
+    in full-size images per class.
+  """
+  result = summary["results"][model]
+  return {
+    "label": label,
+    "storage_floats": int(summary["storage_floats"]),
+    "ipc": int(summary["budget"]["ipc"]),
+    "mean": float(result["mean"]),
+    "std": float(result["std"]),
+  }
+
+
+def is_log_x(values) -> bool:
+  """Whether `save_accuracy_vs_storage` draws these storages on a log axis."""
+  values = [float(v) for v in values]
+  return min(values) > 0 and max(values) > 10 * min(values)
+
+
+def save_accuracy_vs_storage(
+  path,
+  points: Iterable[Mapping],
+  *,
+  x: str = "storage_floats",
+  size=PLOT_SIZE,
+  dpi: int = DPI,
+  title: str | None = None,
+) -> pathlib.Path:
+  """Accuracy against storage, one line with error bars per method.
+
+  The x axis is logarithmic when the storage spans more than 10x.
+
+  Args:
+    path: the PNG to write, exactly `size` pixels.
+    points: records with 'label' (or 'method'), the storage under key `x`,
+      'mean' and optionally 'std' (0 when absent).
+    x: the storage key: 'storage_floats', 'ipc' or any numeric key.
+    size: (width, height) in pixels.
+    dpi: resolution.
+    title: axes title.
+  """
+  lines = collections.defaultdict(list)
+  for p in points:
+    name = p.get("label", p.get("method"))
+    if name is None:
+      raise ValueError(f"point {dict(p)} has neither 'label' nor 'method'")
+    lines[name].append(
+      (float(p[x]), float(p["mean"]), float(p.get("std", 0.0)))
+    )
+  if not lines:
+    raise ValueError("no points to plot")
+  xs = [v for line in lines.values() for v, _, _ in line]
+  fig, (ax,) = _figure(size, dpi)
+  for i, (name, line) in enumerate(lines.items()):
+    xv, mean, std = np.asarray(sorted(line)).T
+    ax.errorbar(
+      xv, mean, yerr=std, marker="o", capsize=3, label=name, color=f"C{i}"
+    )
+  if is_log_x(xs):
+    ax.set_xscale("log")
+  ax.set_xlabel(X_LABELS.get(x, x))
+  ax.set_ylabel("test accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  return _save_figure(fig, path, dpi)
