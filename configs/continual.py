@@ -1,0 +1,110 @@
+r"""Class-incremental GDumb with coreset or distilled memories (DESIGN 3.10).
+
+  python launch/continual.py --workdir=/tmp/cl_mnist \
+    --config=configs/continual.py:dataset=mnist,ipc=10,steps=5 \
+    --config.dataset.source=idx --config.dataset.path=../shared/datasets/mnist
+
+Arguments: dataset, methods ('+'-separated names of MEMORIES, run and
+plotted in that order; default random+herding+dm+lodm), ipc (the storage
+budget of every memory, in full-size images per class), steps (T, 5 or 10;
+must divide the classes), orders (class orders: seeds 0..orders-1), rank
+(of lodm's factors), iterations (distillation iterations per step; 0:
+configs/dm.py's), batch_real (DM's real images per class; 0: configs/dm.py's),
+coreset_epochs (training of the herding / k-center / forgetting network on
+a step's classes, +1 as the protocol's loop), runlocal (seconds on a CPU).
+
+Each step's memory is built from the new classes' training images alone;
+coresets keep `ipc` real images per class, distillation methods run their
+own full config (`continual.memories.<name>.config`, a configs/dm.py config
+here; any distillation config fits) at the 'same-memory' budget of `ipc`.
+A fresh ConvNet-3 with all C outputs trains from scratch on the accumulated
+memory (1000 epochs, DSA) and is tested on the seen classes' test images.
+
+Published setting (Zhao & Bilen, WACV 2023, and Yang et al., NeurIPS 2023,
+following GDumb): CIFAR-100, 20 images per class, 5 and 10 steps, class
+orders from seeds 0..4, reported as accuracy-vs-classes curves (no tables),
+with DM above herding and random at every step and LoDM above DM. Our
+MNIST benchmark (benchmarks/continual_mnist.sh) is a CPU-sized version.
+"""
+
+from configs import dm as dm_config
+from lowrank_distill import config_utils
+
+
+def _coreset(method: str):
+  def entry(arg):
+    return dict(
+      kind="coreset",
+      method=method,
+      train_epochs=0 if arg.runlocal else arg.coreset_epochs,
+      lr=0.01,
+      batch_size=256,
+    )
+
+  return entry
+
+
+def _dm(param: str):
+  def entry(arg):
+    rank = arg.rank if param == "factors" else 0
+    config = dm_config.get_config(
+      f"dataset={arg.dataset},ipc={arg.ipc},param={param},rank={rank},"
+      f"iterations={arg.iterations},runlocal={arg.runlocal}"
+    )
+    # A step's distillation is evaluated only through the continual
+    # protocol; mid-run evaluations and pictures would cost time per step.
+    config.distill.update(eval_every=0, image_every=0)
+    if arg.batch_real:
+      config.distill.batch_real = arg.batch_real
+    return dict(kind="distill", config=config)
+
+  return entry
+
+
+# Memory methods: name -> builder of its `continual.memories` entry. A
+# distillation method is one more line here (e.g. DSA once configs exist).
+MEMORIES = {
+  "random": _coreset("random"),
+  "herding": _coreset("herding"),
+  "kcenter": _coreset("kcenter"),
+  "forgetting": _coreset("forgetting"),
+  "dm": _dm("pixels"),
+  "lodm": _dm("factors"),
+}
+
+
+def get_config(arg=None):
+  arg = config_utils.parse_arg(
+    arg,
+    dataset="digits",
+    methods="random+herding+dm+lodm",
+    ipc=10,
+    steps=5,
+    orders=5,
+    rank=2,
+    iterations=0,
+    batch_real=0,
+    coreset_epochs=10,
+    runlocal=False,
+  )
+  methods = [m for m in arg.methods.split("+") if m]
+  unknown = [m for m in methods if m not in MEMORIES]
+  if unknown or not methods:
+    raise ValueError(
+      f"config arg methods={arg.methods!r}: unknown {unknown}; valid: "
+      f"{list(MEMORIES)} ('+'-separated)"
+    )
+  config = config_utils.base_config(
+    dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
+  )
+  config.eval.dsa_strategy = dm_config.DSA_STRATEGY.get(
+    arg.dataset, "color_crop_cutout_flip_scale_rotate"
+  )
+  config.continual = dict(
+    methods=methods,
+    orders=list(range(1 if arg.runlocal else arg.orders)),
+    steps=arg.steps,
+    ipc=arg.ipc,
+    memories={name: MEMORIES[name](arg) for name in methods},
+  )
+  return config
