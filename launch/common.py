@@ -16,7 +16,10 @@ def define_flags(default_config: str) -> None:
   )
   flags.DEFINE_string("workdir", None, "Directory for the run's artifacts.")
   flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() (multi-host)."
+    "multihost",
+    False,
+    "Call jax.distributed.initialize() (multi-host: run the same command on "
+    "every host; the mesh of --config.mesh spans every host's devices).",
   )
   flags.mark_flags_as_required(["workdir"])
 
@@ -37,6 +40,9 @@ def main_for(run):
       jax.device_count(),
       jax.default_backend(),
     )
+    if jax.process_index() != 0:
+      # One log of the run, process 0's; warnings and errors still show.
+      logging.set_verbosity(logging.WARNING)
     run(FLAGS.config, FLAGS.workdir)
 
   return main

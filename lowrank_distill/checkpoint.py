@@ -524,7 +524,8 @@ def save_tree(
   the two renames leaves the old copy at `<path>.overwrite-old`). Arrays of
   rank >= 2 with rows of at least `ROW_CHUNK_MIN_BYTES` are chunked one
   row (index of axis 0) per chunk, so `read_slice` of a row reads only it.
-  Call from every process when `tree` holds arrays spanning processes.
+  In a multi-process run every process must call it (Orbax synchronises
+  them and writes each array once: host arrays from process 0).
 
   Args:
     path: the directory to create.

@@ -102,6 +102,17 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def mesh_config(**overrides) -> ml_collections.ConfigDict:
+  """The device mesh (`lowrank_distill.sharding`): one 'data' axis.
+
+  `data` is the number of devices along it; -1 (the default) uses every
+  device of every process, 1 runs unsharded on the first device.
+  """
+  config = ml_collections.ConfigDict({"data": -1})
+  config.update(overrides)
+  return config
+
+
 def _or_none(value):
   return None if value in ("", None) else value
 
@@ -135,12 +146,13 @@ def eval_kwargs(config: ml_collections.ConfigDict) -> dict:
 def base_config(
   *, dataset: str, dsa: bool, runlocal: bool, seed: int = 0
 ) -> ml_collections.ConfigDict:
-  """Fields every run has: seed, dataset, model, eval."""
+  """Fields every run has: seed, dataset, model, eval, mesh."""
   config = ml_collections.ConfigDict()
   config.seed = seed
   config.dataset = dataset_config(dataset)
   config.model = model_config()
   config.eval = eval_config(dsa=dsa, runlocal=runlocal)
+  config.mesh = mesh_config()
   if runlocal:
     config.model.options.update(width=16, depth=2)
   return config

@@ -35,6 +35,7 @@ from lowrank_distill import (
   models,
   parameterize,
   rng,
+  sharding,
 )
 from lowrank_distill import experts as experts_lib
 from lowrank_distill import synset as synset_lib
@@ -58,6 +59,8 @@ RESUMABLE_FIELDS = (
   "distill.checkpoint_every",
   "distill.image_every",
   "eval",
+  # A checkpoint restores onto any mesh; results agree to reduction order.
+  "mesh",
 )
 
 
@@ -202,13 +205,14 @@ def syn_targets(trainable: dict, plan: Plan) -> jax.Array:
 InputsFn = Callable[[int], tuple]
 
 
-def real_data(plan: Plan, config) -> InputsFn:
-  """Every step reads (train images, class index) of the real data."""
+def real_data(plan: Plan, config, mesh=None) -> InputsFn:
+  """Every step reads (train images, class index), replicated on `mesh`."""
   del config
   arrays = (
     jnp.asarray(plan.dataset.train_images),
     data.class_index(plan.dataset.train_labels, plan.num_classes),
   )
+  arrays = sharding.put(arrays, mesh)
   return lambda step: arrays
 
 
@@ -216,33 +220,49 @@ def _no_check(*args) -> None:
   del args
 
 
+def _real_batch_check(plan: Plan, config, mesh) -> None:
+  del plan
+  sharding.check_divisible(
+    config.distill.batch_real,
+    mesh,
+    field="distill.batch_real",
+    what="real images of each class",
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """A distillation method as the loop sees it.
 
   Attributes:
-    make_step: (plan, config, optimizer) -> step(state, key, *inputs) ->
-      (state, metrics with 'loss'); `run` jits it once.
-    inputs: (plan, config) -> inputs(step) -> the arrays step `step` reads
-      after the key (the same real data every step for DM and gradient
-      matching; expert snapshots for trajectory matching).
+    make_step: (plan, config, optimizer, mesh=None) -> step(state, key,
+      *inputs) -> (state, metrics with 'loss'); `run` jits it once. With a
+      mesh, the step splits its parallel axis over the mesh's 'data' axis.
+    inputs: (plan, config, mesh=None) -> inputs(step) -> the arrays step
+      `step` reads after the key (the same real data every step for DM and
+      gradient matching; expert snapshots for trajectory matching), placed
+      on the mesh.
     check: (config) -> None; raises on values this objective refuses,
       before anything is loaded.
     check_plan: (plan, config) -> None; raises on what only the loaded data
       can show, before any compute.
+    check_mesh: (plan, config, mesh) -> None; raises, naming the field, when
+      the split axis does not divide the devices, before any compute.
     learns_labels: gives label logits a gradient (soft labels allowed).
     learns_lr: has a student lr to learn (`distill.learn_lr` allowed).
   """
 
-  make_step: Callable[[Plan, Any, Any], StepFn]
-  inputs: Callable[[Plan, Any], InputsFn] = real_data
+  make_step: Callable[..., StepFn]
+  inputs: Callable[..., InputsFn] = real_data
   check: Callable[[Any], None] = _no_check
   check_plan: Callable[[Plan, Any], None] = _no_check
+  check_mesh: Callable[[Plan, Any, Any], None] = _real_batch_check
   learns_labels: bool = False
   learns_lr: bool = False
 
 
-def _dm_step(plan: Plan, config, optimizer) -> StepFn:
+def _dm_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
+  """One DM iteration; the real batch [C, m, ...] is split along m."""
   cfg = config.distill
   materialize = plan.reconstructor.materialize
 
@@ -252,10 +272,11 @@ def _dm_step(plan: Plan, config, optimizer) -> StepFn:
     return distribution_matching.loss(
       loss_key,
       materialize(trainable["images"]).reshape(plan.syn_shape),
-      real_images[idx],
+      sharding.constrain(real_images[idx], mesh, axis=1),
       model=plan.model,
       dsa_strategy=cfg.dsa_strategy,
       classes_in_parallel=cfg.classes_in_parallel,
+      mesh=mesh,
     )
 
   return make_train_step(loss_fn, optimizer, max_loss=cfg.max_loss)
@@ -286,7 +307,7 @@ def _gm_check_plan(plan: Plan, config) -> None:
     )
 
 
-def _gm_step(plan: Plan, config, optimizer) -> StepFn:
+def _gm_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
   """One iteration: `outer_loop` synthetic updates on one fresh network.
 
   Per outer loop: (BatchNorm networks: set the running statistics from a
@@ -294,7 +315,8 @@ def _gm_step(plan: Plan, config, optimizer) -> StepFn:
   synthetic set, update the synthetic set (guarded), then train the network
   on the synthetic set for `inner_loop` epochs, except after the last outer
   loop, as the reference does. The reported loss is the mean over outer
-  loops of the summed class distances.
+  loops of the summed class distances. With a mesh, the matched real batch
+  [C, m, ...] is split along m.
   """
   cfg = config.distill
   model = plan.model
@@ -313,6 +335,7 @@ def _gm_step(plan: Plan, config, optimizer) -> StepFn:
       distance=cfg.distance,
       dsa_strategy=cfg.dsa_strategy,
       classes_in_parallel=cfg.classes_in_parallel,
+      mesh=mesh,
     )
 
   def train_network(key, variables, trainable):
@@ -345,8 +368,9 @@ def _gm_step(plan: Plan, config, optimizer) -> StepFn:
           model, variables, real_images[idx].reshape(-1, *image_shape)
         )
       idx = data.sample_per_class(real_key, class_index, n=cfg.batch_real)
+      real = sharding.constrain(real_images[idx], mesh, axis=1)
       loss, grads = jax.value_and_grad(match)(
-        state.trainable, match_key, real_images[idx], variables
+        state.trainable, match_key, real, variables
       )
       state, refused = guarded_update(
         state, loss, grads, optimizer, max_loss=cfg.max_loss
@@ -422,16 +446,54 @@ def _tm_check_plan(plan: Plan, config) -> None:
   _tm_buffer(plan, config)
 
 
+TRAJECTORIES, MINIBATCH = "trajectories", "minibatch"
+
+
+def tm_split(config, mesh) -> str | None:
+  """What trajectory matching splits over the mesh's 'data' axis.
+
+  The trajectories of an iteration when `distill.num_trajectories` is a
+  multiple of the devices; else the student's synthetic minibatch at every
+  step (padded with masked rows when it does not divide); None on one
+  device.
+  """
+  if not sharding.is_sharded(mesh):
+    return None
+  n = sharding.data_size(mesh)
+  return TRAJECTORIES if config.distill.num_trajectories % n == 0 else MINIBATCH
+
+
+def _tm_check_mesh(plan: Plan, config, mesh) -> None:
+  if tm_split(config, mesh) != MINIBATCH:
+    return
+  if not models.uses_batch_norm(plan.model):
+    return
+  num_images = plan.num_classes * plan.images_per_class
+  batch = min(config.distill.batch_syn or num_images, num_images)
+  n = sharding.data_size(mesh)
+  if batch % n:
+    raise ValueError(
+      f"distill.batch_syn: a BatchNorm student's minibatch of {batch} "
+      f"synthetic images is split over the {n} devices along the mesh's "
+      f"'data' axis and must be a multiple of {n} (padding would enter its "
+      f"batch statistics); set distill.batch_syn to a multiple of {n}, "
+      f"distill.num_trajectories to a multiple of {n}, or mesh.data to a "
+      f"divisor of {batch}"
+    )
+
+
 class ExpertSnapshots:
   """The snapshots trajectory matching reads, held in host memory.
 
   Every expert's epochs `0 .. window - 1` (the latest start plus the
   expert epochs) are read by slice from the buffer once; each step then
   draws experts and start epochs with a generator seeded by (seed, step), so
-  a resumed run draws what the uninterrupted one would have.
+  a resumed run draws what the uninterrupted one would have. With a mesh,
+  each step's [num_trajectories, ...] snapshots are sent split along the
+  trajectories (`tm_split`) or replicated.
   """
 
-  def __init__(self, plan: Plan, config):
+  def __init__(self, plan: Plan, config, mesh=None):
     buffer, num_experts = _tm_buffer(plan, config)
     window, _ = _tm_window(config)
     window = min(window, buffer.num_snapshots)
@@ -449,6 +511,8 @@ class ExpertSnapshots:
     self.num_experts = num_experts
     self.last_start = window - 1 - config.distill.expert_epochs
     self.config = config
+    self.mesh = mesh
+    self.axis = 0 if tm_split(config, mesh) == TRAJECTORIES else None
 
   def __call__(self, step: int) -> tuple:
     cfg = self.config.distill
@@ -466,15 +530,26 @@ class ExpertSnapshots:
       last_start=self.last_start,
     )
     targets = starts + cfg.expert_epochs
+    if sharding.is_sharded(self.mesh):
+      pairs = tuple(
+        jax.tree.map(lambda x, i=i: x[experts, i], self.params)
+        for i in (starts, targets)
+      )
+      return sharding.put(pairs, self.mesh, axis=self.axis)
     return (
       jax.tree.map(lambda x: jnp.asarray(x[experts, starts]), self.params),
       jax.tree.map(lambda x: jnp.asarray(x[experts, targets]), self.params),
     )
 
 
-def _tm_step(plan: Plan, config, optimizer) -> StepFn:
-  """Mean over `num_trajectories` trajectories of the MTT loss."""
+def _tm_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
+  """Mean over `num_trajectories` trajectories of the MTT loss.
+
+  With a mesh, the trajectories or every student minibatch are split over
+  its 'data' axis (`tm_split`).
+  """
   cfg = config.distill
+  split = tm_split(config, mesh)
   materialize = plan.reconstructor.materialize
   # The student's non-param variables (BatchNorm running averages) start
   # as a fresh network's; experts store params only.
@@ -505,9 +580,14 @@ def _tm_step(plan: Plan, config, optimizer) -> StepFn:
         dsa_strategy=cfg.dsa_strategy,
         model_state=model_state,
         remat=cfg.remat,
+        mesh=mesh if split == MINIBATCH else None,
       )
 
     keys = jax.random.split(key, cfg.num_trajectories)
+    if split == TRAJECTORIES:
+      keys, start_params, target_params = sharding.constrain(
+        (keys, start_params, target_params), mesh, axis=0
+      )
     return jnp.mean(jax.vmap(one)(keys, start_params, target_params))
 
   return make_train_step(loss_fn, optimizer, max_loss=cfg.max_loss)
@@ -526,6 +606,7 @@ OBJECTIVES: dict[str, Objective] = {
     inputs=ExpertSnapshots,
     check=_tm_check,
     check_plan=_tm_check_plan,
+    check_mesh=_tm_check_mesh,
     learns_labels=True,
     learns_lr=True,
   ),
@@ -721,8 +802,8 @@ def export(
       "dataset_config": config.dataset.to_dict(),
     },
   )
-  if workdir_lib.is_writer():
-    synset_lib.save(path, result, overwrite=True)
+  # Every process calls the save: Orbax synchronises them and writes once.
+  synset_lib.save(path, result, overwrite=True)
   return result
 
 
@@ -829,15 +910,22 @@ def run(
   """
   workdir = pathlib.Path(workdir)
   the_plan = plan(config, dataset=dataset)
+  objective = OBJECTIVES[config.method]
+  mesh = sharding.mesh_from_config(config)
+  objective.check_mesh(the_plan, config, mesh)
   check_workdir(workdir, config)
-  print(budget_lib.budget_table(the_plan.budget), flush=True)
+  process_0 = workdir_lib.is_writer()
+  if process_0:
+    print(budget_lib.budget_table(the_plan.budget), flush=True)
+  logging.info("Mesh: %s", sharding.describe(mesh))
 
   root = jax.random.key(config.seed)
   trainable = initial_trainable(rng.stream(root, "init"), the_plan, config)
   optimizer = make_optimizer(optimizer_groups(config, trainable))
-  state = init_state(trainable, optimizer)
-  objective = OBJECTIVES[config.method]
-  train_step = jax.jit(objective.make_step(the_plan, config, optimizer))
+  state = sharding.put(init_state(trainable, optimizer), mesh)
+  train_step = sharding.jit(
+    objective.make_step(the_plan, config, optimizer, mesh=mesh), mesh
+  )
 
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.write_config(workdir, config)
@@ -846,13 +934,13 @@ def run(
   with checkpoint.Checkpointer(
     workdir / "checkpoints", config=_identity_config(config)
   ) as ckpt:
-    restored = ckpt.restore_or_none(jax.eval_shape(lambda: state))
+    restored = ckpt.restore_or_none(sharding.abstract(state, mesh))
     if restored is not None:
       state, _ = restored
       logging.info("Resumed from step %d", int(state.step))
       _truncate_metrics(writer, int(state.step))
 
-    inputs = objective.inputs(the_plan, config)
+    inputs = objective.inputs(the_plan, config, mesh)
     distill_key = rng.stream(root, "distill")
     eval_key = rng.stream(root, "eval")
     start = int(state.step)
@@ -866,9 +954,8 @@ def run(
       disable=not workdir_lib.is_writer(),
     )
     for step in progress:
-      state, metrics = train_step(
-        state, jax.random.fold_in(distill_key, step), *inputs(step)
-      )
+      step_key = sharding.put(jax.random.fold_in(distill_key, step), mesh)
+      state, metrics = train_step(state, step_key, *inputs(step))
       losses.append(metrics["loss"])
       done = step + 1
       if done % cfg.log_every == 0 or done == cfg.iterations:
@@ -924,7 +1011,9 @@ def run(
       f"{name}: {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
       f"over {len(r['accuracies'])} models"
     )
-    print(line, flush=True)
+    if process_0:
+      print(line, flush=True)
     logging.info("%s", line)
-  print(f"artifacts in {workdir.resolve()}", flush=True)
+  if process_0:
+    print(f"artifacts in {workdir.resolve()}", flush=True)
   return summary

@@ -10,6 +10,7 @@ References:
 """
 
 import dataclasses
+import functools
 import math
 import pathlib
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from lowrank_distill import augment, config_utils, data, models, rng
+from lowrank_distill import augment, config_utils, data, models, rng, sharding
 from lowrank_distill import synset as synset_lib
 from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.parameterize import labels as labels_lib
@@ -286,12 +287,15 @@ def evaluate_set(
   models_per_batch: int | None = None,
   test_batch_size: int = 500,
   conv_impl: str = "auto",
+  mesh=None,
 ) -> EvalResult:
   """Trains `num_models` fresh networks on a set and tests each of them.
 
   Models are vmapped over seeds in one jitted program; `models_per_batch`
   bounds how many train at once (the result does not depend on it: model i
-  always uses `fold_in(key, i)`).
+  always uses `fold_in(key, i)`). With a mesh, the models of a batch are
+  split over its 'data' axis; a batch that does not divide the devices is
+  completed with models of the next seeds, trained and discarded.
 
   Args:
     key: evaluation key.
@@ -307,6 +311,7 @@ def evaluate_set(
     models_per_batch: models trained in parallel; all of them when None.
     test_batch_size: test images per forward pass.
     conv_impl: convolution implementation for `models.create`.
+    mesh: a `sharding` mesh to split the models over; None: one device.
 
   Returns:
     EvalResult with every model's test accuracy.
@@ -326,9 +331,12 @@ def evaluate_set(
   test_images = jnp.asarray(test_images, jnp.float32)
   test_labels = jnp.asarray(test_labels, jnp.int32)
   lr = jnp.asarray(lr, jnp.float32)
+  arrays = sharding.put((images, targets, lr, test_images, test_labels), mesh)
 
-  @jax.jit
+  @functools.partial(sharding.jit, mesh=mesh)
   def train_and_test(keys, images, targets, lr, test_images, test_labels):
+    keys = sharding.constrain(keys, mesh, axis=0)
+
     def one(k):
       variables, _ = train_network(
         k,
@@ -351,12 +359,10 @@ def evaluate_set(
   chunk = models_per_batch or num_models
   correct = []
   for first in range(0, num_models, chunk):
-    keys = model_keys(key, min(chunk, num_models - first), first=first)
-    correct.append(
-      np.asarray(
-        train_and_test(keys, images, targets, lr, test_images, test_labels)
-      )
-    )
+    count = min(chunk, num_models - first)
+    width = sharding.padded_size(count, mesh)
+    keys = sharding.put(model_keys(key, width, first=first), mesh, axis=0)
+    correct.append(np.asarray(train_and_test(keys, *arrays))[:count])
   accuracies = np.concatenate(correct) / test_images.shape[0]
   return EvalResult(accuracies=accuracies, model=model_name)
 
@@ -419,6 +425,7 @@ def evaluate_with_config(
     },
     num_classes=dataset.num_classes,
     conv_impl=config.model.conv_impl,
+    mesh=sharding.mesh_from_config(config),
     **kwargs,
   )
 

@@ -50,6 +50,7 @@ from lowrank_distill import (
   evaluate,
   models,
   rng,
+  sharding,
 )
 from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.parameterize import labels as labels_lib
@@ -248,13 +249,17 @@ def train_experts(
   dsa_strategy: str = "none",
   num_classes: int,
   first: int = 0,
+  mesh=None,
 ) -> PyTree:
   """Trains experts `first .. first + num_experts - 1` at once (vmapped).
 
   Expert i trains with `expert_key(key, i)` (see `train_expert`), so its
   trajectory is the same whichever experts train beside it. Pure: jit it
   where it is used (`model`, `num_experts`, `epochs`, `batch_size`,
-  `dsa_strategy` and `num_classes` are static).
+  `dsa_strategy`, `num_classes`, `first` and `mesh` are static). With a
+  mesh, the experts are split over its 'data' axis; when `num_experts` does
+  not divide the devices, the next experts' keys fill the gap and their
+  trajectories are dropped from the result.
 
   Args:
     key: the experts' key (a run uses `rng.stream(root, 'experts')`).
@@ -266,6 +271,7 @@ def train_experts(
       `train_expert` (MTT: 0.01, 256, 0, 0).
     num_classes: C.
     first: the index of the first expert.
+    mesh: a `sharding` mesh to split the experts over; None: one device.
 
   Returns:
     The 'params' trees stacked: every leaf [N, E + 1, ...].
@@ -275,7 +281,9 @@ def train_experts(
     Trajectories", CVPR 2022.
   """
   targets = labels_lib.targets(labels, num_classes)
-  keys = evaluate.model_keys(key, num_experts, first=first)
+  width = sharding.padded_size(num_experts, mesh)
+  keys = evaluate.model_keys(key, width, first=first)
+  keys = sharding.constrain(keys, mesh, axis=0)
   experts = jax.vmap(
     lambda k: train_expert(
       k,
@@ -290,7 +298,10 @@ def train_experts(
       dsa_strategy=dsa_strategy,
     )
   )(keys)
-  return experts.trajectory
+  trajectory = sharding.constrain(experts.trajectory, mesh, axis=0)
+  if width == num_experts:
+    return trajectory
+  return jax.tree.map(lambda t: t[:num_experts], trajectory)
 
 
 # ----------------------------------------------------------------------------
@@ -717,15 +728,22 @@ def chunks(num_experts: int, experts_in_parallel: int) -> list[range]:
     "momentum",
     "weight_decay",
     "dsa_strategy",
+    "mesh",
   ),
 )
-def _train_and_test(keys, images, targets, test_images, test_labels, **kwargs):
+def _train_and_test(
+  keys, images, targets, test_images, test_labels, *, mesh=None, **kwargs
+):
   """Trains experts vmapped over `keys` and counts their correct tests.
+
+  With a mesh, `keys` [k] (k a multiple of its devices) and the results
+  are split over its 'data' axis.
 
   Returns:
     (trajectories, leaves [k, E + 1, ...]; correct [k]; last loss [k]).
   """
   model = kwargs["model"]
+  keys = sharding.constrain(keys, mesh, axis=0)
 
   def one(key):
     expert = train_expert(key, images, targets, **kwargs)
@@ -735,14 +753,16 @@ def _train_and_test(keys, images, targets, test_images, test_labels, **kwargs):
     )
     return expert.trajectory, correct, expert.train_loss[-1]
 
-  return jax.vmap(one)(keys)
+  return sharding.constrain(jax.vmap(one)(keys), mesh, axis=0)
 
 
 def run(config, workdir) -> dict:
   """Trains `config.experts.num_experts` experts into the buffer `workdir`.
 
   Reads only `config` (configs/experts.py). Experts train vmapped in chunks
-  of `experts.experts_in_parallel` and each is saved as soon as its chunk is
+  of `experts.experts_in_parallel`, split over the devices of `config.mesh`
+  (a chunk that does not divide them is completed with the next experts'
+  keys, trained and discarded), and each is saved as soon as its chunk is
   done; a restarted run skips the saved experts. Writes `config.json`,
   `buffer.json`, `expert_<i>/` and `metrics.jsonl` (per expert: final test
   accuracy and training loss, seconds).
@@ -767,6 +787,8 @@ def run(config, workdir) -> dict:
     conv_impl=config.model.conv_impl,
     **models.options_for(config.model.name, config.model.options),
   )
+  mesh = sharding.mesh_from_config(config)
+  logging.info("Mesh: %s", sharding.describe(mesh))
   identity = buffer_identity(dataset, config)
   saved = _check_workdir(workdir, identity)
   if workdir_lib.is_writer():
@@ -784,6 +806,7 @@ def run(config, workdir) -> dict:
     "momentum": cfg.momentum,
     "weight_decay": cfg.weight_decay,
     "dsa_strategy": cfg.dsa_strategy,
+    "mesh": mesh if sharding.is_sharded(mesh) else None,
   }
   key = rng.stream(jax.random.key(config.seed), "experts")
   arrays = (
@@ -792,6 +815,7 @@ def run(config, workdir) -> dict:
     jnp.asarray(dataset.test_images),
     jnp.asarray(dataset.test_labels),
   )
+  arrays = sharding.put(arrays, mesh)
   num_test = len(dataset.test_labels)
   done = set(saved_indices(workdir))
   trained, accuracies = [], []
@@ -799,15 +823,15 @@ def run(config, workdir) -> dict:
     missing = [i for i in chunk if i not in done]
     if not missing:
       continue
-    keys = evaluate.model_keys(key, len(chunk), first=chunk.start)
+    width = sharding.padded_size(len(chunk), mesh)
+    keys = evaluate.model_keys(key, width, first=chunk.start)
+    keys = sharding.put(keys, mesh, axis=0)
     start = time.perf_counter()
     compiled = _train_and_test.lower(keys, *arrays, **hparams).compile()
     if (seconds := time.perf_counter() - start) > 1:
-      logging.info(
-        "compiled %d experts in parallel in %.1f s", len(chunk), seconds
-      )
+      logging.info("compiled %d experts in parallel in %.1f s", width, seconds)
     start = time.perf_counter()
-    trajectories, correct, losses = jax.device_get(compiled(keys, *arrays))
+    trajectories, correct, losses = sharding.to_host(compiled(keys, *arrays))
     seconds = (time.perf_counter() - start) / len(chunk)
     for i in missing:
       j = i - chunk.start
@@ -851,6 +875,7 @@ def run(config, workdir) -> dict:
       f"; test accuracy of the new ones {100 * np.mean(accuracies):.2f} ± "
       f"{100 * np.std(accuracies):.2f} %"
     )
-  print(line, flush=True)
+  if workdir_lib.is_writer():
+    print(line, flush=True)
   logging.info("%s", line)
   return summary

@@ -8,7 +8,7 @@ References:
 import jax
 import jax.numpy as jnp
 
-from lowrank_distill import augment
+from lowrank_distill import augment, sharding
 
 
 def class_loss(
@@ -18,6 +18,7 @@ def class_loss(
   key,
   *,
   dsa_strategy: str,
+  mesh=None,
 ):
   """`|| mean(embed(real)) - mean(embed(syn)) ||^2` for one class.
 
@@ -27,10 +28,13 @@ def class_loss(
     syn: [k, h, w, c] synthetic images of the class.
     key: siamese augmentation key, the same for both batches.
     dsa_strategy: DSA strategy or 'none'.
+    mesh: split `real` over the mesh's 'data' axis (m must be a multiple of
+      its devices); None or one device: unsplit.
 
   Returns:
     A scalar.
   """
+  real = sharding.constrain(real, mesh, axis=0)
   if augment.parse_strategy(dsa_strategy):
     real = augment.augment(key, real, strategy=dsa_strategy, siamese=True)
     syn = augment.augment(key, syn, strategy=dsa_strategy, siamese=True)
@@ -46,6 +50,7 @@ def loss(
   model,
   dsa_strategy: str,
   classes_in_parallel: int = 1,
+  mesh=None,
 ):
   """The DM loss of one iteration, with a fresh random network.
 
@@ -59,6 +64,8 @@ def loss(
     classes_in_parallel: classes embedded at once; 1 (the default) embeds
       one class after another as the reference does, bounding memory by one
       class's real batch.
+    mesh: split each class's real batch (m) over the mesh's 'data' axis;
+      None or one device: unsplit.
 
   Returns:
     A scalar: the sum over classes of the squared mean-embedding distance.
@@ -82,7 +89,7 @@ def loss(
   )
   per_class = jax.lax.map(
     lambda args: class_loss(
-      embed, args[0], args[1], args[2], dsa_strategy=dsa_strategy
+      embed, args[0], args[1], args[2], dsa_strategy=dsa_strategy, mesh=mesh
     ),
     (real_images, syn_images, class_keys),
     batch_size=classes_in_parallel,

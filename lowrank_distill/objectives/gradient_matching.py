@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lowrank_distill import augment, evaluate
+from lowrank_distill import augment, evaluate, sharding
 from lowrank_distill.parameterize import labels as labels_lib
 
 PyTree = Any
@@ -132,6 +132,7 @@ def matching_loss(
   distance: str = "ours",
   dsa_strategy: str = "none",
   classes_in_parallel: int = 1,
+  mesh=None,
 ):
   """Sum over classes of the distance between real and synthetic gradients.
 
@@ -152,6 +153,8 @@ def matching_loss(
     distance: a key of `DISTANCES`.
     dsa_strategy: DSA strategy or 'none' (DC).
     classes_in_parallel: classes matched at once (memory vs speed).
+    mesh: split each class's real batch (m) over the mesh's 'data' axis
+      (m a multiple of its devices); None or one device: unsplit.
 
   Returns:
     A scalar.
@@ -166,6 +169,7 @@ def matching_loss(
 
   def class_distance(args):
     real, syn, targets, c = args
+    real = sharding.constrain(real, mesh, axis=0)
     if ops:
       class_key = jax.random.fold_in(key, c)
       real = augment.augment(class_key, real, strategy=dsa_strategy)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowrank_distill import augment, evaluate
+from lowrank_distill import augment, evaluate, sharding
 from lowrank_distill.parameterize import labels as labels_lib
 
 PyTree = Any
@@ -69,6 +69,7 @@ def unroll(
   dsa_strategy: str = "none",
   model_state: PyTree | None = None,
   remat: bool = True,
+  mesh=None,
 ) -> PyTree:
   """N differentiable SGD steps of a student on the synthetic set.
 
@@ -86,9 +87,16 @@ def unroll(
       BatchNorm then normalises with each minibatch's statistics, as the
       student in train mode does, and the running averages are discarded.
     remat: `jax.checkpoint` the scan body (memory flat in `steps`).
+    mesh: split every minibatch over the mesh's 'data' axis, padded with
+      masked rows to a multiple of its devices (refused for a BatchNorm
+      student, whose statistics would see the padding); None or one device:
+      unsplit.
 
   Returns:
     The student's params after `steps` steps.
+
+  Raises:
+    ValueError: a BatchNorm student's minibatch does not split evenly.
   """
   if steps == 0:
     return start_params
@@ -98,6 +106,18 @@ def unroll(
   )
   ops = augment.parse_strategy(dsa_strategy)
   model_state = model_state or {}
+  width = sharding.padded_size(idx.shape[1], mesh)
+  if model_state:
+    sharding.check_divisible(
+      idx.shape[1],
+      mesh,
+      field="distill.batch_syn",
+      what="synthetic images of a BatchNorm student's minibatch",
+    )
+
+  def split(x, y, m):
+    rows = [sharding.pad_rows(a, width) for a in (x, y, m)]
+    return sharding.constrain(rows, mesh, axis=0)
 
   def loss_fn(params, x, y, m):
     variables = {"params": params, **model_state}
@@ -117,7 +137,10 @@ def unroll(
       x = augment.augment(
         jax.random.fold_in(aug_key, i), x, strategy=dsa_strategy, siamese=False
       )
-    grads = jax.grad(loss_fn)(params, x, targets[batch_idx], batch_mask)
+    # Padding after the augmentation: its per-image draws depend on the
+    # batch size, so the real rows get the draws of the unsplit run.
+    x, y, m = split(x, targets[batch_idx], batch_mask)
+    grads = jax.grad(loss_fn)(params, x, y, m)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), None
 
   if remat:
