@@ -366,6 +366,53 @@ def to_flax(net, model, variables, x):
   return out
 
 
+def from_flax(net, model, variables, x):
+  """Copies a Flax variables pytree into the torch net (inverse of `to_flax`).
+
+  Writes the torch parameters (and BatchNorm running statistics) in place,
+  so both sides compute the same function; returns `net`.
+  """
+  import jax
+
+  params = jax.tree.map(np.asarray, variables["params"])
+  stats = jax.tree.map(np.asarray, variables.get("batch_stats", {}))
+  t_leaves = _torch_leaves(net)
+  paths = _flax_layer_paths(model, x)
+  if len(t_leaves) != len(paths):
+    raise ValueError(f"{len(t_leaves)} torch vs {len(paths)} flax layers")
+
+  def put(tensor, array):
+    tensor.copy_(torch.from_numpy(np.array(array)))
+
+  last_c = x.shape[-1]
+  with torch.no_grad():
+    for (kind, m), path in zip(t_leaves, paths, strict=True):
+      leaf = _get(params, path)
+      if kind == "conv":
+        put(m.weight, leaf["kernel"].transpose(3, 2, 0, 1))
+        last_c = m.out_channels
+      elif kind == "dense":
+        k = leaf["kernel"]
+        hw = k.shape[0] // last_c
+        # Ours flattens (h, w, c); torch flattens (c, h, w).
+        w = k.reshape(hw, last_c, k.shape[1]).transpose(2, 1, 0)
+        put(m.weight, w.reshape(k.shape[1], last_c * hw))
+        last_c = m.out_features
+      elif kind == "layer_norm":
+        put(m.weight, leaf["scale"].transpose(2, 0, 1))
+        put(m.bias, leaf["bias"].transpose(2, 0, 1))
+        continue
+      else:
+        put(m.weight, leaf["scale"])
+      if "bias" in leaf:
+        put(m.bias, leaf["bias"])
+      if isinstance(m, nn.BatchNorm2d):
+        node = _get(stats, path)
+        put(m.running_mean, node["mean"])
+        put(m.running_var, node["var"])
+  return net
+
+
 def check(names=NAMES, shapes=SHAPES, impl="xla"):
   """Max abs differences between torch and Flax (eval, train, embed, BN)."""
   import jax
