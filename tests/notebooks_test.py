@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 # Every notebook under notebooks/ must be listed here.
-NOTEBOOKS = ["quickstart.ipynb"]
+NOTEBOOKS = ["quickstart.ipynb", "trajectory_matching.ipynb"]
 TINY_ENV = "LOWRANK_DISTILL_NOTEBOOK_TINY"
 KERNEL_NAME = "lowrank-distill-test"
 CELL_TIMEOUT_S = 600
