@@ -37,7 +37,56 @@ def test_every_config_builds(name, arg):
   config = module.get_config(arg)
   assert "seed" in config and "eval" in config
   if "distill" in config:
+    if "experts" in config and not config.experts.path:
+      # Trajectory matching names its expert buffer on the command line.
+      config.experts.path = "/a/buffer"
     distill.validate(config)
+
+
+def test_trajectory_matching_configs_hold_the_published_settings():
+  from configs import tm
+
+  config = tm.get_config("dataset=cifar10,ipc=1,variant=mtt")
+  cfg = config.distill
+  assert (cfg.syn_steps, cfg.expert_epochs, cfg.max_start) == (50, 2, 2)
+  assert cfg.lr_images == 100 and cfg.lr_student == 0.01
+  assert cfg.lr_lr == pytest.approx(1e-7 / 0.01**2)
+  assert config.dataset.zca == "mtt" and config.synset.param == "pixels"
+  ipc10 = tm.get_config("dataset=cifar10,ipc=10,variant=mtt").distill
+  assert (ipc10.syn_steps, ipc10.max_start, ipc10.lr_student) == (30, 20, 1e-3)
+  lomtt = tm.get_config("dataset=cifar10,ipc=1,variant=lomtt")
+  assert lomtt.distill.max_start == 5 and lomtt.distill.lr_images == 1000
+  assert lomtt.synset.rank == 2
+  lss = tm.get_config("dataset=cifar10,ipc=1,variant=mtt_lss")
+  assert (lss.synset.param, lss.synset.rank, lss.synset.num_sets) == (
+    "mappers",
+    8,
+    4,
+  )
+  assert lss.labels.kind == "soft" and lss.labels.init == "random"
+  assert lss.distill.start == "progressive" and lss.distill.learn_lr
+
+
+def test_experts_and_trajectory_matching_share_the_model():
+  from configs import experts, tm
+
+  for dataset in ("digits", "mnist", "cifar10"):
+    a = experts.get_config(f"dataset={dataset}")
+    b = tm.get_config(f"dataset={dataset},ipc=1")
+    assert a.model.to_dict() == b.model.to_dict(), dataset
+    assert a.dataset.to_dict() == b.dataset.to_dict(), dataset
+
+
+def test_gradient_matching_config_holds_the_published_settings():
+  from configs import gm
+
+  config = gm.get_config("dataset=mnist,ipc=10,method=dsa")
+  cfg = config.distill
+  assert (cfg.outer_loop, cfg.inner_loop) == (10, 50)
+  assert cfg.iterations == 1000 and cfg.lr_images == 0.1
+  assert cfg.lr_net == 0.01 and cfg.batch_real == 256
+  assert cfg.dsa_strategy == "color_crop_cutout_scale_rotate"
+  assert gm.get_config("dataset=mnist,method=dc").distill.dsa_strategy == "none"
 
 
 def test_dm_config_holds_the_published_settings():
