@@ -62,6 +62,7 @@ from lowrank_distill import (
   evaluate,
   models,
   rng,
+  sharding,
 )
 from lowrank_distill import synset as synset_lib
 from lowrank_distill import workdir as workdir_lib
@@ -74,6 +75,7 @@ ABSENT_LOGIT = -1e9
 # seeds to run or how evaluation is batched, not what a step computes.
 RESUMABLE_FIELDS = (
   "continual.orders",
+  "mesh",
   "eval.models_per_batch",
   "eval.test_batch_size",
 )
@@ -286,17 +288,21 @@ def coreset_memory(
   )
 
 
-def step_distill_config(memory_config, *, dataset_config, seed: int):
+def step_distill_config(
+  memory_config, *, dataset_config, seed: int, mesh_config=None
+):
   """A distillation config for one step: the memory's, on the run's dataset.
 
   The step's dataset is a subset of the run's (`config.dataset`), so the
   distillation records that dataset, and each (order, step) gets its own
-  seed. `memory_config` itself is not modified.
+  seed and the run's device mesh. `memory_config` itself is not modified.
   """
   step = memory_config.copy_and_resolve_references()
   with step.unlocked():
     step.dataset = dataset_config.copy_and_resolve_references()
     step.seed = int(seed)
+    if mesh_config is not None:
+      step.mesh = mesh_config.copy_and_resolve_references()
   return step
 
 
@@ -479,8 +485,8 @@ def _smallest_classes(dataset: data.Dataset, k: int) -> data.Dataset:
   return class_subset(dataset, np.argsort(counts, kind="stable")[:k])
 
 
-def _plan_coreset(name: str, entry, *, smallest, ipc: int) -> MemoryPlan:
-  del name, entry  # every coreset keeps `ipc` real images per class
+def _plan_coreset(name: str, entry, *, smallest, ipc: int, mesh) -> MemoryPlan:
+  del name, entry, mesh  # every coreset keeps `ipc` real images per class
   k = smallest.num_classes
   return MemoryPlan(
     kind="coreset",
@@ -492,7 +498,7 @@ def _plan_coreset(name: str, entry, *, smallest, ipc: int) -> MemoryPlan:
   )
 
 
-def _plan_distill(name: str, entry, *, smallest, ipc: int) -> MemoryPlan:
+def _plan_distill(name: str, entry, *, smallest, ipc: int, mesh) -> MemoryPlan:
   syn = entry.config.synset
   if syn.ipc != ipc or syn.budget != "same-memory":
     raise ValueError(
@@ -502,13 +508,16 @@ def _plan_distill(name: str, entry, *, smallest, ipc: int) -> MemoryPlan:
       f"'same-memory'"
     )
   try:
-    budget = distill.plan(entry.config, dataset=smallest).budget
+    distill_plan = distill.plan(entry.config, dataset=smallest)
+    distill.OBJECTIVES[entry.config.method].check_mesh(
+      distill_plan, entry.config, mesh
+    )
   except ValueError as e:
     raise ValueError(f"{_memory_field(name, 'config')}: {e}") from e
   return MemoryPlan(
     kind="distill",
-    images_per_class=budget.images_per_class,
-    storage_floats=budget.floats_used,
+    images_per_class=distill_plan.budget.images_per_class,
+    storage_floats=distill_plan.budget.floats_used,
     classes_per_step=smallest.num_classes,
   )
 
@@ -539,11 +548,12 @@ def plan(config) -> Plan:
     for s in cfg.orders
   }
   smallest = _smallest_classes(dataset, dataset.num_classes // cfg.steps)
+  mesh = sharding.mesh_from_config(config)
   memories = {}
   for name in cfg.methods:
     entry = cfg.memories[name]
     memory = MEMORY_KINDS[entry.kind].plan(
-      name, entry, smallest=smallest, ipc=cfg.ipc
+      name, entry, smallest=smallest, ipc=cfg.ipc, mesh=mesh
     )
     check_storage(
       name,
@@ -726,7 +736,10 @@ def _build_distill(key, entry, *, config, dataset, classes, where):
   seed = jax.random.randint(key, (), 0, np.iinfo(np.int32).max)
   return distill_memory(
     step_distill_config(
-      entry.config, dataset_config=config.dataset, seed=int(seed)
+      entry.config,
+      dataset_config=config.dataset,
+      seed=int(seed),
+      mesh_config=config.mesh,
     ),
     where / "distill",
     dataset,
@@ -804,7 +817,8 @@ def _memory(key, name, entry, *, config, the_plan, classes, where, step):
       the_plan.dataset.to_unit_range(memory.images),
       nrow=memory.images.shape[0] // len(classes),
     )
-    synset_lib.save(path, memory, overwrite=True)
+  # Every process: Orbax's save waits for all of them, then writes once.
+  synset_lib.save(path, memory, overwrite=True)
   return memory
 
 
@@ -822,6 +836,7 @@ def _evaluate(key, memories, *, config, dataset, seen) -> dict:
     model_options=models.options_for(arch, config.model.options),
     num_classes=dataset.num_classes,
     conv_impl=config.model.conv_impl,
+    mesh=sharding.mesh_from_config(config),
     **config_utils.eval_kwargs(config.eval),
   )
   return {
