@@ -74,33 +74,21 @@ def get_config(arg=None):
   )
   config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
   digits = arg.dataset == "digits"
-  config.distill = dict(
+  config.distill = config_utils.distill_config(
     iterations=arg.iterations or (1000 if digits else 20000),
     lr_images=1.0,
-    momentum=0.5,
-    batch_real=128 if digits else 256,
-    dsa_strategy=dsa,
-    classes_in_parallel=1,
     # The DM step differentiates no convolution inside a scan, so XLA's
     # native conv is fastest on every backend (2-core CPU: 0.83x PyTorch's
     # step time vs 1.00x with im2col, docs/RESULTS.md). Evaluation keeps
     # model.conv_impl ('auto': im2col on CPU, where its training scan needs it).
     conv_impl="xla",
-    learn_lr=False,
-    lr_student=0.01,
-    lr_lr=0.0,
-    max_loss=1e8,
-    log_every=10,
     eval_every=0 if digits else 2000,
     image_every=500,
     checkpoint_every=100,
+    batch_real=128 if digits else 256,
+    dsa_strategy=dsa,
+    classes_in_parallel=1,
   )
   if arg.runlocal:
-    config.distill.update(
-      iterations=4,
-      batch_real=16,
-      log_every=2,
-      image_every=0,
-      checkpoint_every=2,
-    )
+    config.distill.update(config_utils.RUNLOCAL_DISTILL, batch_real=16)
   return config

@@ -83,10 +83,15 @@ def get_config(arg=None):
   config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
   digits = arg.dataset == "digits"
   outer_loop, inner_loop = LOOPS.get(arg.ipc, (0, 0))
-  config.distill = dict(
+  config.distill = config_utils.distill_config(
     iterations=arg.iterations or (200 if digits else 1000),
     lr_images=0.1,
-    momentum=0.5,
+    # The inner loop differentiates convolutions inside a scan: 'auto' picks
+    # im2col on the CPU, where XLA's conv gradient in a loop is naive.
+    conv_impl="auto",
+    eval_every=0 if digits else 200,
+    image_every=100,
+    checkpoint_every=20,
     batch_real=128 if digits else 256,
     batch_train=256,
     lr_net=0.01,
@@ -95,24 +100,7 @@ def get_config(arg=None):
     distance=arg.distance,
     dsa_strategy=dsa if arg.method == "dsa" else "none",
     classes_in_parallel=1,
-    # The inner loop differentiates convolutions inside a scan: 'auto' picks
-    # im2col on the CPU, where XLA's conv gradient in a loop is naive.
-    conv_impl="auto",
-    learn_lr=False,
-    lr_student=0.01,
-    lr_lr=0.0,
-    max_loss=1e8,
-    log_every=10,
-    eval_every=0 if digits else 200,
-    image_every=100,
-    checkpoint_every=20,
   )
   if arg.runlocal:
-    config.distill.update(
-      iterations=4,
-      batch_real=16,
-      log_every=2,
-      image_every=0,
-      checkpoint_every=2,
-    )
+    config.distill.update(config_utils.RUNLOCAL_DISTILL, batch_real=16)
   return config

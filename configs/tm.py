@@ -174,10 +174,19 @@ def get_config(arg=None):
     dict(path="", num_experts=0, max_host_bytes=8 * 2**30)
   )
   lr_teacher = row["lr_teacher"]
-  config.distill = dict(
+  config.distill = config_utils.distill_config(
     iterations=arg.iterations or row["iterations"],
     lr_images=row["lr_images"],
-    momentum=0.5,
+    # The unroll differentiates convolutions inside a scan: 'auto' picks
+    # im2col on the CPU, where XLA's conv gradient in a loop is naive.
+    conv_impl="auto",
+    eval_every=0,
+    image_every=100,
+    checkpoint_every=20,
+    learn_lr=True,
+    lr_student=lr_teacher,
+    lr_lr=row["lr_lr"] / lr_teacher**2,
+    max_loss=1e3,
     syn_steps=row["syn_steps"],
     expert_epochs=row["expert_epochs"],
     max_start=row["max_start"],
@@ -190,24 +199,7 @@ def get_config(arg=None):
     num_trajectories=1,
     dsa_strategy=dsa,
     remat=True,
-    # The unroll differentiates convolutions inside a scan: 'auto' picks
-    # im2col on the CPU, where XLA's conv gradient in a loop is naive.
-    conv_impl="auto",
-    learn_lr=True,
-    lr_student=lr_teacher,
-    lr_lr=row["lr_lr"] / lr_teacher**2,
-    max_loss=1e3,
-    log_every=10,
-    eval_every=0,
-    image_every=100,
-    checkpoint_every=20,
   )
   if arg.runlocal:
-    config.distill.update(
-      iterations=4,
-      syn_steps=3,
-      log_every=2,
-      image_every=0,
-      checkpoint_every=2,
-    )
+    config.distill.update(config_utils.RUNLOCAL_DISTILL, syn_steps=3)
   return config

@@ -156,3 +156,59 @@ def base_config(
   if runlocal:
     config.model.options.update(width=16, depth=2)
   return config
+
+
+# The loop's bookkeeping in a `runlocal` config: a few steps, every artifact.
+RUNLOCAL_DISTILL = {
+  "iterations": 4,
+  "log_every": 2,
+  "image_every": 0,
+  "checkpoint_every": 2,
+}
+
+
+def distill_config(
+  *,
+  iterations: int,
+  lr_images: float,
+  conv_impl: str,
+  eval_every: int,
+  image_every: int,
+  checkpoint_every: int,
+  momentum: float = 0.5,
+  learn_lr: bool = False,
+  lr_student: float = 0.01,
+  lr_lr: float = 0.0,
+  max_loss: float = 1e8,
+  log_every: int = 10,
+  **objective_fields,
+) -> ml_collections.ConfigDict:
+  """`config.distill`: the loop's fields every objective has, plus its own.
+
+  Args:
+    iterations, lr_images, momentum: the synthetic set's SGD.
+    conv_impl: the distillation network's convolution ('xla' | 'im2col' |
+      'auto'); evaluation uses `model.conv_impl`.
+    eval_every, image_every, checkpoint_every, log_every: intervals in
+      iterations (0: never, except at the end).
+    learn_lr, lr_student, lr_lr: the student lr (trajectory matching).
+    max_loss: losses above it skip the update (counted).
+    **objective_fields: the objective's own fields (batch_real, loops, ...).
+  """
+  return ml_collections.ConfigDict(
+    {
+      "iterations": iterations,
+      "lr_images": lr_images,
+      "momentum": momentum,
+      "conv_impl": conv_impl,
+      "learn_lr": learn_lr,
+      "lr_student": lr_student,
+      "lr_lr": lr_lr,
+      "max_loss": max_loss,
+      "log_every": log_every,
+      "eval_every": eval_every,
+      "image_every": image_every,
+      "checkpoint_every": checkpoint_every,
+      **objective_fields,
+    }
+  )
