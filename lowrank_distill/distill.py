@@ -497,9 +497,11 @@ class ExpertSnapshots:
     buffer, num_experts = _tm_buffer(plan, config)
     window, _ = _tm_window(config)
     window = min(window, buffer.num_snapshots)
-    trajectories = [buffer.read(e, 0, window) for e in range(num_experts)]
-    self.params = jax.tree.map(lambda *x: np.stack(x), *trajectories)
-    self.num_bytes = sum(x.nbytes for x in jax.tree.leaves(self.params))
+    snapshot_bytes = sum(
+      math.prod(x.shape) * x.dtype.itemsize
+      for x in jax.tree.leaves(buffer.abstract_params())
+    )
+    self.num_bytes = num_experts * window * snapshot_bytes
     limit = config.experts.max_host_bytes
     if limit and self.num_bytes > limit:
       raise ValueError(
@@ -508,6 +510,8 @@ class ExpertSnapshots:
         f"experts.max_host_bytes ({limit / 2**30:.2f} GiB); use fewer "
         f"experts or raise the limit"
       )
+    trajectories = [buffer.read(e, 0, window) for e in range(num_experts)]
+    self.params = jax.tree.map(lambda *x: np.stack(x), *trajectories)
     self.num_experts = num_experts
     self.last_start = window - 1 - config.distill.expert_epochs
     self.config = config

@@ -307,6 +307,13 @@ def test_the_guard_skips_and_counts_exploding_losses(buffer_dir):
   chex.assert_trees_all_equal(new.trainable, state.trainable)
 
 
+def test_snapshots_above_the_host_memory_limit_are_refused(buffer_dir):
+  config = _config(buffer_dir, "mtt")
+  config.experts.max_host_bytes = 1000
+  with pytest.raises(ValueError, match="experts.max_host_bytes"):
+    distill.ExpertSnapshots(distill.plan(config), config)
+
+
 def test_a_buffer_of_another_model_is_refused(buffer_dir, tmp_path):
   config = _config(buffer_dir, "mtt")
   config.model.options.width = 8
