@@ -1,8 +1,15 @@
 """What every launcher shares: --config, --workdir, --multihost, start-up."""
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+import pathlib
+import sys
+
+# Config files build on each other (`from configs import dm`): the
+# repository root must be importable from wherever a launcher is started.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 

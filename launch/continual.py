@@ -5,17 +5,10 @@
     --config.dataset.source=idx --config.dataset.path=../shared/datasets/mnist
 """
 
-import pathlib
-import sys
+import common
+from absl import app
 
-# configs/continual.py builds its memories from the other config files
-# (`from configs import dm`), so the repository root must be importable.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import common  # noqa: E402
-from absl import app  # noqa: E402
-
-from lowrank_distill import continual  # noqa: E402
+from lowrank_distill import continual
 
 common.define_flags("configs/continual.py")
 
