@@ -170,11 +170,12 @@ def _to_json(obj, *, what: str):
     raise TypeError(f"{what} is not JSON serialisable: {e}") from e
 
 
-def _flatten(config: dict, prefix: str = "") -> dict:
+def flatten(config: dict, prefix: str = "") -> dict:
+  """A nested dict as one dict of dotted names (empty dicts kept as values)."""
   flat = {}
   for name, value in config.items():
     if isinstance(value, dict) and value:
-      flat.update(_flatten(value, f"{prefix}{name}."))
+      flat.update(flatten(value, f"{prefix}{name}."))
     else:
       flat[f"{prefix}{name}"] = value
   return flat
@@ -185,7 +186,7 @@ _ABSENT = object()
 
 def config_diff(saved: dict, current: dict) -> list[str]:
   """Differing fields as `"name saved != current"` strings (dotted names)."""
-  saved, current = _flatten(saved), _flatten(current)
+  saved, current = flatten(saved), flatten(current)
   names = list(current) + [name for name in saved if name not in current]
   diffs = []
   for name in names:

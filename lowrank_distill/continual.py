@@ -42,7 +42,6 @@ References:
 """
 
 import dataclasses
-import json
 import math
 import pathlib
 from collections.abc import Callable, Sequence
@@ -54,7 +53,6 @@ from absl import logging
 from lowrank_distill import (
   analysis,
   augment,
-  checkpoint,
   config_utils,
   coreset,
   data,
@@ -589,39 +587,14 @@ def storage_table(the_plan: Plan) -> str:
 # The workdir.
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for name, value in tree.items():
-    if isinstance(value, dict) and value:
-      flat.update(_flat(value, f"{prefix}{name}."))
-    else:
-      flat[f"{prefix}{name}"] = value
-  return flat
-
-
-def _identity(config_dict: dict) -> dict:
-  """The flattened config without the fields a resumed run may change."""
-  return {
-    k: v
-    for k, v in _flat(config_dict).items()
-    if not any(k == f or k.startswith(f + ".") for f in RESUMABLE_FIELDS)
-  }
-
-
 def check_workdir(workdir, config) -> None:
   """Refuses a workdir written by another config, before writing anything."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.exists():
-    return
-  current = json.loads(json.dumps(config.to_dict()))
-  diffs = checkpoint.config_diff(
-    _identity(workdir_lib.read_json(path)), _identity(current)
+  workdir_lib.check_config(
+    workdir,
+    config,
+    resumable_fields=RESUMABLE_FIELDS,
+    what="a continual run",
   )
-  if diffs:
-    raise checkpoint.CheckpointError(
-      f"workdir {workdir} holds a continual run of another config; use a new "
-      f"workdir or the same config. Differences: " + "; ".join(diffs)
-    )
 
 
 def step_key(stream, *, order: int, step: int):

@@ -842,41 +842,14 @@ def _evaluate(key, trainable, plan: Plan, config) -> dict:
 
 def _identity_config(config) -> dict:
   """The config without the fields a resumed run may change."""
-  flat = dict(_flatten(config.to_dict()))
-  return {
-    k: v
-    for k, v in flat.items()
-    if not any(k == f or k.startswith(f + ".") for f in RESUMABLE_FIELDS)
-  }
-
-
-def _flatten(tree: dict, prefix: str = ""):
-  for k, v in tree.items():
-    name = f"{prefix}{k}"
-    if isinstance(v, dict):
-      yield from _flatten(v, name + ".")
-    else:
-      yield name, v
+  return workdir_lib.identity(config.to_dict(), RESUMABLE_FIELDS)
 
 
 def check_workdir(workdir: pathlib.Path, config) -> None:
   """Refuses a workdir written by another config, before writing anything."""
-  path = workdir / "config.json"
-  if not path.exists():
-    return
-  old = dict(_flatten(workdir_lib.read_json(path)))
-  new = dict(_flatten(config.to_dict()))
-  identity = _identity_config(config)
-  diffs = [
-    f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-    for k in sorted(set(old) | set(new))
-    if (k in identity or k not in new) and old.get(k) != new.get(k)
-  ]
-  if diffs:
-    raise checkpoint.CheckpointError(
-      f"workdir {workdir} holds a run of another config; use a new workdir "
-      f"or the same config. Differences: " + "; ".join(diffs)
-    )
+  workdir_lib.check_config(
+    workdir, config, resumable_fields=RESUMABLE_FIELDS, what="a run"
+  )
 
 
 def _truncate_metrics(writer: workdir_lib.MetricsWriter, step: int) -> None:

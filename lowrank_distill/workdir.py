@@ -11,6 +11,8 @@ from typing import Any
 
 import jax
 
+from lowrank_distill import checkpoint
+
 
 def is_writer() -> bool:
   return jax.process_index() == 0
@@ -69,3 +71,44 @@ class MetricsWriter:
     if not self.path.exists():
       return []
     return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+
+def identity(config_dict: dict, resumable_fields) -> dict:
+  """The flattened config without the fields a resumed run may change.
+
+  Args:
+    config_dict: a config as a (nested) dict.
+    resumable_fields: dotted names; each drops itself and its sub-fields.
+  """
+  return {
+    k: v
+    for k, v in checkpoint.flatten(config_dict).items()
+    if not any(k == f or k.startswith(f + ".") for f in resumable_fields)
+  }
+
+
+def check_config(workdir, config, *, resumable_fields, what: str) -> None:
+  """Refuses a workdir written by another config, before writing anything.
+
+  Args:
+    workdir: the run's directory (its `config.json` is compared, if any).
+    config: this run's config.
+    resumable_fields: fields allowed to differ (see `identity`).
+    what: the kind of run, for the message (e.g. 'a continual run').
+
+  Raises:
+    CheckpointError listing each differing field.
+  """
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    return
+  current = json.loads(json.dumps(config.to_dict(), default=_to_jsonable))
+  diffs = checkpoint.config_diff(
+    identity(read_json(path), resumable_fields),
+    identity(current, resumable_fields),
+  )
+  if diffs:
+    raise checkpoint.CheckpointError(
+      f"workdir {workdir} holds {what} of another config; use a new workdir "
+      f"or the same config. Differences: " + "; ".join(diffs)
+    )
