@@ -175,11 +175,8 @@ def time_row(method: str, syn_steps: int, devices: int) -> dict:
     mesh = sharding.mesh_from_config(config)
     objective = distill.OBJECTIVES[method]
     objective.check_mesh(plan, config, mesh)
-    trainable = distill.initial_trainable(jax.random.key(0), plan, config)
-    optimizer = distill.make_optimizer(
-      distill.optimizer_groups(config, trainable)
-    )
-    state = sharding.put(distill.init_state(trainable, optimizer), mesh)
+    state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
+    state = sharding.put(state, mesh)
     step = sharding.jit(
       objective.make_step(plan, config, optimizer, mesh=mesh), mesh
     )

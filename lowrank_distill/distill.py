@@ -761,6 +761,14 @@ def initial_trainable(key, plan: Plan, config) -> dict:
   return trainable
 
 
+def initial_state(key, plan: Plan, config):
+  """(state, optimiser): the trainable set before distillation, its optax
+  optimiser (one SGD group per parameter group) and that optimiser's state."""
+  trainable = initial_trainable(key, plan, config)
+  optimizer = make_optimizer(optimizer_groups(config, trainable))
+  return init_state(trainable, optimizer), optimizer
+
+
 def optimizer_groups(config, trainable: dict) -> dict:
   cfg = config.distill
   groups = {"images": (cfg.lr_images, cfg.momentum)}
@@ -897,9 +905,8 @@ def run(
   logging.info("Mesh: %s", sharding.describe(mesh))
 
   root = jax.random.key(config.seed)
-  trainable = initial_trainable(rng.stream(root, "init"), the_plan, config)
-  optimizer = make_optimizer(optimizer_groups(config, trainable))
-  state = sharding.put(init_state(trainable, optimizer), mesh)
+  state, optimizer = initial_state(rng.stream(root, "init"), the_plan, config)
+  state = sharding.put(state, mesh)
   train_step = sharding.jit(
     objective.make_step(the_plan, config, optimizer, mesh=mesh), mesh
   )

@@ -56,11 +56,7 @@ def test_optimizer_groups_use_their_own_learning_rates():
 def test_the_jitted_step_traces_once():
   config = _config()
   plan = distill.plan(config)
-  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
-  optimizer = distill.make_optimizer(
-    distill.optimizer_groups(config, trainable)
-  )
-  state = distill.init_state(trainable, optimizer)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   objective = distill.OBJECTIVES["dm"]
   step = jax.jit(
     chex.assert_max_traces(objective.make_step(plan, config, optimizer), n=1)

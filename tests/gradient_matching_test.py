@@ -275,11 +275,8 @@ def test_every_outer_loop_makes_one_guarded_update():
   config = _config("param=pixels")
   config.distill.update(outer_loop=3, inner_loop=1, max_loss=-1.0)
   plan = distill.plan(config)
-  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
-  optimizer = distill.make_optimizer(
-    distill.optimizer_groups(config, trainable)
-  )
-  state = distill.init_state(trainable, optimizer)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
+  trainable = state.trainable
   objective = distill.OBJECTIVES["gm"]
   step = jax.jit(
     chex.assert_max_traces(objective.make_step(plan, config, optimizer), n=1)
@@ -309,11 +306,8 @@ def test_soft_labels_are_learned_by_gradient_matching():
   config = _config("param=pixels,budget=same-images")
   config.labels.update(kind="soft", init="onehot", lr=1.0)
   plan = distill.plan(config)
-  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
-  optimizer = distill.make_optimizer(
-    distill.optimizer_groups(config, trainable)
-  )
-  state = distill.init_state(trainable, optimizer)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
+  trainable = state.trainable
   objective = distill.OBJECTIVES["gm"]
   step = jax.jit(objective.make_step(plan, config, optimizer))
   new, _ = step(state, jax.random.key(1), *objective.inputs(plan, config)(0))

@@ -88,11 +88,9 @@ def steps(plan, config, mesh, *, iterations: int = 2) -> dict:
     mesh 'collectives': whether the compiled step exchanges data.
   """
   objective = distill.OBJECTIVES[config.method]
-  trainable = distill.initial_trainable(jax.random.key(1), plan, config)
-  optimizer = distill.make_optimizer(
-    distill.optimizer_groups(config, trainable)
-  )
-  state = sharding.put(distill.init_state(trainable, optimizer), mesh)
+  state, optimizer = distill.initial_state(jax.random.key(1), plan, config)
+  state = sharding.put(state, mesh)
+  trainable = state.trainable
   step = sharding.jit(
     objective.make_step(plan, config, optimizer, mesh=mesh), mesh
   )

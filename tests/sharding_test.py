@@ -96,11 +96,7 @@ def test_the_one_device_step_is_the_unsharded_program():
   config.model.options.update(width=8, depth=1)
   config.distill.dsa_strategy = "crop"
   plan = distill.plan(config)
-  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
-  optimizer = distill.make_optimizer(
-    distill.optimizer_groups(config, trainable)
-  )
-  state = distill.init_state(trainable, optimizer)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   inputs = distill.real_data(plan, config)(0)
   jaxprs = [
     str(

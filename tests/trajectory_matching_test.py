@@ -293,11 +293,7 @@ def test_the_guard_skips_and_counts_exploding_losses(buffer_dir):
   config = _config(buffer_dir, "mtt")
   config.distill.update(learn_lr=False, lr_student=1e4, max_loss=10.0)
   plan = distill.plan(config)
-  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
-  optimizer = distill.make_optimizer(
-    distill.optimizer_groups(config, trainable)
-  )
-  state = distill.init_state(trainable, optimizer)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   objective = distill.OBJECTIVES["tm"]
   step = jax.jit(objective.make_step(plan, config, optimizer))
   new, metrics = step(
