@@ -10,6 +10,7 @@ here); not part of the library's dependencies.
   python benchmarks/dm_step_vs_torch.py --size=28 --channels=1 --ipc=10
 """
 
+import functools
 import time
 
 import jax
@@ -42,7 +43,9 @@ def time_ours(real, syn):
   )
   optimizer = optax.sgd(1.0, momentum=0.5)
 
-  @jax.jit
+  @functools.partial(
+    jax.jit, compiler_options=models.compiler_options(FLAGS.conv_impl)
+  )
   def step(syn, opt_state, real, key):
     loss, grad = jax.value_and_grad(
       lambda s: distribution_matching.loss(

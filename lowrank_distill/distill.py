@@ -908,7 +908,9 @@ def run(
   state, optimizer = initial_state(rng.stream(root, "init"), the_plan, config)
   state = sharding.put(state, mesh)
   train_step = sharding.jit(
-    objective.make_step(the_plan, config, optimizer, mesh=mesh), mesh
+    objective.make_step(the_plan, config, optimizer, mesh=mesh),
+    mesh,
+    compiler_options=models.compiler_options(config.distill.conv_impl),
   )
 
   workdir.mkdir(parents=True, exist_ok=True)

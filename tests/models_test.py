@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lowrank_distill import models
+from lowrank_distill.models import layers
 
 CORE = (
   "convnet",
@@ -526,3 +527,43 @@ def test_options_for_keeps_what_each_model_takes():
     **models.options_for("convnet_bn", options),
   )
   assert (model.width, model.depth, model.norm) == (16, 2, "batch")
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_one_pass_moments_match_two_pass_even_far_from_zero(offset):
+  x = jax.random.normal(jax.random.key(0), (3, 6, 5, 4)) * 0.5 + offset
+  mean, var = layers.moments(x, (1, 2))
+  x64 = np.asarray(x, np.float64)
+  chex.assert_trees_all_close(
+    mean, x64.mean((1, 2), keepdims=True), rtol=1e-6, atol=1e-6
+  )
+  # The variance (0.25) keeps its precision: no E[x^2] - E[x]^2 cancellation.
+  chex.assert_trees_all_close(
+    var, x64.var((1, 2), keepdims=True), rtol=1e-4, atol=1e-6
+  )
+
+
+def test_avg_pool_floors_like_pytorch():
+  x = jnp.arange(2 * 5 * 7 * 3, dtype=jnp.float32).reshape(2, 5, 7, 3)
+  pooled = layers.pool(x, "avg")
+  chex.assert_shape(pooled, (2, 2, 3, 3))
+  expected = np.asarray(x)[:, :4, :6].reshape(2, 2, 2, 3, 2, 3).mean((2, 4))
+  chex.assert_trees_all_close(pooled, expected)
+
+
+def test_compiler_options_only_for_xla_conv_on_cpu():
+  assert models.compiler_options("im2col") is None
+  options = models.compiler_options("xla")
+  assert options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  model = models.create(
+    "convnet", num_classes=3, image_shape=(8, 8, 1), conv_impl="xla", width=4
+  )
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+  variables = model.init(jax.random.key(2), x)
+  fn = lambda v: model.apply(v, x)  # noqa: E731
+  chex.assert_trees_all_close(
+    jax.jit(fn, compiler_options=options)(variables),
+    jax.jit(fn)(variables),
+    rtol=1e-5,
+    atol=1e-6,
+  )

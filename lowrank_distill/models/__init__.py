@@ -23,6 +23,7 @@ from lowrank_distill.models.conv import (
   CONV_IMPLS,
   Conv,
   Dense,
+  compiler_options,
   conv2d,
   resolve_conv_impl,
 )
@@ -63,6 +64,7 @@ __all__ = [
   "ResNet18",
   "VGG11",
   "check_names",
+  "compiler_options",
   "conv2d",
   "create",
   "options_for",

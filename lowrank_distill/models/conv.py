@@ -16,6 +16,7 @@ the weight). Distribution matching samples random networks, so the
 initialisation is part of the method.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -38,6 +39,40 @@ def resolve_conv_impl(impl: str) -> str:
       f"conv_impl must be one of {('auto', *CONV_IMPLS)}, got {impl!r}"
     )
   return impl
+
+
+# XLA:CPU hands convolutions and the reductions after them (instance norm)
+# to YNNPACK as one fused graph; for `lax.conv` outside a loop that ran the
+# DM network's forward 1.6x slower than XLA's own kernels on the 2-core
+# machine (docs/RESULTS.md). im2col's matmuls are faster with it, so only
+# 'xla' turns it off.
+_CPU_XLA_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _cpu_accepts(option: str, value: str) -> bool:
+  try:
+    jax.jit(lambda x: x + 1, compiler_options={option: value}).lower(
+      jnp.float32(0)
+    ).compile()
+  except Exception:  # pylint: disable=broad-except
+    return False  # A jaxlib without the (experimental) option.
+  return True
+
+
+def compiler_options(impl: str) -> dict[str, str] | None:
+  """XLA compiler options for `jax.jit` of code whose convolutions use `impl`.
+
+  On the CPU backend, 'xla' (after resolving 'auto') gets XLA's own fused
+  kernels instead of YNNPACK graph fusions; elsewhere, for 'im2col', or
+  with a jaxlib that no longer has the option, None (the defaults).
+  """
+  impl = resolve_conv_impl(impl)
+  if impl != "xla" or jax.default_backend() != "cpu":
+    return None
+  if not all(_cpu_accepts(k, v) for k, v in _CPU_XLA_CONV_OPTIONS.items()):
+    return None
+  return dict(_CPU_XLA_CONV_OPTIONS)
 
 
 def _pair(value, field: str) -> tuple[int, int]:

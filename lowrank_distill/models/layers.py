@@ -1,9 +1,10 @@
 """Normalisation, pooling and activation layers as in the PyTorch references.
 
-All norms use eps 1e-5 and the two-pass variance (mean of squared
-deviations), initialise the scale to 1 and the bias to 0, and name their
-parameters 'scale' and 'bias'.
+All norms use eps 1e-5 and the biased variance, initialise the scale to 1
+and the bias to 0, and name their parameters 'scale' and 'bias'.
 """
+
+import math
 
 import flax.linen as nn
 import jax
@@ -16,9 +17,35 @@ POOLINGS = ("avg", "max", "none")
 ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
 
 
+def moments(x, axes):
+  """Mean and biased variance over `axes` (kept), in one pass over `x`.
+
+  The sums of d and d**2 with d = x - x[first element along `axes`] are
+  sibling reductions XLA fuses into one read of `x` (the two-pass form
+  reads the first layer's activations twice more, ~10% of a DM step on
+  CPU). The shift keeps E[d**2] - E[d]**2 from cancelling when the mean is
+  large against the spread.
+  """
+  shift = jax.lax.stop_gradient(
+    x[tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))]
+  )
+  d = x - shift
+  zero = jnp.zeros((), x.dtype)
+  sum_d, sum_d2 = jax.lax.reduce(
+    (d, jnp.square(d)),
+    (zero, zero),
+    lambda a, b: (a[0] + b[0], a[1] + b[1]),
+    tuple(axes),
+  )
+  count = math.prod(x.shape[a] for a in axes)
+  kept = [1 if a in axes else n for a, n in enumerate(x.shape)]
+  mean_d = (sum_d / count).reshape(kept)
+  var = (sum_d2 / count).reshape(kept) - jnp.square(mean_d)
+  return mean_d + shift, jnp.maximum(var, 0.0)
+
+
 def _normalize(x, axes):
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+  mean, var = moments(x, axes)
   return (x - mean) * jax.lax.rsqrt(var + EPS)
 
 
@@ -98,8 +125,7 @@ class BatchNorm(nn.Module):
       "batch_stats", "var", lambda: jnp.ones((c,), jnp.float32)
     )
     if train:
-      mean = jnp.mean(x, axis=axes)
-      var = jnp.mean(jnp.square(x - mean.reshape(bshape)), axis=axes)
+      mean, var = (m.reshape(c) for m in moments(x, axes))
       count = x.size // c
       if self.is_mutable_collection("batch_stats") and not (
         self.is_initializing()
@@ -155,7 +181,12 @@ def pool(x, kind: str, window: int = 2):
     )
   dims = (window, window)
   if kind == "avg":
-    return nn.avg_pool(x, dims, strides=dims)
+    # A reshape and a mean, not a reduce-window: XLA fuses the mean with the
+    # norm and activation before it into one pass over the activations.
+    n, h, w, c = x.shape
+    h, w = h // window, w // window
+    x = x[:, : h * window, : w * window].reshape(n, h, window, w, window, c)
+    return jnp.mean(x, axis=(2, 4))
   if kind == "max":
     return nn.max_pool(x, dims, strides=dims)
   raise ValueError(f"pooling must be one of {POOLINGS}, got {kind!r}")
