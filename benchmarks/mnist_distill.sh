@@ -5,7 +5,9 @@
 #
 #   benchmarks/mnist_distill.sh CONFIG ITERATIONS BATCH_REAL "IPCS" "PARAMS" [extra flags]
 #   benchmarks/mnist_distill.sh configs/dm.py 400 64 "1 10" "pixels factors"
+#   CONFIG_ARGS=method=dc benchmarks/mnist_distill.sh configs/gm.py 100 64 "1" "pixels factors"
 #
+# CONFIG_ARGS: more config arguments (comma-separated), after the others.
 # Results: $ROOT/<ipc>_<param>/results.json (ROOT defaults to
 # /tmp/lowrank_distill/mnist_<config name>).
 set -euo pipefail
@@ -17,7 +19,7 @@ python=${PYTHON:-python}
 for ipc in $ipcs; do
   for param in $params; do
     "$python" launch/distill.py \
-      --config="$config:dataset=mnist,ipc=$ipc,param=$param,iterations=$iterations" \
+      --config="$config:dataset=mnist,ipc=$ipc,param=$param,iterations=$iterations${CONFIG_ARGS:+,$CONFIG_ARGS}" \
       --config.dataset.source=idx \
       --config.dataset.path=../shared/datasets/mnist \
       --config.distill.batch_real="$batch_real" \
