@@ -8,15 +8,22 @@ Arguments: dataset, methods ('+'-separated names of MEMORIES, run and
 plotted in that order; default random+herding+dm+lodm), ipc (the storage
 budget of every memory, in full-size images per class), steps (T, 5 or 10;
 must divide the classes), orders (class orders: seeds 0..orders-1), rank
-(of lodm's factors), iterations (distillation iterations per step; 0:
-configs/dm.py's), batch_real (DM's real images per class; 0: configs/dm.py's),
+(of the low-rank methods' factors), iterations (distillation iterations per
+step; 0: the method's config's), batch_real (DM's and DC/DSA's real images
+per class; 0: their config's), num_experts and expert_epochs (the experts
+each step trains for the trajectory-matching methods; 0: configs/experts.py's,
+with at least the epochs the distillation's start epochs need),
 coreset_epochs (training of the herding / k-center / forgetting network on
 a step's classes, +1 as the protocol's loop), runlocal (seconds on a CPU).
 
 Each step's memory is built from the new classes' training images alone;
 coresets keep `ipc` real images per class, distillation methods run their
-own full config (`continual.memories.<name>.config`, a configs/dm.py config
-here; any distillation config fits) at the 'same-memory' budget of `ipc`.
+own full config (`continual.memories.<name>.config`: configs/dm.py for
+dm/lodm, configs/gm.py for dc/lodc/dsa/lodsa, configs/tm.py for
+mtt/lomtt/mtt_lss) at the 'same-memory' budget of `ipc`. Trajectory-matching
+memories first train their experts (`continual.memories.<name>.experts`, a
+configs/experts.py config) on the step's classes; configs/tm.py has settings
+for IPC 1 on digits and MNIST.
 A fresh ConvNet-3 with all C outputs trains from scratch on the accumulated
 memory (1000 epochs, DSA) and is tested on the seen classes' test images.
 
@@ -28,7 +35,10 @@ MNIST benchmark (benchmarks/continual_mnist.sh) is a CPU-sized version.
 """
 
 from configs import dm as dm_config
-from lowrank_distill import config_utils
+from configs import experts as experts_config
+from configs import gm as gm_config
+from configs import tm as tm_config
+from lowrank_distill import config_utils, distill
 
 
 def _coreset(method: str):
@@ -61,8 +71,42 @@ def _dm(param: str):
   return entry
 
 
-# Memory methods: name -> builder of its `continual.memories` entry. A
-# distillation method is one more line here (e.g. DSA once configs exist).
+def _gm(method: str, param: str):
+  def entry(arg):
+    rank = arg.rank if param == "factors" else 0
+    config = gm_config.get_config(
+      f"dataset={arg.dataset},method={method},ipc={arg.ipc},param={param},"
+      f"rank={rank},iterations={arg.iterations},runlocal={arg.runlocal}"
+    )
+    config.distill.update(eval_every=0, image_every=0)
+    if arg.batch_real:
+      config.distill.batch_real = arg.batch_real
+    return dict(kind="distill", config=config)
+
+  return entry
+
+
+def _tm(variant: str):
+  def entry(arg):
+    config = tm_config.get_config(
+      f"dataset={arg.dataset},variant={variant},ipc={arg.ipc},"
+      f"iterations={arg.iterations},runlocal={arg.runlocal}"
+    )
+    config.distill.update(eval_every=0, image_every=0)
+    experts = experts_config.get_config(
+      f"dataset={arg.dataset},num_experts={arg.num_experts},"
+      f"epochs={arg.expert_epochs},runlocal={arg.runlocal}"
+    )
+    if not arg.expert_epochs:
+      # Enough snapshots for every start epoch the distillation can draw.
+      _, needed = distill.tm_window(config)
+      experts.experts.epochs = max(experts.experts.epochs, needed - 1)
+    return dict(kind="trajectory", experts=experts, config=config)
+
+  return entry
+
+
+# Memory methods: name -> builder of its `continual.memories` entry.
 MEMORIES = {
   "random": _coreset("random"),
   "herding": _coreset("herding"),
@@ -70,6 +114,13 @@ MEMORIES = {
   "forgetting": _coreset("forgetting"),
   "dm": _dm("pixels"),
   "lodm": _dm("factors"),
+  "dc": _gm("dc", "pixels"),
+  "lodc": _gm("dc", "factors"),
+  "dsa": _gm("dsa", "pixels"),
+  "lodsa": _gm("dsa", "factors"),
+  "mtt": _tm("mtt"),
+  "lomtt": _tm("lomtt"),
+  "mtt_lss": _tm("mtt_lss"),
 }
 
 
@@ -84,6 +135,8 @@ def get_config(arg=None):
     rank=2,
     iterations=0,
     batch_real=0,
+    num_experts=0,
+    expert_epochs=0,
     coreset_epochs=10,
     runlocal=False,
   )

@@ -29,7 +29,9 @@ Workdir layout (`run`): `config.json`, `order_<s>/step_<t>/<method>/`
 holding `memory/` (a `synset.SyntheticSet` export with global labels; for
 coresets `info['indices']` are the chosen global training indices),
 `memory.png` (its images, one row per class),
-`distill/` (the distillation workdir of distilled memories) and
+`distill/` (the distillation workdir of distilled memories), `experts/`
+(the expert buffer of a trajectory-matching memory, trained on the step's
+classes) and
 `eval.json`; then `results.json` and `accuracy.png`. Steps count from 1.
 
 References:
@@ -62,6 +64,7 @@ from lowrank_distill import (
   rng,
   sharding,
 )
+from lowrank_distill import experts as experts_lib
 from lowrank_distill import synset as synset_lib
 from lowrank_distill import workdir as workdir_lib
 
@@ -286,14 +289,12 @@ def coreset_memory(
   )
 
 
-def step_distill_config(
-  memory_config, *, dataset_config, seed: int, mesh_config=None
-):
-  """A distillation config for one step: the memory's, on the run's dataset.
+def step_config(memory_config, *, dataset_config, seed: int, mesh_config=None):
+  """A distillation or experts config for one step, on the run's dataset.
 
   The step's dataset is a subset of the run's (`config.dataset`), so the
-  distillation records that dataset, and each (order, step) gets its own
-  seed and the run's device mesh. `memory_config` itself is not modified.
+  step's run records that dataset, and each (order, step) gets its own seed
+  and the run's device mesh. `memory_config` itself is not modified.
   """
   step = memory_config.copy_and_resolve_references()
   with step.unlocked():
@@ -314,7 +315,7 @@ def distill_memory(
   is read back and its labels mapped to global ids (`global_labels`).
 
   Args:
-    config: a full distillation config (`step_distill_config`).
+    config: a full distillation config (`step_config`).
     workdir: the distillation's workdir.
     dataset: the full dataset.
     classes: [k] global ids of the new classes.
@@ -348,6 +349,34 @@ def distill_memory(
   )
 
 
+def trajectory_memory(
+  experts_config, distill_config, workdir, dataset: data.Dataset, classes
+) -> synset_lib.SyntheticSet:
+  """Trains experts on `classes`, then distils them by trajectory matching.
+
+  The experts see the step's classes only (relabelled 0..k-1), as the
+  distillation does; both resume from what `workdir` already holds.
+
+  Args:
+    experts_config: an experts config (`step_config` of configs/experts.py).
+    distill_config: a trajectory-matching config (`step_config`); its
+      `experts.path` is set to the step's buffer.
+    workdir: the step's folder: `experts/` (the buffer) and `distill/`.
+    dataset: the full dataset.
+    classes: [k] global ids of the new classes.
+
+  Returns:
+    The memory, labelled with global ids (`distill_memory`).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  experts_lib.run(
+    experts_config, workdir / "experts", dataset=class_subset(dataset, classes)
+  )
+  distill_config = distill_config.copy_and_resolve_references()
+  distill_config.experts.path = str(workdir / "experts")
+  return distill_memory(distill_config, workdir / "distill", dataset, classes)
+
+
 # ---------------------------------------------------------------------------
 # Validation and planning (no compute).
 
@@ -364,11 +393,55 @@ def _validate_coreset(name: str, entry) -> None:
     )
 
 
-def _validate_distill(name: str, entry) -> None:
+def _validate_distill_config(name: str, config) -> None:
   try:
-    distill.validate(entry.config)
+    distill.validate(config)
   except ValueError as e:
     raise ValueError(f"{_memory_field(name, 'config')}: {e}") from e
+
+
+def _validate_distill(name: str, entry) -> None:
+  _validate_distill_config(name, entry.config)
+
+
+def _network(config) -> dict:
+  name = config.model.name
+  return {
+    "name": name,
+    "options": models.options_for(name, config.model.options),
+  }
+
+
+# What a continual step's trajectory-matching config holds in place of the
+# buffer it trains at that step (validation needs a non-empty path).
+_STEP_BUFFER = "<trained at each step>"
+
+
+def _with_step_buffer(distill_config):
+  config = distill_config.copy_and_resolve_references()
+  config.experts.path = _STEP_BUFFER
+  return config
+
+
+def _validate_trajectory(name: str, entry) -> None:
+  if entry.config.get("method") != "tm":
+    raise ValueError(
+      f"{_memory_field(name, 'config.method')} {entry.config.get('method')!r}"
+      f": a memory of kind 'trajectory' distils by trajectory matching "
+      f"('tm'); use kind 'distill' for other objectives"
+    )
+  _validate_distill_config(name, _with_step_buffer(entry.config))
+  try:
+    experts_lib.validate(entry.experts)
+  except ValueError as e:
+    raise ValueError(f"{_memory_field(name, 'experts')}: {e}") from e
+  expert_model, student_model = _network(entry.experts), _network(entry.config)
+  if expert_model != student_model:
+    raise ValueError(
+      f"{_memory_field(name, 'experts.model')} {expert_model} differs from "
+      f"{_memory_field(name, 'config.model')} {student_model}: the experts "
+      f"and the student must be the same network"
+    )
 
 
 def _validate_entry(name: str, entry) -> None:
@@ -434,7 +507,7 @@ class MemoryPlan:
   """What one method's memory of one step holds and costs.
 
   Attributes:
-    kind: 'coreset' or 'distill'.
+    kind: a `MEMORY_KINDS` name.
     images_per_class: images the memory keeps per class.
     storage_floats: floats a step's memory (k classes) costs.
     classes_per_step: k.
@@ -496,8 +569,47 @@ def _plan_coreset(name: str, entry, *, smallest, ipc: int, mesh) -> MemoryPlan:
   )
 
 
-def _plan_distill(name: str, entry, *, smallest, ipc: int, mesh) -> MemoryPlan:
-  syn = entry.config.synset
+def _plan_trajectory(
+  name: str, entry, *, smallest, ipc: int, mesh
+) -> MemoryPlan:
+  cfg = entry.experts.experts
+  _, needed = distill.tm_window(entry.config)
+  if cfg.epochs + 1 < needed:
+    raise ValueError(
+      f"{_memory_field(name, 'experts.experts.epochs')} {cfg.epochs} gives "
+      f"{cfg.epochs + 1} snapshots per expert; the distillation's "
+      f"distill.max_start + distill.expert_epochs needs {needed}"
+    )
+  wanted = entry.config.experts.num_experts
+  if wanted > cfg.num_experts:
+    raise ValueError(
+      f"{_memory_field(name, 'config.experts.num_experts')} {wanted} is "
+      f"more than the {cfg.num_experts} experts each step trains "
+      f"({_memory_field(name, 'experts.experts.num_experts')})"
+    )
+  return _plan_distill(
+    name,
+    entry,
+    smallest=smallest,
+    ipc=ipc,
+    mesh=mesh,
+    config=_with_step_buffer(entry.config),
+    check_inputs=False,
+  )
+
+
+def _plan_distill(
+  name: str,
+  entry,
+  *,
+  smallest,
+  ipc: int,
+  mesh,
+  config=None,
+  check_inputs: bool = True,
+) -> MemoryPlan:
+  config = config or entry.config
+  syn = config.synset
   if syn.ipc != ipc or syn.budget != "same-memory":
     raise ValueError(
       f"{_memory_field(name, 'config.synset')}: ipc {syn.ipc} with budget "
@@ -506,14 +618,14 @@ def _plan_distill(name: str, entry, *, smallest, ipc: int, mesh) -> MemoryPlan:
       f"'same-memory'"
     )
   try:
-    distill_plan = distill.plan(entry.config, dataset=smallest)
-    distill.OBJECTIVES[entry.config.method].check_mesh(
-      distill_plan, entry.config, mesh
+    distill_plan = distill.plan(
+      config, dataset=smallest, check_inputs=check_inputs
     )
+    distill.OBJECTIVES[config.method].check_mesh(distill_plan, config, mesh)
   except ValueError as e:
     raise ValueError(f"{_memory_field(name, 'config')}: {e}") from e
   return MemoryPlan(
-    kind="distill",
+    kind=entry.kind,
     images_per_class=distill_plan.budget.images_per_class,
     storage_floats=distill_plan.budget.floats_used,
     classes_per_step=smallest.num_classes,
@@ -705,16 +817,28 @@ def _build_coreset(key, entry, *, config, dataset, classes, where):
   )
 
 
-def _build_distill(key, entry, *, config, dataset, classes, where):
+def _step_config(key, memory_config, config):
   seed = jax.random.randint(key, (), 0, np.iinfo(np.int32).max)
+  return step_config(
+    memory_config,
+    dataset_config=config.dataset,
+    seed=int(seed),
+    mesh_config=config.mesh,
+  )
+
+
+def _build_distill(key, entry, *, config, dataset, classes, where):
   return distill_memory(
-    step_distill_config(
-      entry.config,
-      dataset_config=config.dataset,
-      seed=int(seed),
-      mesh_config=config.mesh,
-    ),
-    where / "distill",
+    _step_config(key, entry.config, config), where / "distill", dataset, classes
+  )
+
+
+def _build_trajectory(key, entry, *, config, dataset, classes, where):
+  experts_key, distill_key = jax.random.split(key)
+  return trajectory_memory(
+    _step_config(experts_key, entry.experts, config),
+    _step_config(distill_key, entry.config, config),
+    where,
     dataset,
     classes,
   )
@@ -750,6 +874,14 @@ MEMORY_KINDS = {
     validate=_validate_distill,
     plan=_plan_distill,
     build=_build_distill,
+  ),
+  # Trajectory matching: experts trained on the step's classes, then
+  # distilled (`experts`: a configs/experts.py config; `config`: configs/tm.py).
+  "trajectory": MemoryKind(
+    fields=("kind", "experts", "config"),
+    validate=_validate_trajectory,
+    plan=_plan_trajectory,
+    build=_build_trajectory,
   ),
 }
 

@@ -756,14 +756,16 @@ def _train_and_test(
   return sharding.constrain(jax.vmap(one)(keys), mesh, axis=0)
 
 
-def run(config, workdir) -> dict:
+def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
   """Trains `config.experts.num_experts` experts into the buffer `workdir`.
 
-  Reads only `config` (configs/experts.py). Experts train vmapped in chunks
-  of `experts.experts_in_parallel`, split over the devices of `config.mesh`
-  (a chunk that does not divide them is completed with the next experts'
-  keys, trained and discarded), and each is saved as soon as its chunk is
-  done; a restarted run skips the saved experts. Writes `config.json`,
+  Reads `config` (configs/experts.py) and the dataset it names, or
+  `dataset` when given (e.g. the classes of one continual-learning step).
+  Experts train vmapped in chunks of `experts.experts_in_parallel`, split
+  over the devices of `config.mesh` (a chunk that does not divide them is
+  completed with the next experts' keys, trained and discarded), and each is
+  saved as soon as its chunk is done; a restarted run skips the saved
+  experts. Writes `config.json`,
   `buffer.json`, `expert_<i>/` and `metrics.jsonl` (per expert: final test
   accuracy and training loss, seconds).
 
@@ -777,9 +779,10 @@ def run(config, workdir) -> dict:
   workdir = pathlib.Path(workdir).absolute()
   validate(config)
   cfg = config.experts
-  dataset = data.load(
-    config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
-  )
+  if dataset is None:
+    dataset = data.load(
+      config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
+    )
   model = models.create(
     config.model.name,
     num_classes=dataset.num_classes,

@@ -22,9 +22,12 @@ def _config(arg="methods=random+lodm"):
   config.model.conv_impl = "xla"
   for name in config.continual.methods:
     entry = config.continual.memories[name]
-    if entry.kind == "distill":
+    if entry.kind in ("distill", "trajectory"):
       entry.config.model.options.update(TINY)
       entry.config.distill.update(iterations=2, dsa_strategy="none")
+    if entry.kind == "trajectory":
+      entry.experts.model.options.update(TINY)
+      entry.experts.experts.update(dsa_strategy="none")
   return config
 
 
@@ -265,3 +268,75 @@ def test_bad_config_values_are_refused_before_compute(tmp_path, change, field):
 def test_unknown_method_names_are_refused_by_the_config():
   with pytest.raises(ValueError, match="valid.*'random'.*'lodm'"):
     continual_config.get_config("methods=random+dsa_typo")
+
+
+def test_a_trajectory_memory_trains_experts_on_its_step_then_distils(
+  tmp_path, digits
+):
+  config = _config("methods=mtt_lss")
+  workdir = tmp_path / "run"
+  summary = continual.run(config, workdir)
+  groups = np.asarray(summary["class_orders"]["0"]).reshape(2, 5)
+  budget = continual.budget_floats(
+    ipc=1, num_classes=5, image_shape=digits.image_shape
+  )
+  for t in (1, 2):
+    where = continual.step_dir(workdir, order=0, step=t, method="mtt_lss")
+    buffer = json.loads((where / "experts" / "buffer.json").read_text())
+    # The experts saw the step's 5 classes only, relabelled 0..4.
+    assert buffer["identity"]["dataset"]["num_classes"] == 5
+    assert buffer["identity"]["model"]["options"]["width"] == TINY["width"]
+    distilled = json.loads((where / "distill" / "config.json").read_text())
+    assert distilled["experts"]["path"] == str((where / "experts").absolute())
+    memory = synset.load(where / "memory")
+    assert memory.param == "mappers"
+    assert memory.info["method"] == "tm"
+    assert memory.storage_floats <= budget
+    soft = np.asarray(memory.labels)
+    assert soft.shape[1] == 10  # global columns of the learned logits
+    assert set(np.argmax(soft, -1).tolist()) <= set(groups[t - 1].tolist())
+  again = continual.run(config, workdir)  # everything read back, not rebuilt
+  assert again == summary
+
+
+@pytest.mark.parametrize(
+  "change,field",
+  [
+    (
+      lambda c: c.continual.memories.mtt.experts.experts.update(epochs=1),
+      "continual.memories.mtt.experts.experts.epochs",
+    ),
+    (
+      lambda c: c.continual.memories.mtt.experts.model.options.update(width=4),
+      "continual.memories.mtt.experts.model",
+    ),
+    (
+      lambda c: c.continual.memories.mtt.config.update(method="dm"),
+      "continual.memories.mtt.config.method",
+    ),
+    (
+      lambda c: c.continual.memories.mtt.experts.experts.update(lr=0.0),
+      "continual.memories.mtt.experts",
+    ),
+    (
+      lambda c: c.continual.memories.mtt.config.experts.update(num_experts=9),
+      "continual.memories.mtt.config.experts.num_experts",
+    ),
+  ],
+)
+def test_bad_trajectory_memories_are_refused_before_compute(
+  tmp_path, change, field
+):
+  config = _config("methods=random+mtt")
+  change(config)
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    continual.run(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["dc", "lodc", "dsa", "lodsa", "lomtt"])
+def test_every_distillation_method_plans_at_the_shared_budget(name):
+  config = _config(f"methods=random+{name}")
+  the_plan = continual.plan(config)
+  memory = the_plan.memories[name]
+  assert memory.storage_floats <= the_plan.memories["random"].storage_floats
