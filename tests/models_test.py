@@ -567,3 +567,27 @@ def test_compiler_options_only_for_xla_conv_on_cpu():
     rtol=1e-5,
     atol=1e-6,
   )
+
+
+def test_moments_derivatives_match_the_two_pass_form_to_second_order():
+  x = jax.random.normal(jax.random.key(3), (2, 4, 3, 5)) * 2.0 + 3.0
+  v = jax.random.normal(jax.random.key(4), x.shape)
+
+  def two_pass(x):
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    return mean, jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+
+  def score(fn):
+    def f(x):
+      mean, var = fn(x)
+      return jnp.sum(jnp.sin(mean) * var**1.5)
+
+    grad = jax.grad(f)
+    return grad(x), jax.jvp(grad, (x,), (v,))[1]
+
+  chex.assert_trees_all_close(
+    score(lambda x: layers.moments(x, (1, 2))),
+    score(two_pass),
+    rtol=1e-4,
+    atol=1e-4,
+  )
