@@ -270,33 +270,50 @@ def test_unknown_method_names_are_refused_by_the_config():
     continual_config.get_config("methods=random+dsa_typo")
 
 
-def test_a_trajectory_memory_trains_experts_on_its_step_then_distils(
+def test_a_trajectory_memory_trains_experts_on_its_classes_then_distils(
   tmp_path, digits
 ):
   config = _config("methods=mtt_lss")
-  workdir = tmp_path / "run"
-  summary = continual.run(config, workdir)
-  groups = np.asarray(summary["class_orders"]["0"]).reshape(2, 5)
-  budget = continual.budget_floats(
-    ipc=1, num_classes=5, image_shape=digits.image_shape
+  entry = config.continual.memories.mtt_lss
+  classes = np.array([7, 2, 5])
+
+  def build():
+    # What `run` calls for a step's memory of kind 'trajectory'.
+    return continual.MEMORY_KINDS["trajectory"].build(
+      jax.random.key(0),
+      entry,
+      config=config,
+      dataset=digits,
+      classes=classes,
+      where=tmp_path,
+    )
+
+  memory = build()
+  buffer = json.loads((tmp_path / "experts" / "buffer.json").read_text())
+  # The experts saw the step's 3 classes only, relabelled 0..2.
+  assert buffer["identity"]["dataset"]["num_classes"] == 3
+  assert buffer["identity"]["model"]["options"]["width"] == TINY["width"]
+  distilled = json.loads((tmp_path / "distill" / "config.json").read_text())
+  assert distilled["experts"]["path"] == str((tmp_path / "experts").absolute())
+  assert memory.param == "mappers" and memory.info["method"] == "tm"
+  assert memory.storage_floats <= continual.budget_floats(
+    ipc=1, num_classes=3, image_shape=digits.image_shape
   )
-  for t in (1, 2):
-    where = continual.step_dir(workdir, order=0, step=t, method="mtt_lss")
-    buffer = json.loads((where / "experts" / "buffer.json").read_text())
-    # The experts saw the step's 5 classes only, relabelled 0..4.
-    assert buffer["identity"]["dataset"]["num_classes"] == 5
-    assert buffer["identity"]["model"]["options"]["width"] == TINY["width"]
-    distilled = json.loads((where / "distill" / "config.json").read_text())
-    assert distilled["experts"]["path"] == str((where / "experts").absolute())
-    memory = synset.load(where / "memory")
-    assert memory.param == "mappers"
-    assert memory.info["method"] == "tm"
-    assert memory.storage_floats <= budget
-    soft = np.asarray(memory.labels)
-    assert soft.shape[1] == 10  # global columns of the learned logits
-    assert set(np.argmax(soft, -1).tolist()) <= set(groups[t - 1].tolist())
-  again = continual.run(config, workdir)  # everything read back, not rebuilt
-  assert again == summary
+  soft = np.asarray(memory.labels)
+  assert soft.shape[1] == 10  # global columns of the learned logits
+  assert set(np.argmax(soft, -1).tolist()) <= set(classes.tolist())
+
+  def expert_files():
+    return {
+      p: p.stat().st_mtime_ns
+      for p in (tmp_path / "experts").glob("expert_*/**/*")
+    }
+
+  saved = expert_files()
+  assert saved
+  again = build()  # resumes: the experts and the distillation are done
+  assert expert_files() == saved  # no expert was trained again
+  np.testing.assert_array_equal(again.images, memory.images)
 
 
 @pytest.mark.parametrize(
