@@ -54,30 +54,17 @@ def _coreset(method: str):
   return entry
 
 
-def _dm(param: str):
+def _matching(config_module, param: str, method_arg: str = ""):
+  """A distillation memory from configs/dm.py or configs/gm.py."""
+
   def entry(arg):
     rank = arg.rank if param == "factors" else 0
-    config = dm_config.get_config(
+    config = config_module.get_config(
       f"dataset={arg.dataset},ipc={arg.ipc},param={param},rank={rank},"
-      f"iterations={arg.iterations},runlocal={arg.runlocal}"
+      f"iterations={arg.iterations},runlocal={arg.runlocal}{method_arg}"
     )
     # A step's distillation is evaluated only through the continual
     # protocol; mid-run evaluations and pictures would cost time per step.
-    config.distill.update(eval_every=0, image_every=0)
-    if arg.batch_real:
-      config.distill.batch_real = arg.batch_real
-    return dict(kind="distill", config=config)
-
-  return entry
-
-
-def _gm(method: str, param: str):
-  def entry(arg):
-    rank = arg.rank if param == "factors" else 0
-    config = gm_config.get_config(
-      f"dataset={arg.dataset},method={method},ipc={arg.ipc},param={param},"
-      f"rank={rank},iterations={arg.iterations},runlocal={arg.runlocal}"
-    )
     config.distill.update(eval_every=0, image_every=0)
     if arg.batch_real:
       config.distill.batch_real = arg.batch_real
@@ -112,12 +99,12 @@ MEMORIES = {
   "herding": _coreset("herding"),
   "kcenter": _coreset("kcenter"),
   "forgetting": _coreset("forgetting"),
-  "dm": _dm("pixels"),
-  "lodm": _dm("factors"),
-  "dc": _gm("dc", "pixels"),
-  "lodc": _gm("dc", "factors"),
-  "dsa": _gm("dsa", "pixels"),
-  "lodsa": _gm("dsa", "factors"),
+  "dm": _matching(dm_config, "pixels"),
+  "lodm": _matching(dm_config, "factors"),
+  "dc": _matching(gm_config, "pixels", ",method=dc"),
+  "lodc": _matching(gm_config, "factors", ",method=dc"),
+  "dsa": _matching(gm_config, "pixels", ",method=dsa"),
+  "lodsa": _matching(gm_config, "factors", ",method=dsa"),
   "mtt": _tm("mtt"),
   "lomtt": _tm("lomtt"),
   "mtt_lss": _tm("mtt_lss"),
