@@ -404,14 +404,6 @@ def _validate_distill(name: str, entry) -> None:
   _validate_distill_config(name, entry.config)
 
 
-def _network(config) -> dict:
-  name = config.model.name
-  return {
-    "name": name,
-    "options": models.options_for(name, config.model.options),
-  }
-
-
 # What a continual step's trajectory-matching config holds in place of the
 # buffer it trains at that step (validation needs a non-empty path).
 _STEP_BUFFER = "<trained at each step>"
@@ -435,7 +427,9 @@ def _validate_trajectory(name: str, entry) -> None:
     experts_lib.validate(entry.experts)
   except ValueError as e:
     raise ValueError(f"{_memory_field(name, 'experts')}: {e}") from e
-  expert_model, student_model = _network(entry.experts), _network(entry.config)
+  # The network half of what `experts.check_buffer` will compare per step.
+  expert_model = experts_lib.model_identity(entry.experts)
+  student_model = experts_lib.model_identity(entry.config)
   if expert_model != student_model:
     raise ValueError(
       f"{_memory_field(name, 'experts.model')} {expert_model} differs from "
@@ -608,7 +602,8 @@ def _plan_distill(
   config=None,
   check_inputs: bool = True,
 ) -> MemoryPlan:
-  config = config or entry.config
+  if config is None:
+    config = entry.config
   syn = config.synset
   if syn.ipc != ipc or syn.budget != "same-memory":
     raise ValueError(

@@ -321,6 +321,15 @@ def _jsonable(obj):
   return json.loads(json.dumps(obj, default=_json_default))
 
 
+def model_identity(config) -> dict:
+  """The network of a run config as a buffer identity's 'model' section."""
+  name = config.model.name
+  return {
+    "name": name,
+    "options": models.options_for(name, config.model.options),
+  }
+
+
 def buffer_identity(dataset: data.Dataset, config) -> dict:
   """What a buffer is made of, as stored in `buffer.json`.
 
@@ -345,10 +354,7 @@ def buffer_identity(dataset: data.Dataset, config) -> dict:
   return _jsonable(
     {
       "dataset": {name: metadata[name] for name in DATASET_KEYS},
-      "model": {
-        "name": config.model.name,
-        "options": models.options_for(config.model.name, config.model.options),
-      },
+      "model": model_identity(config),
       "training": training,
     }
   )
