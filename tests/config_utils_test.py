@@ -77,6 +77,22 @@ def test_experts_and_trajectory_matching_share_the_model():
     assert a.dataset.to_dict() == b.dataset.to_dict(), dataset
 
 
+@pytest.mark.parametrize("variant", ["mtt", "lomtt", "mtt_lss"])
+def test_default_expert_buffers_cover_the_trajectory_matching_rows(variant):
+  from configs import experts, tm
+
+  rows = {key[:2] for key in tm.SETTINGS}
+  for dataset, ipc in sorted(rows):
+    buffer = experts.get_config(f"dataset={dataset}").experts
+    config = tm.get_config(f"dataset={dataset},ipc={ipc},variant={variant}")
+    _, needed = distill.tm_window(config)
+    assert buffer.epochs + 1 >= needed, (dataset, ipc, buffer.epochs, needed)
+    if config.distill.start == "uniform":
+      # Every start epoch the run can draw has its target in the buffer.
+      last_start = config.distill.max_start - 1
+      assert last_start + config.distill.expert_epochs <= buffer.epochs
+
+
 def test_gradient_matching_config_holds_the_published_settings():
   from configs import gm
 
