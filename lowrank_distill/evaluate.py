@@ -95,6 +95,102 @@ def init_variables(key, model, image_shape: Sequence[int]) -> PyTree:
   return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))
 
 
+def masked_cross_entropy(model, params, state, images, targets, mask):
+  """Mean cross-entropy over the valid rows of a padded batch, train mode.
+
+  Args:
+    model: a Linen module.
+    params: its parameters.
+    state: its other collections (e.g. BatchNorm statistics, updated as in
+      train mode), possibly empty.
+    images: [b, h, w, c] images.
+    targets: [b, C] target probabilities.
+    mask: [b], 1 for valid rows, 0 for padding.
+
+  Returns:
+    (loss, (new_state, correct)), correct [b] bool: the argmax of the logits
+    is the argmax of the targets.
+  """
+  variables = {"params": params, **state}
+  if state:
+    logits, state = model.apply(
+      variables, images, train=True, mutable=list(state)
+    )
+  else:
+    logits = model.apply(variables, images, train=True)
+  losses = labels_lib.soft_cross_entropy(logits, targets)
+  correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
+  return jnp.sum(losses * mask) / jnp.sum(mask), (state, correct)
+
+
+def sgd_epoch(
+  carry,
+  epoch,
+  *,
+  images,
+  targets,
+  model,
+  batch_size: int,
+  order_key,
+  aug_key,
+  dsa_strategy: str,
+  update,
+):
+  """One epoch of minibatch SGD: the loop every network here trains with.
+
+  The epoch visits `epoch_batches(fold_in(order_key, epoch), ...)`; the
+  batch at global step `s` (counting from epoch 0's first batch) gets
+  per-sample (non-siamese) DSA under `fold_in(aug_key, s)`.
+
+  Args:
+    carry: (params, state, opt_state).
+    epoch: the epoch's index, traced or not.
+    images: [n, h, w, c] training images.
+    targets: [n, C] target probabilities.
+    model: a Linen module.
+    batch_size: minibatch size, at most n; the last batch may be partial.
+    order_key: the data order's key.
+    aug_key: the augmentation's key.
+    dsa_strategy: DSA strategy string or 'none'.
+    update: `(grads, opt_state, params) -> (params, opt_state)`.
+
+  Returns:
+    (carry, per_step): per_step = (loss_sums [steps], indices [steps, b],
+    mask [steps, b], correct [steps, b] bool), a batch's loss sum being its
+    mean loss times its number of valid rows.
+  """
+  augmented = bool(augment.parse_strategy(dsa_strategy))
+  indices, mask = epoch_batches(
+    jax.random.fold_in(order_key, epoch), images.shape[0], batch_size
+  )
+  steps_per_epoch = indices.shape[0]
+  grad_fn = jax.value_and_grad(
+    functools.partial(masked_cross_entropy, model), has_aux=True
+  )
+
+  def step(carry, batch):
+    params, state, opt_state = carry
+    step_in_epoch, idx, valid = batch
+    x = images[idx]
+    if augmented:
+      x = augment.augment(
+        jax.random.fold_in(aug_key, epoch * steps_per_epoch + step_in_epoch),
+        x,
+        strategy=dsa_strategy,
+        siamese=False,
+      )
+    (loss, (state, correct)), grads = grad_fn(
+      params, state, x, targets[idx], valid
+    )
+    params, opt_state = update(grads, opt_state, params)
+    return (params, state, opt_state), (loss * jnp.sum(valid), correct)
+
+  carry, (loss_sums, correct) = jax.lax.scan(
+    step, carry, (jnp.arange(steps_per_epoch), indices, mask)
+  )
+  return carry, (loss_sums, indices, mask, correct)
+
+
 def train_network(
   key,
   images,
@@ -137,7 +233,6 @@ def train_network(
   """
   num_examples = images.shape[0]
   batch_size = min(batch_size, num_examples)
-  ops = augment.parse_strategy(dsa_strategy)
   init_key, order_key, aug_key = (jax.random.fold_in(key, i) for i in range(3))
   variables = init_variables(init_key, model, images.shape[1:])
   params = variables["params"]
@@ -145,23 +240,10 @@ def train_network(
   optimizer = optax.chain(
     optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum)
   )
-  opt_state = optimizer.init(params)
-  steps_per_epoch = math.ceil(num_examples / batch_size)
 
-  def loss_fn(params, state, x, y, mask):
-    variables = {"params": params, **state}
-    if state:
-      logits, new_state = model.apply(
-        variables, x, train=True, mutable=list(state)
-      )
-    else:
-      logits, new_state = model.apply(variables, x, train=True), state
-    losses = labels_lib.soft_cross_entropy(logits, y)
-    correct = jnp.argmax(logits, -1) == jnp.argmax(y, -1)
-    return jnp.sum(losses * mask) / jnp.sum(mask), (new_state, correct)
-
-  def update_forgetting(stats, idx, mask, correct):
-    valid = mask > 0
+  def update_forgetting(stats, idx, valid, correct):
+    # An epoch presents every example once, so its steps update at once.
+    valid = valid > 0
     previous = stats["last_correct"][idx]
     forgotten = (previous & ~correct & valid).astype(jnp.int32)
     # Padding rows point at example 0: scatter them nowhere.
@@ -172,47 +254,35 @@ def train_network(
       "last_correct": stats["last_correct"].at[idx].set(correct, mode="drop"),
     }
 
-  def step(carry, batch):
-    params, state, opt_state, stats, epoch_lr, step_index = carry
-    idx, mask = batch
-    x = images[idx]
-    if ops:
-      x = augment.augment(
-        jax.random.fold_in(aug_key, step_index),
-        x,
-        strategy=dsa_strategy,
-        siamese=False,
-      )
-    grads, (state, correct) = jax.grad(loss_fn, has_aux=True)(
-      params, state, x, targets[idx], mask
-    )
-    if track_forgetting:
-      stats = update_forgetting(stats, idx, mask, correct)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = jax.tree.map(lambda p, u: p - epoch_lr * u, params, updates)
-    carry = (params, state, opt_state, stats, epoch_lr, step_index + 1)
-    return carry, None
-
   def epoch_fn(carry, epoch):
     params, state, opt_state, stats = carry
     restart = epoch == decay_epoch(epochs) + 1
     opt_state = jax.tree.map(
       lambda t: jnp.where(restart, jnp.zeros_like(t), t), opt_state
     )
-    batches = epoch_batches(
-      jax.random.fold_in(order_key, epoch), num_examples, batch_size
+    epoch_lr = _lr_at(epoch, lr=lr, epochs=epochs)
+
+    def update(grads, opt_state, params):
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = jax.tree.map(lambda p, u: p - epoch_lr * u, params, updates)
+      return params, opt_state
+
+    (params, state, opt_state), (_, idx, valid, correct) = sgd_epoch(
+      (params, state, opt_state),
+      epoch,
+      images=images,
+      targets=targets,
+      model=model,
+      batch_size=batch_size,
+      order_key=order_key,
+      aug_key=aug_key,
+      dsa_strategy=dsa_strategy,
+      update=update,
     )
-    carry = (
-      params,
-      state,
-      opt_state,
-      stats,
-      _lr_at(epoch, lr=lr, epochs=epochs),
-      epoch * steps_per_epoch,
-    )
-    (params, state, opt_state, stats, _, _), _ = jax.lax.scan(
-      step, carry, batches
-    )
+    if track_forgetting:
+      stats = update_forgetting(
+        stats, idx.ravel(), valid.ravel(), correct.ravel()
+      )
     return (params, state, opt_state, stats), None
 
   stats = {}
@@ -223,7 +293,9 @@ def train_network(
       "last_correct": jnp.zeros((num_examples,), bool),
     }
   (params, state, _, stats), _ = jax.lax.scan(
-    epoch_fn, (params, state, opt_state, stats), jnp.arange(epochs + 1)
+    epoch_fn,
+    (params, state, optimizer.init(params), stats),
+    jnp.arange(epochs + 1),
   )
   stats.pop("last_correct", None)
   return {"params": params, **state}, stats

@@ -27,7 +27,6 @@ References:
 import dataclasses
 import functools
 import json
-import math
 import numbers
 import pathlib
 import re
@@ -128,19 +127,6 @@ def init_key(key):
   return jax.random.fold_in(key, _INIT)
 
 
-def _masked_loss(model, params, state, images, targets, mask):
-  """Mean cross-entropy over the valid rows; also returns the new state."""
-  variables = {"params": params, **state}
-  if state:
-    logits, state = model.apply(
-      variables, images, train=True, mutable=list(state)
-    )
-  else:
-    logits = model.apply(variables, images, train=True)
-  losses = labels_lib.soft_cross_entropy(logits, targets)
-  return jnp.sum(losses * mask) / jnp.sum(mask), state
-
-
 def train_expert(
   key,
   images,
@@ -185,45 +171,31 @@ def train_expert(
   """
   images, targets = jnp.asarray(images), jnp.asarray(targets)
   num_examples = images.shape[0]
-  batch_size = min(batch_size, num_examples)
-  steps_per_epoch = math.ceil(num_examples / batch_size)
-  augmented = bool(augment.parse_strategy(dsa_strategy))
-  order_key = jax.random.fold_in(key, _ORDER)
-  aug_key = jax.random.fold_in(key, _AUGMENT)
   variables = evaluate.init_variables(init_key(key), model, images.shape[1:])
   params = variables["params"]
   state = {k: v for k, v in variables.items() if k != "params"}
   optimizer = optax.chain(
     optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum)
   )
-  grad_fn = jax.value_and_grad(
-    lambda p, s, x, y, m: _masked_loss(model, p, s, x, y, m), has_aux=True
-  )
 
-  def step(carry, batch):
-    params, state, opt_state, step_index = carry
-    idx, mask = batch
-    x = images[idx]
-    if augmented:
-      x = augment.augment(
-        jax.random.fold_in(aug_key, step_index),
-        x,
-        strategy=dsa_strategy,
-        siamese=False,
-      )
-    (loss, state), grads = grad_fn(params, state, x, targets[idx], mask)
+  def update(grads, opt_state, params):
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-    return (params, state, opt_state, step_index + 1), loss * jnp.sum(mask)
+    return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
 
   def epoch_fn(carry, epoch):
-    params, state, opt_state = carry
-    batches = evaluate.epoch_batches(
-      jax.random.fold_in(order_key, epoch), num_examples, batch_size
+    carry, (loss_sums, *_) = evaluate.sgd_epoch(
+      carry,
+      epoch,
+      images=images,
+      targets=targets,
+      model=model,
+      batch_size=min(batch_size, num_examples),
+      order_key=jax.random.fold_in(key, _ORDER),
+      aug_key=jax.random.fold_in(key, _AUGMENT),
+      dsa_strategy=dsa_strategy,
+      update=update,
     )
-    carry = (params, state, opt_state, epoch * steps_per_epoch)
-    (params, state, opt_state, _), losses = jax.lax.scan(step, carry, batches)
-    return (params, state, opt_state), (params, jnp.sum(losses) / num_examples)
+    return carry, (carry[0], jnp.sum(loss_sums) / num_examples)
 
   (_, state, _), (snapshots, train_loss) = jax.lax.scan(
     epoch_fn, (params, state, optimizer.init(params)), jnp.arange(epochs)

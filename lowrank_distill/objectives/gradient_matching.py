@@ -228,48 +228,28 @@ def train_on_synthetic(
     return variables
   images = jax.lax.stop_gradient(images)
   targets = jax.lax.stop_gradient(targets)
-  num_examples = images.shape[0]
-  batch_size = min(batch_size, num_examples)
-  ops = augment.parse_strategy(dsa_strategy)
   order_key, aug_key = jax.random.split(key)
-  mutable = [k for k in variables if k != "params"]
 
-  def loss_fn(params, state, x, y, mask):
-    if mutable:
-      logits, state = model.apply(
-        {"params": params, **state}, x, train=True, mutable=mutable
-      )
-    else:
-      logits = model.apply({"params": params}, x, train=True)
-    losses = labels_lib.soft_cross_entropy(logits, y)
-    return jnp.sum(losses * mask) / jnp.sum(mask), state
-
-  def step(carry, batch):
-    params, state, index = carry
-    idx, mask = batch
-    x = images[idx]
-    if ops:
-      x = augment.augment(
-        jax.random.fold_in(aug_key, index),
-        x,
-        strategy=dsa_strategy,
-        siamese=False,
-      )
-    grads, state = jax.grad(loss_fn, has_aux=True)(
-      params, state, x, targets[idx], mask
-    )
-    params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
-    return (params, state, index + 1), None
+  def update(grads, opt_state, params):
+    return jax.tree.map(lambda p, g: p - lr * g, params, grads), opt_state
 
   def epoch(carry, e):
-    batches = evaluate.epoch_batches(
-      jax.random.fold_in(order_key, e), num_examples, batch_size
+    carry, _ = evaluate.sgd_epoch(
+      carry,
+      e,
+      images=images,
+      targets=targets,
+      model=model,
+      batch_size=min(batch_size, images.shape[0]),
+      order_key=order_key,
+      aug_key=aug_key,
+      dsa_strategy=dsa_strategy,
+      update=update,
     )
-    carry, _ = jax.lax.scan(step, carry, batches)
     return carry, None
 
   params, state = _split(variables)
   (params, state, _), _ = jax.lax.scan(
-    epoch, (params, state, jnp.int32(0)), jnp.arange(epochs)
+    epoch, (params, state, ()), jnp.arange(epochs)
   )
   return {"params": params, **state}
