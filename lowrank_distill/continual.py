@@ -393,26 +393,17 @@ def _validate_coreset(name: str, entry) -> None:
     )
 
 
-def _validate_distill_config(name: str, config) -> None:
+def _validate_distill_config(
+  name: str, config, *, check_inputs: bool = True
+) -> None:
   try:
-    distill.validate(config)
+    distill.validate(config, check_inputs=check_inputs)
   except ValueError as e:
     raise ValueError(f"{_memory_field(name, 'config')}: {e}") from e
 
 
 def _validate_distill(name: str, entry) -> None:
   _validate_distill_config(name, entry.config)
-
-
-# What a continual step's trajectory-matching config holds in place of the
-# buffer it trains at that step (validation needs a non-empty path).
-_STEP_BUFFER = "<trained at each step>"
-
-
-def _with_step_buffer(distill_config):
-  config = distill_config.copy_and_resolve_references()
-  config.experts.path = _STEP_BUFFER
-  return config
 
 
 def _validate_trajectory(name: str, entry) -> None:
@@ -422,7 +413,8 @@ def _validate_trajectory(name: str, entry) -> None:
       f": a memory of kind 'trajectory' distils by trajectory matching "
       f"('tm'); use kind 'distill' for other objectives"
     )
-  _validate_distill_config(name, _with_step_buffer(entry.config))
+  # Each step trains the buffer this config reads: none is named yet.
+  _validate_distill_config(name, entry.config, check_inputs=False)
   try:
     experts_lib.validate(entry.experts)
   except ValueError as e:
@@ -587,7 +579,6 @@ def _plan_trajectory(
     smallest=smallest,
     ipc=ipc,
     mesh=mesh,
-    config=_with_step_buffer(entry.config),
     check_inputs=False,
   )
 
@@ -599,11 +590,9 @@ def _plan_distill(
   smallest,
   ipc: int,
   mesh,
-  config=None,
   check_inputs: bool = True,
 ) -> MemoryPlan:
-  if config is None:
-    config = entry.config
+  config = entry.config
   syn = config.synset
   if syn.ipc != ipc or syn.budget != "same-memory":
     raise ValueError(

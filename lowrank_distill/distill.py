@@ -244,6 +244,9 @@ class Objective:
       on the mesh.
     check: (config) -> None; raises on values this objective refuses,
       before anything is loaded.
+    check_inputs: (config) -> None; raises, before anything is loaded,
+      when the config does not name what the run reads besides the dataset
+      (trajectory matching's expert buffer).
     check_plan: (plan, config) -> None; raises on what only the loaded data
       can show, before any compute.
     check_mesh: (plan, config, mesh) -> None; raises, naming the field, when
@@ -255,6 +258,7 @@ class Objective:
   make_step: Callable[..., StepFn]
   inputs: Callable[..., InputsFn] = real_data
   check: Callable[[Any], None] = _no_check
+  check_inputs: Callable[[Any], None] = _no_check
   check_plan: Callable[[Plan, Any], None] = _no_check
   check_mesh: Callable[[Plan, Any, Any], None] = _real_batch_check
   learns_labels: bool = False
@@ -406,13 +410,16 @@ def _tm_check(config) -> None:
   ):
     if cfg[field] < low:
       raise ValueError(f"distill.{field} must be >= {low}, got {cfg[field]}")
+  if not cfg.learn_lr and cfg.lr_student <= 0:
+    raise ValueError(f"distill.lr_student must be > 0, got {cfg.lr_student}")
+
+
+def _tm_check_inputs(config) -> None:
   if not config.experts.path:
     raise ValueError(
       "experts.path: trajectory matching needs an expert buffer; train one "
       "with launch/experts.py and pass --config.experts.path=<its workdir>"
     )
-  if not cfg.learn_lr and cfg.lr_student <= 0:
-    raise ValueError(f"distill.lr_student must be > 0, got {cfg.lr_student}")
 
 
 def tm_window(config) -> tuple[int, int]:
@@ -609,6 +616,7 @@ OBJECTIVES: dict[str, Objective] = {
     make_step=_tm_step,
     inputs=ExpertSnapshots,
     check=_tm_check,
+    check_inputs=_tm_check_inputs,
     check_plan=_tm_check_plan,
     check_mesh=_tm_check_mesh,
     learns_labels=True,
@@ -632,8 +640,13 @@ def _check_choice(field: str, value, valid) -> None:
     raise ValueError(f"{field} {value!r} is not known; valid: {list(valid)}")
 
 
-def validate(config) -> None:
-  """Checks names and values of the config before anything is loaded."""
+def validate(config, *, check_inputs: bool = True) -> None:
+  """Checks names and values of the config before anything is loaded.
+
+  With `check_inputs`, also that the config names the inputs the run reads
+  besides the dataset (trajectory matching's expert buffer); False for a
+  caller that builds those inputs later (continual steps train experts).
+  """
   _check_choice("method", config.method, OBJECTIVES)
   _check_choice(
     "synset.param", config.synset.param, parameterize.PARAMETERIZATIONS
@@ -665,6 +678,8 @@ def validate(config) -> None:
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names([config.model.name, *config.eval.models])
   OBJECTIVES[config.method].check(config)
+  if check_inputs:
+    OBJECTIVES[config.method].check_inputs(config)
 
 
 def plan(
@@ -680,7 +695,7 @@ def plan(
       the dataset (trajectory matching's expert buffer); False for a caller
       that builds those inputs later (continual steps train their experts).
   """
-  validate(config)
+  validate(config, check_inputs=check_inputs)
   if dataset is None:
     dataset = data.load(
       config.dataset.name, **config_utils.dataset_kwargs(config.dataset)

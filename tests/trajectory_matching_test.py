@@ -329,6 +329,12 @@ def test_a_missing_buffer_names_the_field(tmp_path):
   config = tm_config.get_config("runlocal=true")
   with pytest.raises(ValueError, match="experts.path"):
     distill.validate(config)
+  # A caller that trains the buffer later (continual) checks the rest.
+  distill.validate(config, check_inputs=False)
+  config.distill.max_start = 0
+  with pytest.raises(ValueError, match="distill.max_start"):
+    distill.validate(config, check_inputs=False)
+  config.distill.max_start = 1
   config.experts.path = str(tmp_path / "nothing")
   with pytest.raises(checkpoint.CheckpointError, match="experts.path"):
     distill.plan(config)
