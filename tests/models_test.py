@@ -258,6 +258,34 @@ def test_conv_impls_agree_in_values_and_gradients(
   _assert_close(g_col, g_xla)
 
 
+@pytest.mark.parametrize("h,w,cin,cout,kernel,stride,padding", CONV_CASES)
+def test_conv_impls_agree_to_second_order(
+  h, w, cin, cout, kernel, stride, padding
+):
+  # Trajectory matching differentiates a kernel gradient (the student's SGD
+  # step) with respect to the images and the kernel.
+  kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+  x = _normal((2, h, w, cin), seed=0)
+  k = _normal((kh, kw, cin, cout), seed=1) / math.sqrt(kh * kw * cin)
+
+  @jax.jit
+  def run(x, k):
+    def inner(k, x, impl):
+      y = models.conv2d(x, k, stride=stride, padding=padding, impl=impl)
+      return jnp.sum(jnp.sin(y))
+
+    def outer(x, k, impl):
+      step = k - 0.1 * jax.grad(inner)(k, x, impl)
+      return jnp.sum(jnp.cos(step) * k)
+
+    grad = jax.grad(outer, (0, 1))
+    return grad(x, k, "xla"), grad(x, k, "im2col")
+
+  g_xla, g_col = run(x, k)
+  chex.assert_tree_all_finite(g_col)
+  _assert_close(g_col, g_xla)
+
+
 def test_conv2d_matches_a_direct_sum():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(1, 5, 5, 2)).astype(np.float32)
