@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lowrank_distill import augment, evaluate, sharding
-from lowrank_distill.parameterize import labels as labels_lib
 
 PyTree = Any
 START_SCHEDULES = ("uniform", "progressive")
@@ -120,15 +119,8 @@ def unroll(
     return sharding.constrain(rows, mesh, axis=0)
 
   def loss_fn(params, x, y, m):
-    variables = {"params": params, **model_state}
-    if model_state:
-      logits, _ = model.apply(
-        variables, x, train=True, mutable=list(model_state)
-      )
-    else:
-      logits = model.apply(variables, x, train=True)
-    losses = labels_lib.soft_cross_entropy(logits, y)
-    return jnp.sum(losses * m) / jnp.sum(m)
+    # The running statistics a BatchNorm student updates are discarded.
+    return evaluate.masked_cross_entropy(model, params, model_state, x, y, m)[0]
 
   def body(params, batch):
     i, batch_idx, batch_mask = batch
