@@ -228,13 +228,19 @@ CONV_CASES = [
 ]
 
 
+def _conv_inputs(h, w, cin, cout, kernel):
+  """Images [2, h, w, cin] and a fan-in-scaled kernel [kh, kw, cin, cout]."""
+  kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+  x = _normal((2, h, w, cin), seed=0)
+  k = _normal((kh, kw, cin, cout), seed=1) / math.sqrt(kh * kw * cin)
+  return x, k
+
+
 @pytest.mark.parametrize("h,w,cin,cout,kernel,stride,padding", CONV_CASES)
 def test_conv_impls_agree_in_values_and_gradients(
   h, w, cin, cout, kernel, stride, padding
 ):
-  kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-  x = _normal((2, h, w, cin), seed=0)
-  k = _normal((kh, kw, cin, cout), seed=1) / math.sqrt(kh * kw * cin)
+  x, k = _conv_inputs(h, w, cin, cout, kernel)
   out_shape = jax.eval_shape(
     lambda x, k: models.conv2d(
       x, k, stride=stride, padding=padding, impl="xla"
@@ -264,9 +270,7 @@ def test_conv_impls_agree_to_second_order(
 ):
   # Trajectory matching differentiates a kernel gradient (the student's SGD
   # step) with respect to the images and the kernel.
-  kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-  x = _normal((2, h, w, cin), seed=0)
-  k = _normal((kh, kw, cin, cout), seed=1) / math.sqrt(kh * kw * cin)
+  x, k = _conv_inputs(h, w, cin, cout, kernel)
 
   @jax.jit
   def run(x, k):
