@@ -148,7 +148,8 @@ def sgd_epoch(
     images: [n, h, w, c] training images.
     targets: [n, C] target probabilities.
     model: a Linen module.
-    batch_size: minibatch size, at most n; the last batch may be partial.
+    batch_size: minibatch size (at most n is used); the last batch may be
+      partial.
     order_key: the data order's key.
     aug_key: the augmentation's key.
     dsa_strategy: DSA strategy string or 'none'.
@@ -160,8 +161,11 @@ def sgd_epoch(
     mean loss times its number of valid rows.
   """
   augmented = bool(augment.parse_strategy(dsa_strategy))
+  num_examples = images.shape[0]
   indices, mask = epoch_batches(
-    jax.random.fold_in(order_key, epoch), images.shape[0], batch_size
+    jax.random.fold_in(order_key, epoch),
+    num_examples,
+    min(batch_size, num_examples),
   )
   steps_per_epoch = indices.shape[0]
   grad_fn = jax.value_and_grad(
@@ -232,7 +236,6 @@ def train_network(
     stats = {'forgetting': [n] int32, 'learned': [n] bool}, else {}.
   """
   num_examples = images.shape[0]
-  batch_size = min(batch_size, num_examples)
   init_key, order_key, aug_key = (jax.random.fold_in(key, i) for i in range(3))
   variables = init_variables(init_key, model, images.shape[1:])
   params = variables["params"]

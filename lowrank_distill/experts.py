@@ -178,6 +178,9 @@ def train_expert(
     optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum)
   )
 
+  order_key = jax.random.fold_in(key, _ORDER)
+  aug_key = jax.random.fold_in(key, _AUGMENT)
+
   def update(grads, opt_state, params):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
@@ -189,9 +192,9 @@ def train_expert(
       images=images,
       targets=targets,
       model=model,
-      batch_size=min(batch_size, num_examples),
-      order_key=jax.random.fold_in(key, _ORDER),
-      aug_key=jax.random.fold_in(key, _AUGMENT),
+      batch_size=batch_size,
+      order_key=order_key,
+      aug_key=aug_key,
       dsa_strategy=dsa_strategy,
       update=update,
     )

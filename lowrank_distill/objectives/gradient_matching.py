@@ -240,7 +240,7 @@ def train_on_synthetic(
       images=images,
       targets=targets,
       model=model,
-      batch_size=min(batch_size, images.shape[0]),
+      batch_size=batch_size,
       order_key=order_key,
       aug_key=aug_key,
       dsa_strategy=dsa_strategy,
