@@ -115,6 +115,37 @@ def test_checkpointed_and_plain_unrolls_agree():
   chex.assert_trees_all_close(plain, remat, rtol=1e-5, atol=1e-7)
 
 
+def test_the_checkpointed_unroll_keeps_params_not_activations_per_step():
+  model, _, start, target, images, targets = _problem()
+
+  def temp_bytes_per_step(remat):
+    def temp_bytes(steps):
+      def loss(images, lr):
+        return tm.trajectory_loss(
+          jax.random.key(2),
+          start,
+          target,
+          images,
+          targets,
+          model=model,
+          lr=lr,
+          steps=steps,
+          batch_size=6,
+          dsa_strategy=STRATEGY,
+          remat=remat,
+        )
+
+      compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(images, 0.05)
+      return compiled.compile().memory_analysis().temp_size_in_bytes
+
+    return (temp_bytes(34) - temp_bytes(2)) / 32
+
+  param_bytes = sum(p.nbytes for p in jax.tree.leaves(start))
+  # Per step: the carried params and the saved gradient.
+  assert temp_bytes_per_step(remat=True) <= 3 * param_bytes
+  assert temp_bytes_per_step(remat=False) > 20 * param_bytes
+
+
 def test_a_student_with_batch_norm_uses_minibatch_statistics():
   model = _model(norm="batch")
   _, variables, start, target, images, targets = _problem(model=model)
