@@ -911,7 +911,7 @@ def _memory(key, name, entry, *, config, the_plan, classes, where, step):
   return memory
 
 
-def _evaluate(key, memories, *, config, dataset, seen) -> dict:
+def _evaluate(key, memories, *, config, dataset, seen, log) -> dict:
   images, labels = merge_memories(memories, num_classes=dataset.num_classes)
   test_images, test_labels = seen_test_set(dataset, seen)
   arch = config.eval.models[0]
@@ -926,6 +926,7 @@ def _evaluate(key, memories, *, config, dataset, seen) -> dict:
     num_classes=dataset.num_classes,
     conv_impl=config.model.conv_impl,
     mesh=sharding.mesh_from_config(config),
+    log=log,
     **config_utils.eval_kwargs(config.eval),
   )
   return {
@@ -941,7 +942,14 @@ def _evaluation(key, memories, *, config, dataset, seen, path) -> dict:
   """The step's evaluation: read back from `path`, or run and saved."""
   if path.exists():
     return workdir_lib.read_json(path)
-  result = _evaluate(key, memories, config=config, dataset=dataset, seen=seen)
+  result = _evaluate(
+    key,
+    memories,
+    config=config,
+    dataset=dataset,
+    seen=seen,
+    log=evaluate.ModelLog(path.with_name(evaluate.MODEL_LOG)),
+  )
   workdir_lib.write_json(path, result)
   return result
 

@@ -267,7 +267,12 @@ def run(config, workdir) -> dict:
     synset_lib.save(synset_path, chosen)
 
   results = evaluate.evaluate_with_config(
-    rng.stream(key, "eval"), chosen.images, chosen.labels, dataset, config
+    rng.stream(key, "eval"),
+    chosen.images,
+    chosen.labels,
+    dataset,
+    config,
+    log=evaluate.ModelLog(workdir / evaluate.MODEL_LOG),
   )
   summary = {
     "method": cfg.method,

@@ -857,7 +857,7 @@ def save_pictures(workdir: pathlib.Path, step: int, trainable, plan, config):
     )
 
 
-def _evaluate(key, trainable, plan: Plan, config) -> dict:
+def _evaluate(key, trainable, plan: Plan, config, workdir) -> dict:
   results = evaluate.evaluate_with_config(
     key,
     plan.reconstructor.materialize(trainable["images"]),
@@ -865,6 +865,7 @@ def _evaluate(key, trainable, plan: Plan, config) -> dict:
     plan.dataset,
     config,
     lr=learned_lr(trainable),
+    log=evaluate.ModelLog(workdir / evaluate.MODEL_LOG),
   )
   return {name: r.to_json() for name, r in results.items()}
 
@@ -901,7 +902,8 @@ def run(
   """Distils a synthetic set; resumes from the workdir's last checkpoint.
 
   Writes config.json, metrics.jsonl, checkpoints/, images/*.png, synset/
-  (the export) and results.json into `workdir`.
+  (the export), eval_models.jsonl (`evaluate.ModelLog`) and results.json
+  into `workdir`.
 
   Args:
     config: the run's config.
@@ -981,7 +983,11 @@ def run(
         cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations
       ):
         results = _evaluate(
-          jax.random.fold_in(eval_key, done), state.trainable, the_plan, config
+          jax.random.fold_in(eval_key, done),
+          state.trainable,
+          the_plan,
+          config,
+          workdir,
         )
         writer.write(done, eval=results)
       if cfg.image_every and done % cfg.image_every == 0:
@@ -1000,6 +1006,7 @@ def run(
       state.trainable,
       the_plan,
       config,
+      workdir,
     )
     writer.write(final_step, eval=results, final=True)
   summary = {

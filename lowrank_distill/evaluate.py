@@ -11,7 +11,10 @@ References:
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
+import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from lowrank_distill import augment, config_utils, data, models, rng, sharding
 from lowrank_distill import synset as synset_lib
@@ -28,6 +32,9 @@ from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.parameterize import labels as labels_lib
 
 PyTree = Any
+
+# A run's `ModelLog` inside its workdir.
+MODEL_LOG = "eval_models.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,9 +344,79 @@ def count_correct(model, variables, images, labels, *, batch_size: int = 500):
 
 def model_keys(key, num_models: int, *, first: int = 0):
   """Keys of models first..first+num_models-1; each is fold_in(key, index)."""
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(
-    jnp.arange(first, first + num_models)
-  )
+  return keys_at(key, np.arange(first, first + num_models))
+
+
+def keys_at(key, indices):
+  """[len(indices)] keys: model i's is fold_in(key, i)."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(indices))
+
+
+class ModelLog:
+  """Finished models' test results, one JSON line each, in `path`.
+
+  `evaluate_set` looks every model up under a fingerprint of all that
+  decides its result (the key, the set, the test set, the network and the
+  training settings) and trains only the models not logged, so an
+  evaluation killed midway resumes without retraining the models it
+  finished, and re-running a finished job does not evaluate again. Only
+  process 0 writes; a line torn by a kill is ignored.
+  """
+
+  def __init__(self, path):
+    self.path = pathlib.Path(path)
+
+  def lookup(self, fingerprint: str) -> dict[int, int]:
+    """{model index: correct test predictions} logged under `fingerprint`."""
+    if not self.path.exists():
+      return {}
+    found = {}
+    for line in self.path.read_text().splitlines():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if record.get("fingerprint") == fingerprint:
+        found[int(record["model"])] = int(record["correct"])
+    return found
+
+  def record(self, fingerprint: str, indices, correct) -> None:
+    """Appends one line per model (durably: flushed and fsynced)."""
+    if not workdir_lib.is_writer():
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    torn = self.path.exists() and not self.path.read_bytes().endswith(b"\n")
+    with self.path.open("a") as f:
+      if torn and self.path.stat().st_size:
+        f.write("\n")
+      for i, c in zip(indices, correct):
+        f.write(
+          workdir_lib.json_line(
+            {"fingerprint": fingerprint, "model": int(i), "correct": int(c)}
+          )
+        )
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def _fingerprint(key, arrays, settings: dict) -> str:
+  digest = hashlib.sha256()
+  digest.update(np.asarray(jax.random.key_data(key)).tobytes())
+  for a in arrays:
+    a = np.ascontiguousarray(np.asarray(a))
+    digest.update(f"{a.shape}{a.dtype.str}".encode())
+    digest.update(a.tobytes())
+  digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+  return digest.hexdigest()
+
+
+def _logged_correct(log, fingerprint: str, num_models: int) -> np.ndarray:
+  """[num_models] int32: logged correct counts, -1 where none (process 0's)."""
+  correct = np.full(num_models, -1, np.int32)
+  for i, c in log.lookup(fingerprint).items():
+    if i < num_models:
+      correct[i] = c
+  return np.array(multihost_utils.broadcast_one_to_all(correct))
 
 
 def evaluate_set(
@@ -363,6 +440,7 @@ def evaluate_set(
   test_batch_size: int = 500,
   conv_impl: str = "auto",
   mesh=None,
+  log: ModelLog | None = None,
 ) -> EvalResult:
   """Trains `num_models` fresh networks on a set and tests each of them.
 
@@ -370,7 +448,9 @@ def evaluate_set(
   bounds how many train at once (the result does not depend on it: model i
   always uses `fold_in(key, i)`). With a mesh, the models of a batch are
   split over its 'data' axis; a batch that does not divide the devices is
-  completed with models of the next seeds, trained and discarded.
+  completed with models of the next seeds, trained and discarded. With a
+  `log`, models it holds are not trained again and each batch is logged as
+  it finishes.
 
   Args:
     key: evaluation key.
@@ -387,6 +467,7 @@ def evaluate_set(
     test_batch_size: test images per forward pass.
     conv_impl: convolution implementation for `models.create`.
     mesh: a `sharding` mesh to split the models over; None: one device.
+    log: a `ModelLog` to resume from and record to; None: train all.
 
   Returns:
     EvalResult with every model's test accuracy.
@@ -431,14 +512,37 @@ def evaluate_set(
 
     return jax.vmap(one)(keys)
 
+  correct = np.full(num_models, -1, np.int32)
+  if log is not None:
+    fingerprint = _fingerprint(
+      key,
+      (images, targets, lr, test_images, test_labels),
+      {
+        "model": model_name,
+        "model_options": model_options or {},
+        "num_classes": num_classes,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "dsa_strategy": dsa_strategy,
+        "test_batch_size": test_batch_size,
+        "conv_impl": models.resolve_conv_impl(conv_impl),
+        "backend": jax.default_backend(),
+      },
+    )
+    correct = _logged_correct(log, fingerprint, num_models)
+  missing = np.flatnonzero(correct < 0)
   chunk = models_per_batch or num_models
-  correct = []
-  for first in range(0, num_models, chunk):
-    count = min(chunk, num_models - first)
-    width = sharding.padded_size(count, mesh)
-    keys = sharding.put(model_keys(key, width, first=first), mesh, axis=0)
-    correct.append(np.asarray(train_and_test(keys, *arrays))[:count])
-  accuracies = np.concatenate(correct) / test_images.shape[0]
+  for start in range(0, len(missing), chunk):
+    indices = missing[start : start + chunk]
+    extra = sharding.padded_size(len(indices), mesh) - len(indices)
+    padded = np.concatenate([indices, indices[-1] + 1 + np.arange(extra)])
+    keys = sharding.put(keys_at(key, padded), mesh, axis=0)
+    correct[indices] = np.asarray(train_and_test(keys, *arrays))[: len(indices)]
+    if log is not None:
+      log.record(fingerprint, indices, correct[indices])
+  accuracies = correct / test_images.shape[0]
   return EvalResult(accuracies=accuracies, model=model_name)
 
 
@@ -476,13 +580,14 @@ def evaluate_architectures(
 
 
 def evaluate_with_config(
-  key, images, labels, dataset, config, *, lr=None
+  key, images, labels, dataset, config, *, lr=None, log=None
 ) -> dict[str, EvalResult]:
   """Cross-architecture evaluation as a run's `eval` and `model` configs say.
 
   Shared by the `run` functions: the protocol's settings come from
-  `config.eval`, the ConvNet options and conv impl from `config.model`, and
-  a learned `lr`, when given, replaces `config.eval.lr`.
+  `config.eval`, the ConvNet options and conv impl from `config.model`, a
+  learned `lr`, when given, replaces `config.eval.lr`, and `log` (a
+  `ModelLog`) resumes a killed evaluation.
   """
   kwargs = config_utils.eval_kwargs(config.eval)
   if lr is not None:
@@ -501,6 +606,7 @@ def evaluate_with_config(
     num_classes=dataset.num_classes,
     conv_impl=config.model.conv_impl,
     mesh=sharding.mesh_from_config(config),
+    log=log,
     **kwargs,
   )
 
@@ -547,6 +653,7 @@ def run(config, workdir) -> dict:
     dataset,
     config,
     lr=lr,
+    log=ModelLog(workdir / MODEL_LOG),
   )
   summary = {
     "synset": str(config.synset),

@@ -1,6 +1,7 @@
 """Tests of the distillation loop (lowrank_distill.distill)."""
 
 import json
+import shutil
 
 import chex
 import jax
@@ -77,7 +78,7 @@ def finished_run(tmp_path_factory):
 
 def test_run_exports_a_set_that_reloads_and_evaluates(finished_run, tmp_path):
   run_dir, summary = finished_run
-  for name in ("config.json", "metrics.jsonl", "results.json"):
+  for name in ("config.json", "metrics.jsonl", "eval_models.jsonl"):
     assert (run_dir / name).exists(), name
   assert list((run_dir / "images").glob("synset_*.png"))
   assert list((run_dir / "images").glob("factors_*.png"))
@@ -127,6 +128,24 @@ def test_a_killed_and_resumed_run_matches_an_uninterrupted_one(
   assert int(resumed.step) == 4
   chex.assert_trees_all_equal(straight, resumed)
   assert _loss_steps(tmp_path) == [2, 4]
+
+
+def test_running_a_finished_run_again_reads_its_evaluation_back(
+  finished_run, tmp_path
+):
+  workdir = tmp_path / "again"
+  shutil.copytree(finished_run[0], workdir)
+  log = workdir / evaluate.MODEL_LOG
+  (record,) = [json.loads(line) for line in log.read_text().splitlines()]
+  test_size = distill.plan(_config()).dataset.test_images.shape[0]
+  accuracy = finished_run[1]["results"]["convnet"]["accuracies"][0]
+  assert record["correct"] == round(accuracy * test_size)
+  # An edited log shows the result is read back, not trained again.
+  log.write_text(json.dumps({**record, "correct": 3}) + "\n")
+  again = distill.run(_config(), workdir)
+  assert again["results"]["convnet"]["accuracies"] == [3 / test_size]
+  written = json.loads((workdir / "results.json").read_text())
+  assert written["results"] == again["results"]
 
 
 def test_a_workdir_of_another_config_is_refused_untouched(finished_run):

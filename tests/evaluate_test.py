@@ -1,5 +1,7 @@
 """Tests of the evaluation protocol (lowrank_distill.evaluate)."""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -91,6 +93,62 @@ def test_evaluate_set_is_independent_of_models_per_batch(tiny_images):
   chex.assert_shape(together.accuracies, (3,))
   np.testing.assert_allclose(together.accuracies, one_by_one.accuracies)
   assert 0.0 <= together.mean <= 1.0 and together.std >= 0.0
+
+
+def _log_lines(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_model_log_resumes_an_evaluation_without_retraining(
+  tiny_images, tmp_path
+):
+  images, labels = tiny_images
+  kwargs = dict(model_options=TINY, num_classes=10, num_models=3, epochs=2)
+
+  def run(log, **overrides):
+    return evaluate.evaluate_set(
+      jax.random.key(1),
+      images,
+      labels,
+      images,
+      labels,
+      models_per_batch=1,
+      log=log,
+      **{**kwargs, **overrides},
+    )
+
+  unlogged = run(None)
+  full_log = evaluate.ModelLog(tmp_path / "full.jsonl")
+  np.testing.assert_array_equal(run(full_log).accuracies, unlogged.accuracies)
+  records = _log_lines(full_log.path)
+  assert [r["model"] for r in records] == [0, 1, 2]
+
+  # Killed after the first model, with a line torn by the kill.
+  partial = evaluate.ModelLog(tmp_path / "partial.jsonl")
+  partial.path.write_text(
+    json.dumps(records[0]) + '\n{"fingerprint": "' + records[0]["fingerprint"]
+  )
+  np.testing.assert_array_equal(run(partial).accuracies, unlogged.accuracies)
+  resumed = [
+    json.loads(line) for line in partial.path.read_text().splitlines()[2:]
+  ]
+  assert [r["model"] for r in resumed] == [1, 2]  # Model 0 was not retrained.
+
+  # Logged results are read, not recomputed; other settings are not reused.
+  edited = evaluate.ModelLog(tmp_path / "edited.jsonl")
+  edited.path.write_text(
+    "".join(
+      json.dumps({**r, "correct": 7 + r["model"]}) + "\n" for r in records
+    )
+  )
+  np.testing.assert_array_equal(
+    run(edited).accuracies, np.array([7, 8, 9]) / images.shape[0]
+  )
+  assert len(_log_lines(edited.path)) == 3
+  np.testing.assert_array_equal(
+    run(edited, epochs=3).accuracies, run(None, epochs=3).accuracies
+  )
+  assert len(_log_lines(edited.path)) == 6
 
 
 def test_training_learns_a_separable_set():
