@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -368,35 +367,24 @@ class ModelLog:
 
   def lookup(self, fingerprint: str) -> dict[int, int]:
     """{model index: correct test predictions} logged under `fingerprint`."""
-    if not self.path.exists():
-      return {}
-    found = {}
-    for line in self.path.read_text().splitlines():
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if record.get("fingerprint") == fingerprint:
-        found[int(record["model"])] = int(record["correct"])
-    return found
+    return {
+      int(record["model"]): int(record["correct"])
+      for record in workdir_lib.read_json_lines(self.path)
+      if record.get("fingerprint") == fingerprint
+    }
 
   def record(self, fingerprint: str, indices, correct) -> None:
     """Appends one line per model (durably: flushed and fsynced)."""
     if not workdir_lib.is_writer():
       return
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    torn = self.path.exists() and not self.path.read_bytes().endswith(b"\n")
-    with self.path.open("a") as f:
-      if torn and self.path.stat().st_size:
-        f.write("\n")
-      for i, c in zip(indices, correct):
-        f.write(
-          workdir_lib.json_line(
-            {"fingerprint": fingerprint, "model": int(i), "correct": int(c)}
-          )
-        )
-      f.flush()
-      os.fsync(f.fileno())
+    workdir_lib.append_json_lines(
+      self.path,
+      [
+        {"fingerprint": fingerprint, "model": int(i), "correct": int(c)}
+        for i, c in zip(indices, correct)
+      ],
+      sync=True,
+    )
 
 
 def _fingerprint(key, arrays, settings: dict) -> str:

@@ -43,6 +43,40 @@ def json_line(record: dict) -> str:
   return json.dumps(record, default=_to_jsonable) + "\n"
 
 
+def append_json_lines(path, records, *, sync: bool = False) -> None:
+  """Appends one JSON line per record, after a line torn by a kill if any.
+
+  `sync` fsyncs the file (the lines survive a machine crash, not only a
+  killed process). Callers decide who writes (see `is_writer`).
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("ab+") as f:  # Append mode: writes go to the end.
+    torn = False
+    if f.tell():
+      f.seek(-1, os.SEEK_END)
+      torn = f.read(1) != b"\n"
+    text = ("\n" if torn else "") + "".join(map(json_line, records))
+    f.write(text.encode())
+    f.flush()
+    if sync:
+      os.fsync(f.fileno())
+
+
+def read_json_lines(path) -> list[dict]:
+  """The records of a JSON-lines file ([] if none); torn lines are skipped."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue  # Torn by a kill mid-write (`append_json_lines`).
+  return records
+
+
 def read_json(path):
   return json.loads(pathlib.Path(path).read_text())
 
@@ -61,16 +95,11 @@ class MetricsWriter:
   def write(self, step: int, **metrics) -> None:
     if not is_writer():
       return
-    self.path.parent.mkdir(parents=True, exist_ok=True)
     record = {"step": int(step), "time": time.time(), **metrics}
-    with self.path.open("a") as f:
-      f.write(json_line(record))
-      f.flush()
+    append_json_lines(self.path, [record])
 
   def read(self) -> list[dict]:
-    if not self.path.exists():
-      return []
-    return [json.loads(line) for line in self.path.read_text().splitlines()]
+    return read_json_lines(self.path)
 
 
 def identity(config_dict: dict, resumable_fields) -> dict:

@@ -14,6 +14,18 @@ def test_metrics_are_appended_as_json_lines(tmp_path):
   assert records[1]["eval"]["convnet"]["mean"] == 0.9
 
 
+def test_a_metrics_line_torn_by_a_kill_is_dropped(tmp_path):
+  writer = workdir.MetricsWriter(tmp_path)
+  writer.write(1, loss=0.5)
+  with writer.path.open("a") as f:
+    f.write('{"step": 2, "lo')
+  assert [r["step"] for r in writer.read()] == [1]
+  writer.write(3, loss=0.125)  # A new line, not the torn one's end.
+  lines = writer.path.read_text().splitlines()
+  assert lines[1] == '{"step": 2, "lo'
+  assert [r["step"] for r in writer.read()] == [1, 3]
+
+
 def test_write_json_can_refuse_to_overwrite(tmp_path):
   path = tmp_path / "a" / "results.json"
   workdir.write_json(path, {"x": 1})
