@@ -141,8 +141,8 @@ def test_the_checkpointed_unroll_keeps_params_not_activations_per_step():
     return (temp_bytes(34) - temp_bytes(2)) / 32
 
   param_bytes = sum(p.nbytes for p in jax.tree.leaves(start))
-  # Per step: the carried params (the body's input), nothing else.
-  assert temp_bytes_per_step(remat=True) <= 2 * param_bytes
+  # Per step: the carried params and their saved gradient, nothing else.
+  assert temp_bytes_per_step(remat=True) <= 3 * param_bytes
   assert temp_bytes_per_step(remat=False) > 20 * param_bytes
 
 

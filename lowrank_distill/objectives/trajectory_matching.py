@@ -4,8 +4,8 @@ A student network starts at an expert's parameters of epoch t, takes N SGD
 steps on synthetic minibatches with the (learnable) student lr, and the loss
 is its normalised distance to the expert's parameters of epoch t + M. The
 unroll is a `lax.scan` with `jax.checkpoint` on its body, so the memory of
-the differentiated unroll holds one parameter set per step instead of every
-activation of every step.
+the differentiated unroll holds two parameter-sized arrays per step (the
+params and their gradient) instead of every activation of every step.
 
 References:
   Cazenavette et al., "Dataset Distillation by Matching Training
@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import ad_checkpoint
 
 from lowrank_distill import augment, evaluate, sharding
 
@@ -55,6 +56,14 @@ def student_batches(key, num_images: int, *, batch_size: int, steps: int):
   return idx, mask
 
 
+# The remat policy keeps each step's parameter gradient (the size of the
+# params): the lr's gradient needs it, and recomputing it is the
+# weight-gradient matmuls of every layer. Outputs are bit-identical to full
+# remat; the TM unroll ran 3.6% faster at N = 30 on CPU (docs/RESULTS.md).
+_SAVED_GRADS = "student_grads"
+_REMAT_POLICY = jax.checkpoint_policies.save_only_these_names(_SAVED_GRADS)
+
+
 def unroll(
   key,
   start_params: PyTree,
@@ -85,7 +94,9 @@ def unroll(
     model_state: non-param variables (BatchNorm statistics) of the model;
       BatchNorm then normalises with each minibatch's statistics, as the
       student in train mode does, and the running averages are discarded.
-    remat: `jax.checkpoint` the scan body (memory flat in `steps`).
+    remat: `jax.checkpoint` the scan body, keeping only each step's param
+      gradient (memory grows by one params-sized array per step instead of
+      every activation).
     mesh: split every minibatch over the mesh's 'data' axis, padded with
       masked rows to a multiple of its devices (refused for a BatchNorm
       student, whose statistics would see the padding); None or one device:
@@ -133,10 +144,11 @@ def unroll(
     # batch size, so the real rows get the draws of the unsplit run.
     x, y, m = split(x, targets[batch_idx], batch_mask)
     grads = jax.grad(loss_fn)(params, x, y, m)
+    grads = ad_checkpoint.checkpoint_name(grads, _SAVED_GRADS)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), None
 
   if remat:
-    body = jax.checkpoint(body)
+    body = jax.checkpoint(body, policy=_REMAT_POLICY)
   params, _ = jax.lax.scan(body, start_params, (jnp.arange(steps), idx, mask))
   return params
 
