@@ -60,24 +60,29 @@ def test_with_no_student_step_the_loss_is_exactly_one():
   assert float(loss) == 1.0
 
 
+def _matching_loss(model, start, target, targets, **unroll_kwargs):
+  """(images, lr) -> the DSA trajectory loss of `_problem`'s student."""
+
+  def loss(images, lr):
+    return tm.trajectory_loss(
+      jax.random.key(2),
+      start,
+      target,
+      images,
+      targets,
+      model=model,
+      lr=lr,
+      dsa_strategy=STRATEGY,
+      **unroll_kwargs,
+    )
+
+  return loss
+
+
 def test_meta_gradient_matches_finite_differences():
   with jax.enable_x64(True):
     model, _, start, target, images, targets = _problem(jnp.float64)
-
-    def loss(images, lr):
-      return tm.trajectory_loss(
-        jax.random.key(2),
-        start,
-        target,
-        images,
-        targets,
-        model=model,
-        lr=lr,
-        steps=3,
-        batch_size=4,
-        dsa_strategy=STRATEGY,
-      )
-
+    loss = _matching_loss(model, start, target, targets, steps=3, batch_size=4)
     lr = jnp.float64(0.1)
     g_images, g_lr = jax.grad(loss, argnums=(0, 1))(images, lr)
     direction = jax.random.normal(jax.random.key(3), images.shape, jnp.float64)
@@ -95,24 +100,15 @@ def test_meta_gradient_matches_finite_differences():
 def test_checkpointed_and_plain_unrolls_agree():
   model, _, start, target, images, targets = _problem()
 
-  def loss(images, lr, remat):
-    return tm.trajectory_loss(
-      jax.random.key(2),
-      start,
-      target,
-      images,
-      targets,
-      model=model,
-      lr=lr,
-      steps=4,
-      batch_size=4,
-      dsa_strategy=STRATEGY,
-      remat=remat,
+  def value_and_grads(remat):
+    loss = _matching_loss(
+      model, start, target, targets, steps=4, batch_size=4, remat=remat
     )
+    return jax.value_and_grad(loss, argnums=(0, 1))(images, 0.05)
 
-  plain = jax.value_and_grad(loss, argnums=(0, 1))(images, 0.05, False)
-  remat = jax.value_and_grad(loss, argnums=(0, 1))(images, 0.05, True)
-  chex.assert_trees_all_close(plain, remat, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(
+    value_and_grads(False), value_and_grads(True), rtol=1e-5, atol=1e-7
+  )
 
 
 def test_the_checkpointed_unroll_keeps_params_not_activations_per_step():
@@ -120,21 +116,9 @@ def test_the_checkpointed_unroll_keeps_params_not_activations_per_step():
 
   def temp_bytes_per_step(remat):
     def temp_bytes(steps):
-      def loss(images, lr):
-        return tm.trajectory_loss(
-          jax.random.key(2),
-          start,
-          target,
-          images,
-          targets,
-          model=model,
-          lr=lr,
-          steps=steps,
-          batch_size=6,
-          dsa_strategy=STRATEGY,
-          remat=remat,
-        )
-
+      loss = _matching_loss(
+        model, start, target, targets, steps=steps, batch_size=6, remat=remat
+      )
       compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(images, 0.05)
       return compiled.compile().memory_analysis().temp_size_in_bytes
 
