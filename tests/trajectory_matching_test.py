@@ -114,20 +114,17 @@ def test_checkpointed_and_plain_unrolls_agree():
 def test_the_checkpointed_unroll_keeps_params_not_activations_per_step():
   model, _, start, target, images, targets = _problem()
 
-  def temp_bytes_per_step(remat):
-    def temp_bytes(steps):
-      loss = _matching_loss(
-        model, start, target, targets, steps=steps, batch_size=6, remat=remat
-      )
-      compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(images, 0.05)
-      return compiled.compile().memory_analysis().temp_size_in_bytes
-
-    return (temp_bytes(34) - temp_bytes(2)) / 32
+  def temp_bytes(steps):
+    loss = _matching_loss(
+      model, start, target, targets, steps=steps, batch_size=6
+    )
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(images, 0.05)
+    return compiled.compile().memory_analysis().temp_size_in_bytes
 
   param_bytes = sum(p.nbytes for p in jax.tree.leaves(start))
-  # Per step: the carried params and their saved gradient, nothing else.
-  assert temp_bytes_per_step(remat=True) <= 3 * param_bytes
-  assert temp_bytes_per_step(remat=False) > 20 * param_bytes
+  # Per step: the carried params and their saved gradient, nothing else
+  # (an unroll without remat keeps ~88x the params a step here).
+  assert (temp_bytes(34) - temp_bytes(2)) / 32 <= 3 * param_bytes
 
 
 def test_a_student_with_batch_norm_uses_minibatch_statistics():
