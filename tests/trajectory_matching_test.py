@@ -44,22 +44,6 @@ def _problem(dtype=jnp.float32, model=None):
   return model, variables, start, target, images, targets
 
 
-def test_with_no_student_step_the_loss_is_exactly_one():
-  model, _, start, target, images, targets = _problem()
-  loss = tm.trajectory_loss(
-    jax.random.key(2),
-    start,
-    target,
-    images,
-    targets,
-    model=model,
-    lr=0.01,
-    steps=0,
-    batch_size=6,
-  )
-  assert float(loss) == 1.0
-
-
 def _matching_loss(model, start, target, targets, **unroll_kwargs):
   """(images, lr) -> the DSA trajectory loss of `_problem`'s student."""
 
@@ -77,6 +61,12 @@ def _matching_loss(model, start, target, targets, **unroll_kwargs):
     )
 
   return loss
+
+
+def test_with_no_student_step_the_loss_is_exactly_one():
+  model, _, start, target, images, targets = _problem()
+  loss = _matching_loss(model, start, target, targets, steps=0, batch_size=6)
+  assert float(loss(images, 0.01)) == 1.0
 
 
 def test_meta_gradient_matches_finite_differences():
