@@ -399,9 +399,14 @@ def _fingerprint(key, arrays, settings: dict) -> str:
 
 
 def _logged_correct(log, fingerprint: str, num_models: int) -> np.ndarray:
-  """[num_models] int32: logged correct counts, -1 where none (process 0's)."""
+  """[num_models] int32: logged correct counts, -1 where none.
+
+  Process 0 reads the log and broadcasts what it found, so every process
+  trains the same models.
+  """
   correct = np.full(num_models, -1, np.int32)
-  for i, c in log.lookup(fingerprint).items():
+  logged = log.lookup(fingerprint) if workdir_lib.is_writer() else {}
+  for i, c in logged.items():
     if i < num_models:
       correct[i] = c
   return np.array(multihost_utils.broadcast_one_to_all(correct))

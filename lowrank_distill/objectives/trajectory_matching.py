@@ -95,8 +95,8 @@ def unroll(
       BatchNorm then normalises with each minibatch's statistics, as the
       student in train mode does, and the running averages are discarded.
     remat: `jax.checkpoint` the scan body, keeping only each step's param
-      gradient (memory grows by one params-sized array per step instead of
-      every activation).
+      gradient (memory grows by two params-sized arrays per step, the
+      params and their gradient, instead of every activation).
     mesh: split every minibatch over the mesh's 'data' axis, padded with
       masked rows to a multiple of its devices (refused for a BatchNorm
       student, whose statistics would see the padding); None or one device:
