@@ -2,12 +2,11 @@
 
 Set before JAX starts, in this process and every subprocess a test starts
 (launchers, notebooks). The tests' programs are tiny, so compiling them
-dominates: XLA's backend optimisation level 0 (no LLVM optimisation of the
-generated code; the optimised HLO, its fusions and buffers are the same,
-floats can differ in the last bits)
-cut the suite from 8m20s to 5m05s on two cores. The suite passes at both
-levels; run it on the optimised code as users get it (XLA's default, 2)
-with `XLA_FLAGS=--xla_backend_optimization_level=2 python -m pytest`.
+dominates. XLA's backend (code generation) optimisation level 0 leaves the
+optimised HLO, its fusions and buffers as they are (floats can differ in
+the last bits) and cut the suite from 8m20s to 5m05s on two cores. The
+suite passes at both levels; to test the code as users run it (XLA's
+default, 2): `XLA_FLAGS=--xla_backend_optimization_level=2 python -m pytest`.
 """
 
 import os
