@@ -24,10 +24,12 @@ both sides from the same network weights (ours' fresh network, initialised
 as `distill._gm_step` does, copied into torch) and the same data; the mean
 matching loss and the image update must agree (loss to 1e-4 relative).
 
-Timing: after one warm-up iteration per side, `--steps` iterations
-alternate ours / torch in this process; each side's median s/iteration is
-reported, with our compile time (lower + compile of the jitted step).
-Needs `torch` (2.13.0 CPU here); not part of the library's dependencies.
+Timing: as every ours-vs-PyTorch figure (`sidebyside.py`): after one
+warm-up iteration per side, `--steps` iterations alternate ours / torch in
+this process; each side's median and min s/iteration are reported, with our
+compile time (lower + compile of the jitted step). Ours runs on JAX's default
+backend, torch on `--torch_device`. Needs `torch` (the `bench` extra); not
+part of the library's dependencies.
 
 Full size (MNIST-like, IPC 10: 10 outer loops x 50 inner epochs):
 
@@ -43,13 +45,13 @@ CPU cores, mostly compiling):
 """
 
 import pathlib
-import statistics
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sidebyside
 import torch
 import torch.nn.functional as F
 import torch_models
@@ -83,6 +85,8 @@ flags.DEFINE_bool("check", True, "Compare losses on shared weights first.")
 flags.DEFINE_integer(
   "torch_threads", 0, "torch.set_num_threads (0: torch's default)."
 )
+flags.DEFINE_string("torch_device", "cpu", "PyTorch's device: cpu | cuda.")
+flags.DEFINE_string("name", "gm_iteration", "Name of the SUMMARY line.")
 FLAGS = flags.FLAGS
 
 LOSS_RTOL = 1e-4
@@ -184,7 +188,7 @@ class Ours:
 def distance_ours(gw_syn, gw_real):
   """Sum over layers and output channels of `1 - cos` (reference
   `match_loss` with dis_metric 'ours'); 1-D params are ignored."""
-  total = torch.zeros(())
+  total = torch.zeros((), device=gw_syn[0].device)
   for gs, gr in zip(gw_syn, gw_real, strict=True):
     if gs.dim() == 1:
       continue
@@ -213,35 +217,38 @@ def new_torch_net():
 class Torch:
   """The DC iteration in PyTorch, with the config's loops and lrs."""
 
-  def __init__(self, real, syn, config):
+  def __init__(self, real, syn, config, device):
     cfg = config.distill
+    self.device = device
     # NHWC -> NCHW.
-    self.real = torch.from_numpy(np.array(real.transpose(0, 1, 4, 2, 3)))
+    real = np.array(real.transpose(0, 1, 4, 2, 3))
+    self.real = torch.from_numpy(real).to(device)
     syn = syn.reshape(-1, *syn.shape[2:]).transpose(0, 3, 1, 2)
-    self.syn = torch.from_numpy(np.array(syn)).requires_grad_(True)
+    syn = torch.from_numpy(np.array(syn)).to(device)
+    self.syn = syn.requires_grad_(True)
     self.optimizer = torch.optim.SGD(
       [self.syn], lr=cfg.lr_images, momentum=cfg.momentum
     )
     self.outer_loop, self.inner_loop = cfg.outer_loop, cfg.inner_loop
     self.batch_train, self.lr_net = cfg.batch_train, cfg.lr_net
     c, ipc = FLAGS.num_classes, FLAGS.ipc
-    self.labels = torch.arange(c).repeat_interleave(ipc)
+    self.labels = torch.arange(c).repeat_interleave(ipc).to(device)
 
   def images(self):
-    return self.syn.detach().numpy().transpose(0, 2, 3, 1)
+    return self.syn.detach().cpu().numpy().transpose(0, 2, 3, 1)
 
   def __call__(self, net=None):
     """One iteration; returns the mean over outer loops of the loss."""
     c, ipc, m = FLAGS.num_classes, FLAGS.ipc, self.real.shape[1]
-    net = new_torch_net() if net is None else net
+    net = (new_torch_net() if net is None else net).to(self.device)
     net.train()
     params = list(net.parameters())
     losses = []
     for ol in range(self.outer_loop):
-      loss = torch.zeros(())
+      loss = torch.zeros((), device=self.device)
       for k in range(c):
         img_real = self.real[k, torch.randperm(m)[: FLAGS.batch_real]]
-        lab_real = torch.full((img_real.shape[0],), k)
+        lab_real = torch.full((img_real.shape[0],), k, device=self.device)
         loss_real = F.cross_entropy(net(img_real), lab_real)
         gw_real = [g.detach() for g in torch.autograd.grad(loss_real, params)]
         sl = slice(k * ipc, (k + 1) * ipc)
@@ -267,14 +274,14 @@ class Torch:
 # ---------------------------------------------------------------------------
 
 
-def check(real, syn, outer_loop, inner_loop):
+def check(real, syn, outer_loop, inner_loop, device):
   """Same weights and data on both sides; returns True when they agree."""
   n = FLAGS.num_classes * FLAGS.ipc
   config = make_config(
     outer_loop=min(outer_loop, 2), inner_loop=min(inner_loop, 1), batch_train=n
   )
   ours = Ours(real, syn, config)
-  theirs = Torch(real, syn, config)
+  theirs = Torch(real, syn, config, device)
   key = jax.random.key(123)
   variables = ours.initial_variables(key)
   net = torch_models.from_flax(
@@ -302,6 +309,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   outer_loop, inner_loop = _loops()
+  device = sidebyside.torch_device(FLAGS.torch_device)
   if FLAGS.torch_threads:
     torch.set_num_threads(FLAGS.torch_threads)
   torch.manual_seed(0)
@@ -315,11 +323,12 @@ def main(argv):
     f"{FLAGS.ipc} syn, {s}x{s}x{ch}, ConvNet-3 width {FLAGS.width} "
     f"instance norm, outer_loop {outer_loop}, inner_loop {inner_loop}, "
     f"batch_train {FLAGS.batch_train}; torch {torch.__version__} "
-    f"({torch.get_num_threads()} threads), jax {jax.__version__} "
+    f"({device}, {torch.get_num_threads()} threads), jax {jax.__version__} "
     f"({jax.default_backend()}, conv {FLAGS.conv_impl}, "
     f"{FLAGS.classes_in_parallel} classes at once)"
   )
-  if FLAGS.check and not check(real, syn, outer_loop, inner_loop):
+  agree = not FLAGS.check or check(real, syn, outer_loop, inner_loop, device)
+  if not agree:
     print(
       "WARNING: the two sides disagree; the timings compare different "
       "computations."
@@ -330,27 +339,32 @@ def main(argv):
     batch_train=FLAGS.batch_train,
   )
   ours = Ours(real, syn, config)
-  theirs = Torch(real, syn, config)
-  ours(jax.random.key(0))
-  theirs()
-  t_ours, t_torch = [], []
-  # Alternate the sides so that load from other users hits both alike.
-  for i in range(FLAGS.steps):
-    start = time.perf_counter()
-    ours(jax.random.key(i + 1))  # float(loss) waits for the result
-    t_ours.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    theirs()
-    t_torch.append(time.perf_counter() - start)
-  ours_s, torch_s = statistics.median(t_ours), statistics.median(t_torch)
-  print(f"median of {FLAGS.steps} alternating iterations after 1 warm-up:")
-  print(
-    f"{'ours s/iter':>12} {'torch s/iter':>13} {'ours/torch':>11} "
-    f"{'compile s':>10}"
+  theirs = Torch(real, syn, config, device)
+  keys = iter(range(1, 10**9))
+
+  def ours_call():
+    ours(jax.random.key(next(keys)))  # float(loss) waits for the result
+
+  def torch_call():
+    theirs()  # loss.item() waits for the result
+
+  times = sidebyside.alternate(
+    {"ours": ours_call, "torch": torch_call}, calls=FLAGS.steps
   )
   print(
-    f"{ours_s:12.3f} {torch_s:13.3f} {ours_s / torch_s:11.2f} "
-    f"{ours.compile_s:10.1f}"
+    f"ours  : {times['ours']} an iteration (compile {ours.compile_s:.1f} s)"
+  )
+  print(f"torch : {times['torch']} an iteration")
+  sidebyside.summary_line(
+    FLAGS.name,
+    f"ours {times['ours'].median:.3f} s, torch {times['torch'].median:.3f} s "
+    f"(medians of {FLAGS.steps}); ours/torch median "
+    + sidebyside.ratio_text(
+      times["ours"].median, times["torch"].median, target=0.7
+    )
+    + ", min "
+    + sidebyside.ratio_text(times["ours"].min, times["torch"].min)
+    + ("" if agree else "; the two sides DISAGREE (see the check)"),
   )
 
 

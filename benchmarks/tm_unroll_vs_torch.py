@@ -35,17 +35,21 @@ the peak RSS after it (VmHWM; `ru_maxrss` would keep the peaks of exited
 compile threads, and is the fallback where the mark cannot be reset) minus
 the RSS before it. The peak from the end of setup through compile and
 warm-up, over the RSS at the end of setup, is printed as well, and for ours
-the compiled executable's `memory_analysis()` temp size. The memory runs
-come first, and a side whose subprocess failed (e.g. killed for memory) is
-not timed.
+the compiled executable's `memory_analysis()` temp size. On an accelerator
+the figure is the device allocator's instead (`sidebyside.jax_memory` /
+`torch_memory`): the peak over the bytes in use before the measured call
+(JAX's peak counts from the process's start, so it includes the warm-up,
+which runs the same program). The memory runs come first, and a side whose
+subprocess failed (e.g. killed for memory) is not timed.
 
-Time: in this process, after one warm-up call per side, `--steps` calls
-alternate ours / torch (so load from other users hits both alike); each
-side's median is reported.
+Time: in this process, as every ours-vs-PyTorch figure (`sidebyside.py`):
+after one warm-up call per side, `--steps` calls alternate ours / torch;
+each side's median (and min) is reported. Ours runs on JAX's default
+backend, torch on `--torch_device`.
 
 Targets (the issue): at N = 30 ours <= 1.0x torch's time and <= 0.25x its
 peak memory; ours' peak memory at N = 80 within 1.5x of ours at N = 10.
-Needs `torch` (2.13.0 CPU here); not part of the library's dependencies.
+Needs `torch` (the `bench` extra); not part of the library's dependencies.
 
 Full size (CIFAR-10-like, IPC 10 -> 100 images, batch_syn 100):
 
@@ -70,7 +74,6 @@ import gc
 import json
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -79,6 +82,7 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sidebyside
 import torch
 import torch.nn.functional as F
 import torch_models
@@ -115,6 +119,8 @@ flags.DEFINE_enum(
   "Internal: measure one side's memory at --n in this process.",
 )
 flags.DEFINE_integer("n", 0, "Internal: N for --side.")
+flags.DEFINE_string("torch_device", "cpu", "PyTorch's device: cpu | cuda.")
+flags.DEFINE_string("name", "tm_unroll", "Name of the SUMMARY line.")
 FLAGS = flags.FLAGS
 
 LOSS_RTOL = 1e-4
@@ -224,19 +230,20 @@ def flat_params(net):
 class Torch:
   """MTT's unroll on a flat parameter vector (ReparamModule-like)."""
 
-  def __init__(self, problem, *, steps, batch_size):
-    self.net = problem.net
+  def __init__(self, problem, *, steps, batch_size, device):
+    self.device = device
+    self.net = problem.net.to(device)
     named = list(self.net.named_parameters())
     self.names = [name for name, _ in named]
     self.shapes = [p.shape for _, p in named]
     self.numels = [p.numel() for _, p in named]
     # NHWC -> NCHW, copied (a view could be shared with the numpy array).
-    self.images = torch.from_numpy(
-      np.array(problem.images.transpose(0, 3, 1, 2))
-    ).requires_grad_(True)
-    self.labels = torch.from_numpy(problem.labels)
-    self.lr = torch.tensor(FLAGS.lr, requires_grad=True)
-    self.start, self.target = problem.start_flat, problem.target_flat
+    images = np.array(problem.images.transpose(0, 3, 1, 2))
+    self.images = torch.from_numpy(images).to(device).requires_grad_(True)
+    self.labels = torch.from_numpy(problem.labels).to(device)
+    self.lr = torch.tensor(FLAGS.lr, device=device, requires_grad=True)
+    self.start = problem.start_flat.to(device)
+    self.target = problem.target_flat.to(device)
     self.steps, self.batch_size = steps, batch_size
 
   def forward(self, flat, x):
@@ -263,7 +270,7 @@ class Torch:
     g_images, g_lr = torch.autograd.grad(loss, [self.images, self.lr])
     return (
       loss.item(),
-      g_images.numpy().transpose(0, 2, 3, 1),
+      g_images.cpu().numpy().transpose(0, 2, 3, 1),
       g_lr.item(),
     )
 
@@ -308,14 +315,53 @@ def _release_and_reset_peak():
     return False
 
 
-def measure_memory(side, n):
+def measure_device_memory(side, n, device):
+  """The accelerator's figures for `side` at N = n, or None on CPU."""
+  problem = setup()
+  batch_size = min(FLAGS.batch_syn, problem.images.shape[0])
+  if side == "torch":
+    if device.type == "cpu":
+      return None
+    fn = Torch(problem, steps=n, batch_size=batch_size, device=device)
+    fn()  # warm-up
+    sidebyside.reset_torch_peak(device)
+    base, _ = sidebyside.torch_memory(device)
+    fn()
+    _, peak = sidebyside.torch_memory(device)
+    temp = None
+  else:
+    if sidebyside.jax_memory() is None:
+      return None
+    fn = Ours(problem, steps=n, batch_size=batch_size, remat=side == "ours")
+    base, _ = sidebyside.jax_memory()
+    fn()  # warm-up: the same program as the measured call
+    fn()
+    _, peak = sidebyside.jax_memory()
+    temp = fn.temp_bytes
+  return {
+    "side": side,
+    "n": n,
+    "run_peak": peak - base,
+    "whole_peak": peak - base,
+    "base": base,
+    "reset": True,
+    "xla_temp": temp,
+    "device": True,
+  }
+
+
+def measure_memory(side, n, device):
   """Prints one `MEMORY {json}` line for `side` at N = n."""
+  entry = measure_device_memory(side, n, device)
+  if entry is not None:
+    print("MEMORY " + json.dumps(entry))
+    return
   problem = setup()
   batch_size = min(FLAGS.batch_syn, problem.images.shape[0])
   reset = _release_and_reset_peak()
   setup_rss = _rss_bytes()
   if side == "torch":
-    fn = Torch(problem, steps=n, batch_size=batch_size)
+    fn = Torch(problem, steps=n, batch_size=batch_size, device=device)
     temp = None
   else:
     fn = Ours(problem, steps=n, batch_size=batch_size, remat=side == "ours")
@@ -337,6 +383,7 @@ def measure_memory(side, n):
         "base": base,
         "reset": reset,
         "xla_temp": temp,
+        "device": False,
       }
     )
   )
@@ -360,12 +407,12 @@ def _rel(a, b):
   return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
 
 
-def check(problem):
+def check(problem, device):
   n_syn = problem.images.shape[0]
   steps = FLAGS.check_steps
   remat = FLAGS.remat
   ours = Ours(problem, steps=steps, batch_size=n_syn, remat=remat)
-  theirs = Torch(problem, steps=steps, batch_size=n_syn)
+  theirs = Torch(problem, steps=steps, batch_size=n_syn, device=device)
   loss_o, g_img_o, g_lr_o = ours()
   loss_t, g_img_t, g_lr_t = theirs()
   rel = abs(loss_o - loss_t) / abs(loss_t)
@@ -404,10 +451,11 @@ def _verdict(value, limit):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  device = sidebyside.torch_device(FLAGS.torch_device)
   if FLAGS.torch_threads:
     torch.set_num_threads(FLAGS.torch_threads)
   if FLAGS.side:
-    measure_memory(FLAGS.side, FLAGS.n)
+    measure_memory(FLAGS.side, FLAGS.n, device)
     return
   ns = [int(n) for n in FLAGS.ns]
   ours_sides = ["ours"] if FLAGS.remat else ["ours_noremat"]
@@ -420,12 +468,13 @@ def main(argv):
     f"TM unroll: {n_syn} synthetic images {FLAGS.size}x{FLAGS.size}x"
     f"{FLAGS.channels}, batch_syn {batch_size}, ConvNet-3 width "
     f"{FLAGS.width} instance norm; torch {torch.__version__} "
-    f"({torch.get_num_threads()} threads), jax {jax.__version__} "
+    f"({device}, {torch.get_num_threads()} threads), jax {jax.__version__} "
     f"({jax.default_backend()}, conv {FLAGS.conv_impl}, remat "
     f"{FLAGS.remat})"
   )
   problem = setup()
-  if FLAGS.check and not check(problem):
+  agree = not FLAGS.check or check(problem, device)
+  if not agree:
     print(
       "WARNING: the two sides disagree; the figures compare different "
       "computations."
@@ -437,7 +486,7 @@ def main(argv):
       for side in sides:
         mem[side, n] = memory_in_subprocess(side, n)
 
-  times, compile_s = {}, {}
+  times, mins, compile_s = {}, {}, {}
   if FLAGS.timing:
     for n in ns:
       fns = {}
@@ -445,21 +494,18 @@ def main(argv):
         if FLAGS.memory and mem[side, n] is None:
           continue  # its memory run failed; it would fail here too
         if side == "torch":
-          fns[side] = Torch(problem, steps=n, batch_size=batch_size)
+          fns[side] = Torch(
+            problem, steps=n, batch_size=batch_size, device=device
+          )
         else:
           fns[side] = Ours(
             problem, steps=n, batch_size=batch_size, remat=side == "ours"
           )
           compile_s[side, n] = fns[side].compile_s
-        fns[side]()  # warm-up
-      samples = {side: [] for side in fns}
-      for _ in range(FLAGS.steps):
-        for side, fn in fns.items():
-          start = time.perf_counter()
-          fn()
-          samples[side].append(time.perf_counter() - start)
-      for side, values in samples.items():
-        times[side, n] = statistics.median(values)
+      timings = sidebyside.alternate(fns, calls=FLAGS.steps)
+      for side, timing in timings.items():
+        times[side, n] = timing.median
+        mins[side, n] = timing.min
       del fns
 
   def mem_of(side, n, field="run_peak"):
@@ -467,10 +513,16 @@ def main(argv):
     return None if entry is None else entry[field]
 
   ours = ours_sides[0]
+  on_device = any(e is not None and e["device"] for e in mem.values())
+  what = (
+    "the device allocator's peak over the bytes in use before the call"
+    if on_device
+    else "peak RSS of the measured call over the RSS before it"
+  )
   print(
     f"\ntime: median of {FLAGS.steps} alternating calls after 1 warm-up "
-    f"(one process); memory: peak RSS of the measured call over the RSS "
-    f"before it (one subprocess per side and N); MB = 2^20 bytes"
+    f"(one process); memory: {what} (one subprocess per side and N); "
+    "MB = 2^20 bytes"
   )
   header = (
     f"{'N':>4} {'ours s':>8} {'torch s':>8} {'t ratio':>8} "
@@ -519,23 +571,39 @@ def main(argv):
         f"{_fmt(entry['xla_temp'], '9.0f', MB)}{note}"
       )
 
-  print("\ntargets (the issue):")
-  print(
-    "  N=30 time ours/torch: "
-    + _verdict(_ratio(times.get((ours, 30)), times.get(("torch", 30))), 1.0)
-  )
-  print(
-    "  N=30 peak memory ours/torch: "
-    + _verdict(_ratio(mem_of(ours, 30), mem_of("torch", 30)), 0.25)
-  )
+  t30 = _ratio(times.get((ours, 30)), times.get(("torch", 30)))
+  m30 = _ratio(mem_of(ours, 30), mem_of("torch", 30))
+  m80 = _ratio(mem_of(ours, 80), mem_of(ours, 10))
+
+  def row(n):
+    min_ratio = _ratio(mins.get((ours, n)), mins.get(("torch", n)))
+    return (
+      f"N={n} ours {_fmt(times.get((ours, n)), '.3f')} s torch "
+      f"{_fmt(times.get(('torch', n)), '.3f')} s "
+      f"(min ratio {_fmt(min_ratio, '.2f')}), "
+      f"mem ours {_fmt(mem_of(ours, n), '.0f', MB)} MB torch "
+      f"{_fmt(mem_of('torch', n), '.0f', MB)} MB"
+    )
+
+  rows = "; ".join(row(n) for n in ns)
+  print("\ntargets (the issues; CPU: time <= 1.0x, accelerator: <= 0.5x):")
+  time_target = 0.5 if on_device else 1.0
+  print("  N=30 time ours/torch: " + _verdict(t30, time_target))
+  print("  N=30 peak memory ours/torch: " + _verdict(m30, 0.25))
   print(
     "  ours peak memory N=80 / N=10: "
-    + _verdict(_ratio(mem_of(ours, 80), mem_of(ours, 10)), 1.5)
+    + _verdict(m80, 1.5)
     + "; XLA temp N=80 / N=10: "
     + _fmt(
       _ratio(mem_of(ours, 80, "xla_temp"), mem_of(ours, 10, "xla_temp")),
       ".2f",
     )
+  )
+  sidebyside.summary_line(
+    FLAGS.name,
+    f"{rows}; N=30 time ratio {_verdict(t30, time_target)}, memory ratio "
+    f"{_verdict(m30, 0.25)}; ours N=80/N=10 memory {_verdict(m80, 1.5)}"
+    + ("" if agree else "; the two sides DISAGREE (see the check)"),
   )
 
 
