@@ -412,6 +412,63 @@ def _logged_correct(log, fingerprint: str, num_models: int) -> np.ndarray:
   return np.array(multihost_utils.broadcast_one_to_all(correct))
 
 
+@functools.lru_cache(maxsize=16)
+def _train_and_test_program(
+  *,
+  model_name: str,
+  model_options: tuple,
+  num_classes: int,
+  image_shape: tuple[int, ...],
+  conv_impl: str,
+  epochs: int,
+  batch_size: int,
+  momentum: float,
+  weight_decay: float,
+  dsa_strategy: str,
+  test_batch_size: int,
+  mesh,
+):
+  """`evaluate_set`'s jitted program: K seeds -> K test-correct counts.
+
+  Built once per setting (`model_options` as sorted (name, value) pairs), so
+  that evaluations of the same shapes (a distillation's intermediate ones,
+  the batches of one evaluation, benchmark calls) reuse one compilation
+  instead of tracing and compiling a fresh closure each call.
+  """
+  model = models.create(
+    model_name,
+    num_classes=num_classes,
+    image_shape=image_shape,
+    conv_impl=conv_impl,
+    **dict(model_options),
+  )
+
+  @functools.partial(sharding.jit, mesh=mesh)
+  def train_and_test(keys, images, targets, lr, test_images, test_labels):
+    keys = sharding.constrain(keys, mesh, axis=0)
+
+    def one(k):
+      variables, _ = train_network(
+        k,
+        images,
+        targets,
+        model=model,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        dsa_strategy=dsa_strategy,
+      )
+      return count_correct(
+        model, variables, test_images, test_labels, batch_size=test_batch_size
+      )
+
+    return jax.vmap(one)(keys)
+
+  return train_and_test
+
+
 def evaluate_set(
   key,
   images,
@@ -468,12 +525,19 @@ def evaluate_set(
   augment.parse_strategy(dsa_strategy)
   if num_models < 1:
     raise ValueError(f"num_models must be >= 1, got {num_models}")
-  model = models.create(
-    model_name,
+  train_and_test = _train_and_test_program(
+    model_name=model_name,
+    model_options=tuple(sorted((model_options or {}).items())),
     num_classes=num_classes,
     image_shape=tuple(images.shape[1:]),
     conv_impl=conv_impl,
-    **(model_options or {}),
+    epochs=epochs,
+    batch_size=batch_size,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    dsa_strategy=dsa_strategy,
+    test_batch_size=test_batch_size,
+    mesh=mesh,
   )
   images = jnp.asarray(images, jnp.float32)
   targets = labels_lib.targets(jnp.asarray(labels), num_classes)
@@ -481,29 +545,6 @@ def evaluate_set(
   test_labels = jnp.asarray(test_labels, jnp.int32)
   lr = jnp.asarray(lr, jnp.float32)
   arrays = sharding.put((images, targets, lr, test_images, test_labels), mesh)
-
-  @functools.partial(sharding.jit, mesh=mesh)
-  def train_and_test(keys, images, targets, lr, test_images, test_labels):
-    keys = sharding.constrain(keys, mesh, axis=0)
-
-    def one(k):
-      variables, _ = train_network(
-        k,
-        images,
-        targets,
-        model=model,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        dsa_strategy=dsa_strategy,
-      )
-      return count_correct(
-        model, variables, test_images, test_labels, batch_size=test_batch_size
-      )
-
-    return jax.vmap(one)(keys)
 
   correct = np.full(num_models, -1, np.int32)
   if log is not None:

@@ -95,6 +95,39 @@ def test_evaluate_set_is_independent_of_models_per_batch(tiny_images):
   assert 0.0 <= together.mean <= 1.0 and together.std >= 0.0
 
 
+def test_repeated_evaluations_reuse_one_compiled_program(
+  tiny_images, monkeypatch
+):
+  images, labels = tiny_images
+  traces = []
+  train_network = evaluate.train_network
+
+  def counting_train_network(*args, **kwargs):
+    traces.append(1)
+    return train_network(*args, **kwargs)
+
+  monkeypatch.setattr(evaluate, "train_network", counting_train_network)
+  evaluate._train_and_test_program.cache_clear()
+  kwargs = dict(model_options=TINY, num_classes=10, num_models=2, epochs=1)
+  first = evaluate.evaluate_set(
+    jax.random.key(1), images, labels, images, labels, **kwargs
+  )
+  # Another set of the same shapes and another key: no new trace.
+  evaluate.evaluate_set(
+    jax.random.key(2), images + 1.0, labels, images, labels, **kwargs
+  )
+  again = evaluate.evaluate_set(
+    jax.random.key(1), images, labels, images, labels, **kwargs
+  )
+  assert len(traces) == 1
+  np.testing.assert_array_equal(first.accuracies, again.accuracies)
+  # A different setting is another program.
+  evaluate.evaluate_set(
+    jax.random.key(1), images, labels, images, labels, **{**kwargs, "epochs": 2}
+  )
+  assert len(traces) == 2
+
+
 def _log_lines(path):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
