@@ -1,8 +1,9 @@
 """benchmarks/gpu_check.py: its helpers, and every part run in `--tiny` mode.
 
 The GPU host comes rarely; these runs keep the script from rotting between
-its calls. Part (b) compares against PyTorch and runs only where torch is
-installed (it is not among the test extras).
+its calls. Part (b) compares against PyTorch and runs where torch is
+installed (`pip install -e ".[bench]"`; the test extras leave it out: PyPI's
+default build is CUDA's, gigabytes, for a CPU-only suite).
 """
 
 import gzip
@@ -152,7 +153,9 @@ def test_tiny_parts_a_and_c_run_and_report(mnist_like, tmp_path):
 @pytest.mark.slow
 def test_tiny_part_b_compares_with_pytorch(tmp_path):
   pytest.importorskip(
-    "torch", reason="part (b) compares with PyTorch: pip install torch"
+    "torch",
+    reason="part (b) compares with PyTorch: pip install -e '.[bench]' "
+    "(PyTorch's CPU build)",
   )
   _, summary = _run_tiny(tmp_path, tmp_path / "no_mnist", "b")
   text = "\n".join(summary)
