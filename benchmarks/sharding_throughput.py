@@ -122,7 +122,7 @@ def fake_buffer(path, dataset, config, *, num_experts: int = 2):
   import jax
   import numpy as np
 
-  from lowrank_distill import evaluate, experts, models, workdir
+  from lowrank_distill import experts, models, train, workdir
 
   model = models.create(
     config.model.name,
@@ -143,7 +143,7 @@ def fake_buffer(path, dataset, config, *, num_experts: int = 2):
   )
   for e in range(num_experts):
     snapshots = [
-      evaluate.init_variables(
+      train.init_variables(
         jax.random.key(100 * e + t), model, dataset.image_shape
       )["params"]
       for t in range(epochs + 1)

@@ -36,6 +36,7 @@ from lowrank_distill import (
   parameterize,
   rng,
   sharding,
+  train,
 )
 from lowrank_distill import experts as experts_lib
 from lowrank_distill import synset as synset_lib
@@ -564,10 +565,12 @@ def _tm_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
   materialize = plan.reconstructor.materialize
   # The student's non-param variables (BatchNorm running averages) start
   # as a fresh network's; experts store params only.
-  variables = evaluate.init_variables(
-    jax.random.key(0), plan.model, plan.dataset.image_shape
+  _, model_state = train.split_variables(
+    train.init_variables(
+      jax.random.key(0), plan.model, plan.dataset.image_shape
+    )
   )
-  model_state = {k: v for k, v in variables.items() if k != "params"} or None
+  model_state = model_state or None
 
   def loss_fn(trainable, key, start_params, target_params):
     images = materialize(trainable["images"])

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -21,11 +20,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lowrank_distill import augment, config_utils, data, models, rng, sharding
+from lowrank_distill import (
+  augment,
+  config_utils,
+  data,
+  models,
+  rng,
+  sharding,
+  train,
+)
 from lowrank_distill import synset as synset_lib
 from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.parameterize import labels as labels_lib
@@ -75,132 +81,6 @@ def _lr_at(epoch, *, lr, epochs):
   return jnp.where(epoch > decay_epoch(epochs), 0.1 * lr, lr)
 
 
-def epoch_batches(key, num_examples: int, batch_size: int):
-  """A fresh permutation split into fixed-shape batches with a validity mask.
-
-  Returns:
-    indices: [steps, batch] int32, mask: [steps, batch] float32, where
-    steps = ceil(num_examples / batch) and the last batch is partial, as a
-    PyTorch DataLoader without drop_last.
-  """
-  steps = math.ceil(num_examples / batch_size)
-  padded = steps * batch_size
-  perm = jax.random.permutation(key, num_examples)
-  perm = jnp.concatenate(
-    [perm, jnp.zeros((padded - num_examples,), perm.dtype)]
-  )
-  mask = (jnp.arange(padded) < num_examples).astype(jnp.float32)
-  return (
-    perm.reshape(steps, batch_size).astype(jnp.int32),
-    mask.reshape(steps, batch_size),
-  )
-
-
-def init_variables(key, model, image_shape: Sequence[int]) -> PyTree:
-  """Flax variables of `model` for one image of `image_shape` (h, w, c)."""
-  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))
-
-
-def masked_cross_entropy(model, params, state, images, targets, mask):
-  """Mean cross-entropy over the valid rows of a padded batch, train mode.
-
-  Args:
-    model: a Linen module.
-    params: its parameters.
-    state: its other collections (e.g. BatchNorm statistics, updated as in
-      train mode), possibly empty.
-    images: [b, h, w, c] images.
-    targets: [b, C] target probabilities.
-    mask: [b], 1 for valid rows, 0 for padding.
-
-  Returns:
-    (loss, (new_state, correct)), correct [b] bool: the argmax of the logits
-    is the argmax of the targets.
-  """
-  variables = {"params": params, **state}
-  if state:
-    logits, state = model.apply(
-      variables, images, train=True, mutable=list(state)
-    )
-  else:
-    logits = model.apply(variables, images, train=True)
-  losses = labels_lib.soft_cross_entropy(logits, targets)
-  correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
-  return jnp.sum(losses * mask) / jnp.sum(mask), (state, correct)
-
-
-def sgd_epoch(
-  carry,
-  epoch,
-  *,
-  images,
-  targets,
-  model,
-  batch_size: int,
-  order_key,
-  aug_key,
-  dsa_strategy: str,
-  update,
-):
-  """One epoch of minibatch SGD: the loop every network here trains with.
-
-  The epoch visits `epoch_batches(fold_in(order_key, epoch), ...)`; the
-  batch at global step `s` (counting from epoch 0's first batch) gets
-  per-sample (non-siamese) DSA under `fold_in(aug_key, s)`.
-
-  Args:
-    carry: (params, state, opt_state).
-    epoch: the epoch's index, traced or not.
-    images: [n, h, w, c] training images.
-    targets: [n, C] target probabilities.
-    model: a Linen module.
-    batch_size: minibatch size (at most n is used); the last batch may be
-      partial.
-    order_key: the data order's key.
-    aug_key: the augmentation's key.
-    dsa_strategy: DSA strategy string or 'none'.
-    update: `(grads, opt_state, params) -> (params, opt_state)`.
-
-  Returns:
-    (carry, per_step): per_step = (loss_sums [steps], indices [steps, b],
-    mask [steps, b], correct [steps, b] bool), a batch's loss sum being its
-    mean loss times its number of valid rows.
-  """
-  augmented = bool(augment.parse_strategy(dsa_strategy))
-  num_examples = images.shape[0]
-  indices, mask = epoch_batches(
-    jax.random.fold_in(order_key, epoch),
-    num_examples,
-    min(batch_size, num_examples),
-  )
-  steps_per_epoch = indices.shape[0]
-  grad_fn = jax.value_and_grad(
-    functools.partial(masked_cross_entropy, model), has_aux=True
-  )
-
-  def step(carry, batch):
-    params, state, opt_state = carry
-    step_in_epoch, idx, valid = batch
-    x = images[idx]
-    if augmented:
-      x = augment.augment(
-        jax.random.fold_in(aug_key, epoch * steps_per_epoch + step_in_epoch),
-        x,
-        strategy=dsa_strategy,
-        siamese=False,
-      )
-    (loss, (state, correct)), grads = grad_fn(
-      params, state, x, targets[idx], valid
-    )
-    params, opt_state = update(grads, opt_state, params)
-    return (params, state, opt_state), (loss * jnp.sum(valid), correct)
-
-  carry, (loss_sums, correct) = jax.lax.scan(
-    step, carry, (jnp.arange(steps_per_epoch), indices, mask)
-  )
-  return carry, (loss_sums, indices, mask, correct)
-
-
 def train_network(
   key,
   images,
@@ -241,114 +121,68 @@ def train_network(
     (variables, stats): the trained Flax variables, and when tracking,
     stats = {'forgetting': [n] int32, 'learned': [n] bool}, else {}.
   """
-  num_examples = images.shape[0]
   init_key, order_key, aug_key = (jax.random.fold_in(key, i) for i in range(3))
-  variables = init_variables(init_key, model, images.shape[1:])
-  params = variables["params"]
-  state = {k: v for k, v in variables.items() if k != "params"}
-  optimizer = optax.chain(
-    optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum)
+  variables, record = train.train_epochs(
+    train.init_variables(init_key, model, images.shape[1:]),
+    images=images,
+    targets=targets,
+    model=model,
+    epochs=epochs + 1,
+    lr=functools.partial(_lr_at, lr=lr, epochs=epochs),
+    batch_size=batch_size,
+    order_key=order_key,
+    aug_key=aug_key,
+    dsa_strategy=dsa_strategy,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    restart_momentum_at=decay_epoch(epochs) + 1,
+    keep_batches=track_forgetting,
+  )
+  if not track_forgetting:
+    return variables, {}
+  return variables, forgetting_events(
+    record.indices, record.mask, record.correct, num_examples=images.shape[0]
   )
 
-  def update_forgetting(stats, idx, valid, correct):
+
+def forgetting_events(indices, mask, correct, *, num_examples: int) -> dict:
+  """Per-example forgetting events over epochs (Toneva et al., 2019).
+
+  An event is an example classified correctly at one presentation and
+  wrongly at the next.
+
+  Args:
+    indices, mask, correct: [E, steps, b] a training's batches
+      (`train.EpochRecord`): example indices, validity, correctness.
+    num_examples: n.
+
+  Returns:
+    {'forgetting': [n] int32 events, 'learned': [n] bool, correct at least
+    once}.
+  """
+
+  def epoch(stats, batches):
     # An epoch presents every example once, so its steps update at once.
+    idx, valid, right = (b.ravel() for b in batches)
     valid = valid > 0
     previous = stats["last_correct"][idx]
-    forgotten = (previous & ~correct & valid).astype(jnp.int32)
+    forgotten = (previous & ~right & valid).astype(jnp.int32)
     # Padding rows point at example 0: scatter them nowhere.
     idx = jnp.where(valid, idx, num_examples)
     return {
       "forgetting": stats["forgetting"].at[idx].add(forgotten, mode="drop"),
-      "learned": stats["learned"].at[idx].max(correct, mode="drop"),
-      "last_correct": stats["last_correct"].at[idx].set(correct, mode="drop"),
-    }
+      "learned": stats["learned"].at[idx].max(right, mode="drop"),
+      "last_correct": stats["last_correct"].at[idx].set(right, mode="drop"),
+    }, None
 
-  def epoch_fn(carry, epoch):
-    params, state, opt_state, stats = carry
-    restart = epoch == decay_epoch(epochs) + 1
-    opt_state = jax.tree.map(
-      lambda t: jnp.where(restart, jnp.zeros_like(t), t), opt_state
-    )
-    epoch_lr = _lr_at(epoch, lr=lr, epochs=epochs)
-
-    def update(grads, opt_state, params):
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      params = jax.tree.map(lambda p, u: p - epoch_lr * u, params, updates)
-      return params, opt_state
-
-    (params, state, opt_state), (_, idx, valid, correct) = sgd_epoch(
-      (params, state, opt_state),
-      epoch,
-      images=images,
-      targets=targets,
-      model=model,
-      batch_size=batch_size,
-      order_key=order_key,
-      aug_key=aug_key,
-      dsa_strategy=dsa_strategy,
-      update=update,
-    )
-    if track_forgetting:
-      stats = update_forgetting(
-        stats, idx.ravel(), valid.ravel(), correct.ravel()
-      )
-    return (params, state, opt_state, stats), None
-
-  stats = {}
-  if track_forgetting:
-    stats = {
-      "forgetting": jnp.zeros((num_examples,), jnp.int32),
-      "learned": jnp.zeros((num_examples,), bool),
-      "last_correct": jnp.zeros((num_examples,), bool),
-    }
-  (params, state, _, stats), _ = jax.lax.scan(
-    epoch_fn,
-    (params, state, optimizer.init(params), stats),
-    jnp.arange(epochs + 1),
-  )
-  stats.pop("last_correct", None)
-  return {"params": params, **state}, stats
-
-
-def count_correct(model, variables, images, labels, *, batch_size: int = 500):
-  """Number of correctly classified images, in bounded-memory batches.
-
-  Args:
-    model: a Linen module.
-    variables: its Flax variables (eval mode: BatchNorm running averages).
-    images: [m, h, w, c]; labels: [m] int.
-    batch_size: images per forward pass (bounds activation memory).
-
-  Returns:
-    A scalar int32.
-  """
-  num = images.shape[0]
-  batch_size = min(batch_size, num)
-  steps = math.ceil(num / batch_size)
-  pad = steps * batch_size - num
-  images = jnp.concatenate(
-    [images, jnp.zeros((pad, *images.shape[1:]), images.dtype)]
-  ).reshape(steps, batch_size, *images.shape[1:])
-  labels = jnp.concatenate([labels, jnp.full((pad,), -1, labels.dtype)])
-  labels = labels.reshape(steps, batch_size)
-
-  def body(total, batch):
-    x, y = batch
-    pred = jnp.argmax(model.apply(variables, x, train=False), axis=-1)
-    return total + jnp.sum(pred == y), None
-
-  total, _ = jax.lax.scan(body, jnp.int32(0), (images, labels))
-  return total
-
-
-def model_keys(key, num_models: int, *, first: int = 0):
-  """Keys of models first..first+num_models-1; each is fold_in(key, index)."""
-  return keys_at(key, np.arange(first, first + num_models))
-
-
-def keys_at(key, indices):
-  """[len(indices)] keys: model i's is fold_in(key, i)."""
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(indices))
+  stats = {
+    "forgetting": jnp.zeros((num_examples,), jnp.int32),
+    "learned": jnp.zeros((num_examples,), bool),
+    "last_correct": jnp.zeros((num_examples,), bool),
+  }
+  stats, _ = jax.lax.scan(epoch, stats, (indices, mask, correct))
+  stats.pop("last_correct")
+  return stats
 
 
 class ModelLog:
@@ -460,7 +294,7 @@ def _train_and_test_program(
         weight_decay=weight_decay,
         dsa_strategy=dsa_strategy,
       )
-      return count_correct(
+      return train.count_correct(
         model, variables, test_images, test_labels, batch_size=test_batch_size
       )
 
@@ -572,7 +406,7 @@ def evaluate_set(
     indices = missing[start : start + chunk]
     extra = sharding.padded_size(len(indices), mesh) - len(indices)
     padded = np.concatenate([indices, indices[-1] + 1 + np.arange(extra)])
-    keys = sharding.put(keys_at(key, padded), mesh, axis=0)
+    keys = sharding.put(train.keys_at(key, padded), mesh, axis=0)
     correct[indices] = np.asarray(train_and_test(keys, *arrays))[: len(indices)]
     if log is not None:
       log.record(fingerprint, indices, correct[indices])

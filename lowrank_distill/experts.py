@@ -38,7 +38,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from lowrank_distill import (
@@ -46,10 +45,10 @@ from lowrank_distill import (
   checkpoint,
   config_utils,
   data,
-  evaluate,
   models,
   rng,
   sharding,
+  train,
 )
 from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.parameterize import labels as labels_lib
@@ -170,43 +169,29 @@ def train_expert(
     Trajectories", CVPR 2022.
   """
   images, targets = jnp.asarray(images), jnp.asarray(targets)
-  num_examples = images.shape[0]
-  variables = evaluate.init_variables(init_key(key), model, images.shape[1:])
-  params = variables["params"]
-  state = {k: v for k, v in variables.items() if k != "params"}
-  optimizer = optax.chain(
-    optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum)
+  initial = train.init_variables(init_key(key), model, images.shape[1:])
+  variables, record = train.train_epochs(
+    initial,
+    images=images,
+    targets=targets,
+    model=model,
+    epochs=epochs,
+    lr=lr,
+    batch_size=batch_size,
+    order_key=jax.random.fold_in(key, _ORDER),
+    aug_key=jax.random.fold_in(key, _AUGMENT),
+    dsa_strategy=dsa_strategy,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    keep_snapshots=True,
   )
-
-  order_key = jax.random.fold_in(key, _ORDER)
-  aug_key = jax.random.fold_in(key, _AUGMENT)
-
-  def update(grads, opt_state, params):
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
-
-  def epoch_fn(carry, epoch):
-    carry, (loss_sums, *_) = evaluate.sgd_epoch(
-      carry,
-      epoch,
-      images=images,
-      targets=targets,
-      model=model,
-      batch_size=batch_size,
-      order_key=order_key,
-      aug_key=aug_key,
-      dsa_strategy=dsa_strategy,
-      update=update,
-    )
-    return carry, (carry[0], jnp.sum(loss_sums) / num_examples)
-
-  (_, state, _), (snapshots, train_loss) = jax.lax.scan(
-    epoch_fn, (params, state, optimizer.init(params)), jnp.arange(epochs)
-  )
+  _, state = train.split_variables(variables)
   trajectory = jax.tree.map(
-    lambda first, rest: jnp.concatenate([first[None], rest]), params, snapshots
+    lambda first, rest: jnp.concatenate([first[None], rest]),
+    initial["params"],
+    record.snapshot,
   )
-  return Expert(trajectory=trajectory, state=state, train_loss=train_loss)
+  return Expert(trajectory=trajectory, state=state, train_loss=record.loss)
 
 
 def train_experts(
@@ -257,7 +242,7 @@ def train_experts(
   """
   targets = labels_lib.targets(labels, num_classes)
   width = sharding.padded_size(num_experts, mesh)
-  keys = evaluate.model_keys(key, width, first=first)
+  keys = train.model_keys(key, width, first=first)
   keys = sharding.constrain(keys, mesh, axis=0)
   experts = jax.vmap(
     lambda k: train_expert(
@@ -729,7 +714,7 @@ def _train_and_test(
   def one(key):
     expert = train_expert(key, images, targets, **kwargs)
     final = jax.tree.map(lambda t: t[-1], expert.trajectory)
-    correct = evaluate.count_correct(
+    correct = train.count_correct(
       model, {"params": final, **expert.state}, test_images, test_labels
     )
     return expert.trajectory, correct, expert.train_loss[-1]
@@ -808,7 +793,7 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
     if not missing:
       continue
     width = sharding.padded_size(len(chunk), mesh)
-    keys = evaluate.model_keys(key, width, first=chunk.start)
+    keys = train.model_keys(key, width, first=chunk.start)
     keys = sharding.put(keys, mesh, axis=0)
     start = time.perf_counter()
     compiled = _train_and_test.lower(keys, *arrays, **hparams).compile()

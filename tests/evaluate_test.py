@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lowrank_distill import evaluate, models
+from lowrank_distill import evaluate, models, train
 
 TINY = {"width": 8, "depth": 1}
 
@@ -33,21 +33,12 @@ def test_lr_schedule_decays_once_after_half():
   np.testing.assert_allclose(lrs[7:], [0.1] * 4)
 
 
-def test_epoch_batches_cover_every_example_once(key):
-  idx, mask = evaluate.epoch_batches(key, 10, 4)
-  chex.assert_shape(idx, (3, 4))
-  assert float(mask.sum()) == 10
-  assert sorted(np.asarray(idx)[np.asarray(mask) > 0].tolist()) == list(
-    range(10)
-  )
-
-
 def test_vmapped_training_equals_a_loop_over_the_same_seeds(tiny_images):
   images, labels = map(jnp.asarray, tiny_images)
   model = _tiny_model()
-  keys = evaluate.model_keys(jax.random.key(3), 3)
+  keys = train.model_keys(jax.random.key(3), 3)
 
-  def train(k):
+  def train_one(k):
     variables, _ = evaluate.train_network(
       k,
       images,
@@ -60,8 +51,8 @@ def test_vmapped_training_equals_a_loop_over_the_same_seeds(tiny_images):
     )
     return variables
 
-  vmapped = jax.jit(jax.vmap(train))(keys)
-  looped = [jax.jit(train)(keys[i]) for i in range(3)]
+  vmapped = jax.jit(jax.vmap(train_one))(keys)
+  looped = [jax.jit(train_one)(keys[i]) for i in range(3)]
   for i, one in enumerate(looped):
     chex.assert_trees_all_close(
       jax.tree.map(lambda x: x[i], vmapped), one, atol=1e-5, rtol=1e-5
@@ -220,16 +211,6 @@ def test_soft_labels_train_and_learned_lr_can_be_an_array(tiny_images):
     lr=jnp.float32(0.02),
   )
   chex.assert_tree_all_finite(result.accuracies)
-
-
-def test_count_correct_pads_the_last_batch():
-  model = _tiny_model()
-  variables = evaluate.init_variables(jax.random.key(0), model, (8, 8, 1))
-  x = jax.random.normal(jax.random.key(1), (23, 8, 8, 1))
-  predictions = jnp.argmax(model.apply(variables, x), -1)
-  labels = predictions.at[:5].set((predictions[:5] + 1) % 10)
-  got = evaluate.count_correct(model, variables, x, labels, batch_size=10)
-  assert int(got) == 18
 
 
 def test_forgetting_statistics(tiny_images):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import experts as experts_config
-from lowrank_distill import checkpoint, data, evaluate, experts, models
+from lowrank_distill import checkpoint, data, experts, models, train
 from lowrank_distill.parameterize import labels as labels_lib
 
 NUM_EXPERTS = 3
@@ -64,7 +64,7 @@ def _snapshot(tree, i, epoch):
 
 
 def _init(model, key):
-  return jax.jit(evaluate.init_variables, static_argnums=(1, 2))(
+  return jax.jit(train.init_variables, static_argnums=(1, 2))(
     key, model, (8, 8, 1)
   )
 
@@ -72,7 +72,7 @@ def _init(model, key):
 def _abstract_init(model):
   return jax.eval_shape(
     functools.partial(
-      evaluate.init_variables, model=model, image_shape=(8, 8, 1)
+      train.init_variables, model=model, image_shape=(8, 8, 1)
     ),
     jax.random.key(0),
   )

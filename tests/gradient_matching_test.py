@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import gm as gm_config
-from lowrank_distill import distill, evaluate, models, parameterize
+from lowrank_distill import distill, models, parameterize, train
 from lowrank_distill.objectives import gradient_matching as gm
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -109,7 +109,7 @@ def _matching_inputs(num_classes=3, k=2, m=6):
     jnp.eye(num_classes)[:, None], (num_classes, k, num_classes)
   )
   model = _model(num_classes=num_classes)
-  variables = evaluate.init_variables(jax.random.key(1), model, (8, 8, 1))
+  variables = train.init_variables(jax.random.key(1), model, (8, 8, 1))
   return real, targets, model, variables
 
 
@@ -189,7 +189,7 @@ def test_gradient_reaches_soft_label_logits():
 
 def test_batch_norm_statistics_are_set_from_real_data_and_then_frozen():
   model = _model("convnet_bn")
-  variables = evaluate.init_variables(jax.random.key(1), model, (8, 8, 1))
+  variables = train.init_variables(jax.random.key(1), model, (8, 8, 1))
   real = 3.0 + jax.random.normal(jax.random.key(0), (3, 6, 8, 8, 1))
   updated = gm.batch_norm_statistics(
     model, variables, real.reshape(-1, 8, 8, 1)
@@ -213,7 +213,7 @@ def test_batch_norm_statistics_are_set_from_real_data_and_then_frozen():
 
 def test_train_on_synthetic_lowers_the_loss_and_zero_epochs_is_identity():
   model = _model()
-  variables = evaluate.init_variables(jax.random.key(1), model, (8, 8, 1))
+  variables = train.init_variables(jax.random.key(1), model, (8, 8, 1))
   images = jax.random.normal(jax.random.key(0), (9, 8, 8, 1))
   targets = jax.nn.one_hot(jnp.arange(9) % 3, 3)
 

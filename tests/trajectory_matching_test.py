@@ -13,7 +13,7 @@ import pytest
 
 from configs import experts as experts_config
 from configs import tm as tm_config
-from lowrank_distill import checkpoint, distill, evaluate, experts, models
+from lowrank_distill import checkpoint, distill, experts, models, train
 from lowrank_distill.objectives import trajectory_matching as tm
 
 STRATEGY = "color_crop_cutout_scale_rotate"
@@ -33,7 +33,7 @@ def _model(**options):
 
 def _problem(dtype=jnp.float32, model=None):
   model = model or _model()
-  variables = evaluate.init_variables(jax.random.key(0), model, (8, 8, 1))
+  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
   start = jax.tree.map(lambda x: x.astype(dtype), variables["params"])
   target = jax.tree.map(
     lambda x: x + 0.05 * jax.random.normal(jax.random.key(9), x.shape, dtype),

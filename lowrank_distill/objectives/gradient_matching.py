@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lowrank_distill import augment, evaluate, sharding
+from lowrank_distill import augment, sharding, train
 from lowrank_distill.parameterize import labels as labels_lib
 
 PyTree = Any
@@ -90,12 +90,6 @@ def check_distance(name: str, *, field: str = "distill.distance") -> None:
 # The network pieces.
 
 
-def _split(variables):
-  params = variables["params"]
-  state = {k: v for k, v in variables.items() if k != "params"}
-  return params, state
-
-
 def _mean_loss(model, params, state, images, targets, *, train: bool):
   """Mean cross-entropy of `model` on a batch; running stats untouched."""
   logits = model.apply({"params": params, **state}, images, train=train)
@@ -161,10 +155,13 @@ def matching_loss(
   """
   check_distance(distance)
   distance_fn = DISTANCES[distance]
-  params, state = _split(jax.lax.stop_gradient(variables))
+  params, state = train.split_variables(
+    jax.lax.stop_gradient(variables)
+  )
   num_classes = syn_images.shape[0]
-  train = "batch_stats" not in state
-  grad_fn = jax.grad(functools.partial(_mean_loss, model, train=train))
+  # BatchNorm networks are matched in eval mode, as the reference does.
+  train_mode = "batch_stats" not in state
+  grad_fn = jax.grad(functools.partial(_mean_loss, model, train=train_mode))
   ops = augment.parse_strategy(dsa_strategy)
 
   def class_distance(args):
@@ -224,32 +221,17 @@ def train_on_synthetic(
   Returns:
     The trained variables.
   """
-  if epochs == 0:
-    return variables
-  images = jax.lax.stop_gradient(images)
-  targets = jax.lax.stop_gradient(targets)
   order_key, aug_key = jax.random.split(key)
-
-  def update(grads, opt_state, params):
-    return jax.tree.map(lambda p, g: p - lr * g, params, grads), opt_state
-
-  def epoch(carry, e):
-    carry, _ = evaluate.sgd_epoch(
-      carry,
-      e,
-      images=images,
-      targets=targets,
-      model=model,
-      batch_size=batch_size,
-      order_key=order_key,
-      aug_key=aug_key,
-      dsa_strategy=dsa_strategy,
-      update=update,
-    )
-    return carry, None
-
-  params, state = _split(variables)
-  (params, state, _), _ = jax.lax.scan(
-    epoch, (params, state, ()), jnp.arange(epochs)
+  variables, _ = train.train_epochs(
+    variables,
+    images=jax.lax.stop_gradient(images),
+    targets=jax.lax.stop_gradient(targets),
+    model=model,
+    epochs=epochs,
+    lr=lr,
+    batch_size=batch_size,
+    order_key=order_key,
+    aug_key=aug_key,
+    dsa_strategy=dsa_strategy,
   )
-  return {"params": params, **state}
+  return variables

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import ad_checkpoint
 
-from lowrank_distill import augment, evaluate, sharding
+from lowrank_distill import augment, sharding, train
 
 PyTree = Any
 START_SCHEDULES = ("uniform", "progressive")
@@ -49,7 +49,7 @@ def student_batches(key, num_images: int, *, batch_size: int, steps: int):
   per_epoch = math.ceil(num_images / batch_size)
   epochs = math.ceil(steps / per_epoch)
   idx, mask = jax.vmap(
-    lambda k: evaluate.epoch_batches(k, num_images, batch_size)
+    lambda k: train.epoch_batches(k, num_images, batch_size)
   )(jax.random.split(key, max(epochs, 1)))
   idx = idx.reshape(-1, batch_size)[:steps]
   mask = mask.reshape(-1, batch_size)[:steps]
@@ -131,7 +131,7 @@ def unroll(
 
   def loss_fn(params, x, y, m):
     # The running statistics a BatchNorm student updates are discarded.
-    return evaluate.masked_cross_entropy(model, params, model_state, x, y, m)[0]
+    return train.masked_cross_entropy(model, params, model_state, x, y, m)[0]
 
   def body(params, batch):
     i, batch_idx, batch_mask = batch

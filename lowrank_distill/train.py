@@ -1,0 +1,321 @@
+"""Minibatch SGD on a set of images: the trainer below every method.
+
+Evaluation (`evaluate.train_network`), expert training
+(`experts.train_expert`) and gradient matching's inner loop
+(`objectives.gradient_matching.train_on_synthetic`) all train through
+`train_epochs`; trajectory matching's student steps share `epoch_batches`
+and `masked_cross_entropy`. Everything here is pure and traceable: jit or
+vmap it where it is used.
+
+SGD is `torch.optim.SGD` as the reference codes use it: L2 weight decay
+added to the gradient, then momentum (a trace), then `p - lr * u`.
+"""
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lowrank_distill import augment
+from lowrank_distill.parameterize import labels as labels_lib
+
+PyTree = Any
+
+
+def split_variables(variables: PyTree) -> tuple[PyTree, dict]:
+  """Flax variables -> (params, the other collections, e.g. batch_stats)."""
+  state = {k: v for k, v in variables.items() if k != "params"}
+  return variables["params"], state
+
+
+def init_variables(key, model, image_shape: Sequence[int]) -> PyTree:
+  """Flax variables of `model` for one image of `image_shape` (h, w, c)."""
+  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))
+
+
+def model_keys(key, num_models: int, *, first: int = 0):
+  """Keys of models first..first+num_models-1; each is fold_in(key, index)."""
+  return keys_at(key, np.arange(first, first + num_models))
+
+
+def keys_at(key, indices):
+  """[len(indices)] keys: model i's is fold_in(key, i)."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(indices))
+
+
+def epoch_batches(key, num_examples: int, batch_size: int):
+  """A fresh permutation split into fixed-shape batches with a validity mask.
+
+  Returns:
+    indices: [steps, batch] int32, mask: [steps, batch] float32, where
+    steps = ceil(num_examples / batch) and the last batch is partial, as a
+    PyTorch DataLoader without drop_last.
+  """
+  steps = math.ceil(num_examples / batch_size)
+  padded = steps * batch_size
+  perm = jax.random.permutation(key, num_examples)
+  perm = jnp.concatenate(
+    [perm, jnp.zeros((padded - num_examples,), perm.dtype)]
+  )
+  mask = (jnp.arange(padded) < num_examples).astype(jnp.float32)
+  return (
+    perm.reshape(steps, batch_size).astype(jnp.int32),
+    mask.reshape(steps, batch_size),
+  )
+
+
+def masked_cross_entropy(model, params, state, images, targets, mask):
+  """Mean cross-entropy over the valid rows of a padded batch, train mode.
+
+  Args:
+    model: a Linen module.
+    params: its parameters.
+    state: its other collections (e.g. BatchNorm statistics, updated as in
+      train mode), possibly empty.
+    images: [b, h, w, c] images.
+    targets: [b, C] target probabilities.
+    mask: [b], 1 for valid rows, 0 for padding.
+
+  Returns:
+    (loss, (new_state, correct)), correct [b] bool: the argmax of the logits
+    is the argmax of the targets.
+  """
+  variables = {"params": params, **state}
+  if state:
+    logits, state = model.apply(
+      variables, images, train=True, mutable=list(state)
+    )
+  else:
+    logits = model.apply(variables, images, train=True)
+  losses = labels_lib.soft_cross_entropy(logits, targets)
+  correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
+  return jnp.sum(losses * mask) / jnp.sum(mask), (state, correct)
+
+
+def sgd_epoch(
+  carry,
+  epoch,
+  *,
+  images,
+  targets,
+  model,
+  batch_size: int,
+  order_key,
+  aug_key,
+  dsa_strategy: str,
+  update,
+):
+  """One epoch of minibatch SGD: the loop every network here trains with.
+
+  The epoch visits `epoch_batches(fold_in(order_key, epoch), ...)`; the
+  batch at global step `s` (counting from epoch 0's first batch) gets
+  per-sample (non-siamese) DSA under `fold_in(aug_key, s)`.
+
+  Args:
+    carry: (params, state, opt_state).
+    epoch: the epoch's index, traced or not.
+    images: [n, h, w, c] training images.
+    targets: [n, C] target probabilities.
+    model: a Linen module.
+    batch_size: minibatch size (at most n is used); the last batch may be
+      partial.
+    order_key: the data order's key.
+    aug_key: the augmentation's key.
+    dsa_strategy: DSA strategy string or 'none'.
+    update: `(grads, opt_state, params) -> (params, opt_state)`.
+
+  Returns:
+    (carry, per_step): per_step = (loss_sums [steps], indices [steps, b],
+    mask [steps, b], correct [steps, b] bool), a batch's loss sum being its
+    mean loss times its number of valid rows.
+  """
+  augmented = bool(augment.parse_strategy(dsa_strategy))
+  num_examples = images.shape[0]
+  indices, mask = epoch_batches(
+    jax.random.fold_in(order_key, epoch),
+    num_examples,
+    min(batch_size, num_examples),
+  )
+  steps_per_epoch = indices.shape[0]
+  grad_fn = jax.value_and_grad(
+    functools.partial(masked_cross_entropy, model), has_aux=True
+  )
+
+  def step(carry, batch):
+    params, state, opt_state = carry
+    step_in_epoch, idx, valid = batch
+    x = images[idx]
+    if augmented:
+      x = augment.augment(
+        jax.random.fold_in(aug_key, epoch * steps_per_epoch + step_in_epoch),
+        x,
+        strategy=dsa_strategy,
+        siamese=False,
+      )
+    (loss, (state, correct)), grads = grad_fn(
+      params, state, x, targets[idx], valid
+    )
+    params, opt_state = update(grads, opt_state, params)
+    return (params, state, opt_state), (loss * jnp.sum(valid), correct)
+
+  carry, (loss_sums, correct) = jax.lax.scan(
+    step, carry, (jnp.arange(steps_per_epoch), indices, mask)
+  )
+  return carry, (loss_sums, indices, mask, correct)
+
+
+def sgd(*, momentum: float, weight_decay: float):
+  """`torch.optim.SGD`'s direction (weight decay, then momentum), no lr.
+
+  Returns:
+    An optax transformation, or None for plain SGD (no momentum, no decay:
+    the update is the gradient and no optimiser state is kept).
+  """
+  if momentum == 0.0 and weight_decay == 0.0:
+    return None
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum)
+  )
+
+
+class EpochRecord(NamedTuple):
+  """What `train_epochs` returns per epoch, stacked over epochs.
+
+  loss: [E] the epoch's mean training loss over its examples.
+  snapshot: the params after each epoch (leaves [E, ...]), or None.
+  indices, mask, correct: [E, steps, b] each batch's example indices,
+    validity and whether its prediction was correct (before the update),
+    or None.
+  """
+
+  loss: jax.Array
+  snapshot: PyTree | None
+  indices: jax.Array | None
+  mask: jax.Array | None
+  correct: jax.Array | None
+
+
+def train_epochs(
+  variables,
+  *,
+  images,
+  targets,
+  model,
+  epochs: int,
+  lr: float | jax.Array | Callable[[jax.Array], jax.Array],
+  batch_size: int,
+  order_key,
+  aug_key,
+  dsa_strategy: str = "none",
+  momentum: float = 0.0,
+  weight_decay: float = 0.0,
+  restart_momentum_at: int | None = None,
+  keep_snapshots: bool = False,
+  keep_batches: bool = False,
+) -> tuple[PyTree, EpochRecord]:
+  """Trains `variables` for `epochs` epochs of minibatch SGD (`sgd_epoch`).
+
+  Args:
+    variables: the network's Flax variables (params and e.g. batch_stats).
+    images: [n, h, w, c] training images.
+    targets: [n, C] target probabilities.
+    model: a Linen module.
+    epochs: the number of epochs E (0: `variables` are returned unchanged).
+    lr: the learning rate: a float, a traced scalar, or a function of the
+      (traced) epoch index for a schedule.
+    batch_size: minibatch size (at most n is used); the last batch of an
+      epoch may be partial.
+    order_key: the data order's key (`fold_in(order_key, epoch)` an epoch).
+    aug_key: the augmentation's key (`fold_in(aug_key, step)` a batch).
+    dsa_strategy: DSA strategy string or 'none' (per-sample DSA).
+    momentum: SGD momentum.
+    weight_decay: L2 coefficient added to the gradient.
+    restart_momentum_at: the epoch at whose start the momentum buffer is
+      zeroed (a new optimiser, as the reference's lr decay builds), or None.
+    keep_snapshots: record the params after every epoch.
+    keep_batches: record every batch's indices, mask and correctness.
+
+  Returns:
+    (variables, record): the trained variables and the `EpochRecord`.
+  """
+  lr_at = lr if callable(lr) else (lambda _: lr)
+  optimizer = sgd(momentum=momentum, weight_decay=weight_decay)
+  params, state = split_variables(variables)
+  opt_state = () if optimizer is None else optimizer.init(params)
+  num_examples = images.shape[0]
+
+  def epoch_fn(carry, epoch):
+    params, state, opt_state = carry
+    if restart_momentum_at is not None:
+      restart = epoch == restart_momentum_at
+      opt_state = jax.tree.map(
+        lambda t: jnp.where(restart, jnp.zeros_like(t), t), opt_state
+      )
+    epoch_lr = lr_at(epoch)
+
+    def update(grads, opt_state, params):
+      if optimizer is not None:
+        grads, opt_state = optimizer.update(grads, opt_state, params)
+      params = jax.tree.map(lambda p, u: p - epoch_lr * u, params, grads)
+      return params, opt_state
+
+    carry, (loss_sums, indices, mask, correct) = sgd_epoch(
+      (params, state, opt_state),
+      epoch,
+      images=images,
+      targets=targets,
+      model=model,
+      batch_size=batch_size,
+      order_key=order_key,
+      aug_key=aug_key,
+      dsa_strategy=dsa_strategy,
+      update=update,
+    )
+    batches = (indices, mask, correct) if keep_batches else (None,) * 3
+    record = EpochRecord(
+      jnp.sum(loss_sums) / num_examples,
+      carry[0] if keep_snapshots else None,
+      *batches,
+    )
+    return carry, record
+
+  (params, state, _), record = jax.lax.scan(
+    epoch_fn, (params, state, opt_state), jnp.arange(epochs)
+  )
+  return {"params": params, **state}, record
+
+
+def count_correct(model, variables, images, labels, *, batch_size: int = 500):
+  """Number of correctly classified images, in bounded-memory batches.
+
+  Args:
+    model: a Linen module.
+    variables: its Flax variables (eval mode: BatchNorm running averages).
+    images: [m, h, w, c]; labels: [m] int.
+    batch_size: images per forward pass (bounds activation memory).
+
+  Returns:
+    A scalar int32.
+  """
+  num = images.shape[0]
+  batch_size = min(batch_size, num)
+  steps = math.ceil(num / batch_size)
+  pad = steps * batch_size - num
+  images = jnp.concatenate(
+    [images, jnp.zeros((pad, *images.shape[1:]), images.dtype)]
+  ).reshape(steps, batch_size, *images.shape[1:])
+  labels = jnp.concatenate([labels, jnp.full((pad,), -1, labels.dtype)])
+  labels = labels.reshape(steps, batch_size)
+
+  def body(total, batch):
+    x, y = batch
+    pred = jnp.argmax(model.apply(variables, x, train=False), axis=-1)
+    return total + jnp.sum(pred == y), None
+
+  total, _ = jax.lax.scan(body, jnp.int32(0), (images, labels))
+  return total

@@ -1,0 +1,293 @@
+"""Tests of the shared SGD trainer (lowrank_distill.train)."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from lowrank_distill import models, train
+
+
+def _model(norm="instance"):
+  return models.create(
+    "convnet",
+    num_classes=10,
+    image_shape=(8, 8, 1),
+    width=8,
+    depth=1,
+    norm=norm,
+  )
+
+
+def _problem(n=20):
+  images = jax.random.normal(jax.random.key(5), (n, 8, 8, 1))
+  targets = jax.nn.one_hot(jnp.arange(n) % 10, 10)
+  return images, targets
+
+
+def test_epoch_batches_cover_every_example_once(key):
+  idx, mask = train.epoch_batches(key, 10, 4)
+  chex.assert_shape(idx, (3, 4))
+  assert float(mask.sum()) == 10
+  assert sorted(np.asarray(idx)[np.asarray(mask) > 0].tolist()) == list(
+    range(10)
+  )
+
+
+def test_masked_cross_entropy_ignores_padding_rows():
+  model = _model()
+  images, targets = _problem(6)
+  params, state = train.split_variables(
+    train.init_variables(jax.random.key(0), model, (8, 8, 1))
+  )
+  padded_images = jnp.concatenate([images, 100.0 * images[:2]])
+  padded_targets = jnp.concatenate([targets, targets[:2][:, ::-1]])
+  mask = jnp.array([1.0] * 6 + [0.0] * 2)
+  full, _ = train.masked_cross_entropy(
+    model, params, state, images, targets, jnp.ones(6)
+  )
+  masked, (_, correct) = train.masked_cross_entropy(
+    model, params, state, padded_images, padded_targets, mask
+  )
+  np.testing.assert_allclose(masked, full, rtol=1e-6)
+  chex.assert_shape(correct, (8,))
+
+
+def test_count_correct_pads_the_last_batch():
+  model = _model()
+  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
+  x = jax.random.normal(jax.random.key(1), (23, 8, 8, 1))
+  predictions = jnp.argmax(model.apply(variables, x), -1)
+  labels = predictions.at[:5].set((predictions[:5] + 1) % 10)
+  got = train.count_correct(model, variables, x, labels, batch_size=10)
+  assert int(got) == 18
+
+
+def test_model_keys_are_fold_ins_of_their_index():
+  key = jax.random.key(7)
+  keys = train.model_keys(key, 3, first=4)
+  for i, k in enumerate(keys):
+    np.testing.assert_array_equal(
+      jax.random.key_data(k),
+      jax.random.key_data(jax.random.fold_in(key, 4 + i)),
+    )
+
+
+class SgdEpochTest(parameterized.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_one_epoch_visits_every_example_and_updates(self):
+    model = _model("batch")
+    images, targets = _problem(10)
+    params, state = train.split_variables(
+      train.init_variables(jax.random.key(0), model, (8, 8, 1))
+    )
+
+    def update(grads, opt_state, params):
+      new = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+      return new, opt_state + 1
+
+    @self.variant
+    def epoch(carry):
+      return train.sgd_epoch(
+        carry,
+        0,
+        images=images,
+        targets=targets,
+        model=model,
+        batch_size=4,
+        order_key=jax.random.key(1),
+        aug_key=jax.random.key(2),
+        dsa_strategy="color_crop_cutout_scale_rotate",
+        update=update,
+      )
+
+    (new_params, new_state, steps), (loss_sums, idx, mask, correct) = epoch(
+      (params, state, jnp.int32(0))
+    )
+    assert int(steps) == 3
+    chex.assert_shape([loss_sums, idx, mask, correct], [(3,), *[(3, 4)] * 3])
+    assert sorted(np.asarray(idx)[np.asarray(mask) > 0].tolist()) == list(
+      range(10)
+    )
+    chex.assert_tree_all_finite((new_params, new_state, loss_sums))
+    chex.assert_trees_all_equal_structs(new_params, params)
+    # BatchNorm statistics moved in train mode.
+    assert not np.allclose(
+      jax.tree.leaves(new_state)[0], jax.tree.leaves(state)[0]
+    )
+
+
+def _reference_sgd(
+  variables,
+  images,
+  targets,
+  model,
+  *,
+  epochs,
+  lr_at,
+  batch_size,
+  order_key,
+  momentum,
+  weight_decay,
+  restart_at=None,
+):
+  """torch.optim.SGD's steps, written out one batch at a time (no DSA)."""
+  params, state = train.split_variables(variables)
+  buffer = None
+  grad_fn = jax.jit(
+    jax.grad(
+      lambda p, s, x, y, m: train.masked_cross_entropy(model, p, s, x, y, m),
+      has_aux=True,
+    )
+  )
+  n = images.shape[0]
+  for epoch in range(epochs):
+    if epoch == restart_at:
+      buffer = None
+    idx, mask = train.epoch_batches(
+      jax.random.fold_in(order_key, epoch), n, min(batch_size, n)
+    )
+    for b in range(idx.shape[0]):
+      grads, (state, _) = grad_fn(
+        params, state, images[idx[b]], targets[idx[b]], mask[b]
+      )
+      grads = jax.tree.map(lambda g, p: g + weight_decay * p, grads, params)
+      buffer = (
+        grads
+        if buffer is None
+        else jax.tree.map(lambda t, g: momentum * t + g, buffer, grads)
+      )
+      params = jax.tree.map(lambda p, u: p - lr_at(epoch) * u, params, buffer)
+  return {"params": params, **state}
+
+
+@pytest.mark.parametrize(
+  "settings",
+  [
+    dict(momentum=0.0, weight_decay=0.0),
+    dict(momentum=0.9, weight_decay=5e-4),
+    dict(momentum=0.5, weight_decay=0.0, restart_at=2),
+  ],
+  ids=["plain", "momentum_decay", "restart"],
+)
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_train_epochs_follows_torch_sgd(settings, norm):
+  model = _model(norm)
+  images, targets = _problem(10)
+  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
+  order_key = jax.random.key(1)
+  restart_at = settings.pop("restart_at", None)
+
+  def lr_at(epoch):
+    return jnp.where(epoch >= 2, 0.01, 0.05)
+
+  got, record = jax.jit(
+    functools.partial(
+      train.train_epochs,
+      images=images,
+      targets=targets,
+      model=model,
+      epochs=3,
+      lr=lr_at,
+      batch_size=4,
+      order_key=order_key,
+      aug_key=jax.random.key(2),
+      restart_momentum_at=restart_at,
+      **settings,
+    )
+  )(variables)
+  want = _reference_sgd(
+    variables,
+    images,
+    targets,
+    model,
+    epochs=3,
+    lr_at=lr_at,
+    batch_size=4,
+    order_key=order_key,
+    restart_at=restart_at,
+    **settings,
+  )
+  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+  chex.assert_shape(record.loss, (3,))
+  assert record.snapshot is None and record.indices is None
+
+
+def test_momentum_restart_changes_the_result():
+  model = _model()
+  images, targets = _problem(10)
+  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
+  run = functools.partial(
+    train.train_epochs,
+    variables,
+    images=images,
+    targets=targets,
+    model=model,
+    epochs=3,
+    lr=0.05,
+    batch_size=4,
+    order_key=jax.random.key(1),
+    aug_key=jax.random.key(2),
+    momentum=0.9,
+  )
+  kept, _ = run()
+  restarted, _ = run(restart_momentum_at=2)
+  assert not np.allclose(
+    jax.tree.leaves(kept)[0], jax.tree.leaves(restarted)[0]
+  )
+
+
+def test_records_snapshots_losses_and_batches():
+  model = _model()
+  images, targets = _problem(10)
+  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
+  final, record = train.train_epochs(
+    variables,
+    images=images,
+    targets=targets,
+    model=model,
+    epochs=2,
+    lr=0.05,
+    batch_size=4,
+    order_key=jax.random.key(1),
+    aug_key=jax.random.key(2),
+    dsa_strategy="color_crop_cutout_scale_rotate",
+    keep_snapshots=True,
+    keep_batches=True,
+  )
+  chex.assert_trees_all_equal(
+    jax.tree.map(lambda x: x[-1], record.snapshot), final["params"]
+  )
+  chex.assert_shape(record.loss, (2,))
+  chex.assert_shape(
+    [record.indices, record.mask, record.correct], [(2, 3, 4)] * 3
+  )
+  assert np.all(np.asarray(record.loss) > 0)
+
+
+def test_zero_epochs_return_the_variables():
+  model = _model("batch")
+  images, targets = _problem(10)
+  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
+  got, record = train.train_epochs(
+    variables,
+    images=images,
+    targets=targets,
+    model=model,
+    epochs=0,
+    lr=0.05,
+    batch_size=4,
+    order_key=jax.random.key(1),
+    aug_key=jax.random.key(2),
+  )
+  chex.assert_trees_all_equal(got, variables)
+  chex.assert_shape(record.loss, (0,))
+
+
+def test_plain_sgd_keeps_no_optimiser_state():
+  assert train.sgd(momentum=0.0, weight_decay=0.0) is None
+  assert train.sgd(momentum=0.9, weight_decay=0.0) is not None
