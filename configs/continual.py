@@ -34,11 +34,13 @@ with DM above herding and random at every step and LoDM above DM. Our
 MNIST benchmark (benchmarks/continual_mnist.sh) is a CPU-sized version.
 """
 
+from configs import common
 from configs import dm as dm_config
 from configs import experts as experts_config
 from configs import gm as gm_config
 from configs import tm as tm_config
-from lowrank_distill import config_utils, distill
+from lowrank_distill import config_utils
+from lowrank_distill.objectives import trajectory_matching
 
 
 def _coreset(method: str):
@@ -86,7 +88,12 @@ def _tm(variant: str):
     )
     if not arg.expert_epochs:
       # Enough snapshots for every start epoch the distillation can draw.
-      _, needed = distill.tm_window(config)
+      _, needed = trajectory_matching.snapshot_window(
+        schedule=config.distill.start,
+        max_start=config.distill.max_start,
+        delta=config.distill.start_delta,
+        expert_epochs=config.distill.expert_epochs,
+      )
       experts.experts.epochs = max(experts.experts.epochs, needed - 1)
     return dict(kind="trajectory", experts=experts, config=config)
 
@@ -137,9 +144,7 @@ def get_config(arg=None):
   config = config_utils.base_config(
     dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
   )
-  config.eval.dsa_strategy = dm_config.DSA_STRATEGY.get(
-    arg.dataset, "color_crop_cutout_flip_scale_rotate"
-  )
+  config.eval.dsa_strategy = common.dsa_strategy(arg.dataset)
   config.continual = dict(
     methods=methods,
     orders=list(range(1 if arg.runlocal else arg.orders)),

@@ -13,6 +13,7 @@ random 64.9 (IPC 1) / 95.1 (IPC 10) / 97.9 (IPC 50); herding 89.2 / 93.7 /
 herding 21.5 / 31.6 / 40.4.
 """
 
+from configs import common
 from lowrank_distill import config_utils
 
 
@@ -28,6 +29,8 @@ def get_config(arg=None):
   config = config_utils.base_config(
     dataset=arg.dataset, dsa=arg.dsa, runlocal=arg.runlocal
   )
+  if arg.dsa:
+    config.eval.dsa_strategy = common.dsa_strategy(arg.dataset)
   config.coreset = dict(
     method=arg.method,
     ipc=arg.ipc,

@@ -22,6 +22,7 @@ IPC 10 -> 17 images at rank 8; published MNIST 91.2 / 97.7 (vs DM 89.7 /
 CPU cores: 1,000 iterations, 128 real images per class, no flip in DSA.
 """
 
+from configs import common
 from lowrank_distill import config_utils
 
 # Default rank of the low-rank parameterizations, by (dataset, ipc): the
@@ -37,13 +38,6 @@ RANKS = {
   ("cifar100", 10): 8,
 }
 DEFAULT_RANK = 2
-# Digit datasets get no horizontal flip.
-DSA_NO_FLIP = "color_crop_cutout_scale_rotate"
-DSA_STRATEGY = {
-  "digits": DSA_NO_FLIP,
-  "mnist": DSA_NO_FLIP,
-  "svhn_cropped": DSA_NO_FLIP,
-}
 
 
 def get_config(arg=None):
@@ -62,7 +56,7 @@ def get_config(arg=None):
     dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
   )
   config.method = "dm"
-  dsa = DSA_STRATEGY.get(arg.dataset, "color_crop_cutout_flip_scale_rotate")
+  dsa = common.dsa_strategy(arg.dataset)
   config.eval.dsa_strategy = dsa
   config.synset = dict(
     param=arg.param,

@@ -38,15 +38,9 @@ Settings sized for a CPU:
       --config.dataset.source=idx --config.dataset.path=../shared/datasets/mnist
 """
 
+from configs import common
 from lowrank_distill import config_utils
 
-# Digit datasets get no horizontal flip.
-DSA_NO_FLIP = "color_crop_cutout_scale_rotate"
-DSA_STRATEGY = {
-  "digits": DSA_NO_FLIP,
-  "mnist": DSA_NO_FLIP,
-  "svhn_cropped": DSA_NO_FLIP,
-}
 # MTT whitens the CIFAR datasets (eps 0.1 on [0, 1] images).
 ZCA = {"cifar10": "mtt", "cifar100": "mtt"}
 # (num_experts, epochs, experts_in_parallel) by dataset; others: published.
@@ -81,7 +75,7 @@ def get_config(arg=None):
   config.dataset.zca = ZCA.get(arg.dataset, "none")
   if not arg.runlocal:
     config.model.options.update(MODEL_OPTIONS.get(arg.dataset, {}))
-  dsa = DSA_STRATEGY.get(arg.dataset, "color_crop_cutout_flip_scale_rotate")
+  dsa = common.dsa_strategy(arg.dataset)
   config.eval.dsa_strategy = dsa
   num_experts, epochs, in_parallel = (
     RUNLOCAL if arg.runlocal else SETTINGS.get(arg.dataset, PUBLISHED)

@@ -30,6 +30,7 @@ An IPC outside the loop table leaves `distill.outer_loop` and
 CPU cores.
 """
 
+from configs import common
 from configs import dm as dm_config
 from lowrank_distill import config_utils
 
@@ -67,9 +68,7 @@ def get_config(arg=None):
     dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
   )
   config.method = "gm"
-  dsa = dm_config.DSA_STRATEGY.get(
-    arg.dataset, "color_crop_cutout_flip_scale_rotate"
-  )
+  dsa = common.dsa_strategy(arg.dataset)
   config.eval.dsa_strategy = dsa
   config.synset = dict(
     param=arg.param,

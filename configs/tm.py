@@ -37,6 +37,7 @@ setting for the same dataset matches.
 
 import ml_collections
 
+from configs import common
 from configs import experts as experts_config
 from lowrank_distill import config_utils
 
@@ -110,7 +111,6 @@ RANKS = {"factors": 2, "mappers": 8}
 NUM_SETS = 4
 RANK_BY_DATASET = {("digits", "mappers"): 2, ("digits", "factors"): 2}
 ZCA = experts_config.ZCA
-DSA_STRATEGY = experts_config.DSA_STRATEGY
 
 
 def settings(dataset: str, ipc: int, variant: str) -> dict:
@@ -152,7 +152,7 @@ def get_config(arg=None):
     config.model.options.update(
       experts_config.MODEL_OPTIONS.get(arg.dataset, {})
     )
-  dsa = DSA_STRATEGY.get(arg.dataset, "color_crop_cutout_flip_scale_rotate")
+  dsa = common.dsa_strategy(arg.dataset)
   config.eval.dsa_strategy = dsa
   config.method = "tm"
   param = variant["param"]

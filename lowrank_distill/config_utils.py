@@ -6,6 +6,8 @@
 
 import ml_collections
 
+from lowrank_distill import augment
+
 EVAL_EPOCHS_WITH_DSA = 1000
 EVAL_EPOCHS_WITHOUT_DSA = 300
 
@@ -71,7 +73,7 @@ def eval_config(
       "batch_size": 256,
       "momentum": 0.9,
       "weight_decay": 5e-4,
-      "dsa_strategy": "color_crop_cutout_flip_scale_rotate" if dsa else "none",
+      "dsa_strategy": augment.DEFAULT_STRATEGY if dsa else "none",
       "models_per_batch": 0,
       "test_batch_size": 500,
     }

@@ -1,16 +1,20 @@
 """Tests of config helpers and of every configs/*.py file."""
 
 import importlib
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
-from lowrank_distill import config_utils, distill
+from lowrank_distill import augment, config_utils, distill
 
+# Every config file (configs/common.py holds shared settings, no config).
 CONFIGS = sorted(
   p.stem
   for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
-  if p.stem != "__init__"
+  if p.stem not in ("__init__", "common")
 )
 
 
@@ -114,3 +118,46 @@ def test_dm_config_holds_the_published_settings():
   assert config.distill.batch_real == 256
   assert config.synset.init == "real" and config.synset.rank == 8
   assert config.eval.epochs == 1000
+
+
+def test_configs_import_no_run_module():
+  code = (
+    "import sys, importlib\n"
+    "for name in ('dm', 'gm', 'tm', 'experts', 'coreset', 'continual', "
+    "'evaluate'):\n"
+    "  importlib.import_module('configs.' + name)\n"
+    "runs = ('distill', 'continual', 'experts', 'evaluate', 'coreset', "
+    "'checkpoint')\n"
+    "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+    "[['lowrank_distill', r] for r in runs]))\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=pathlib.Path(__file__).resolve().parents[1],
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+  )
+  assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["dm", "gm", "tm", "experts", "continual"])
+def test_digit_datasets_get_dsa_without_flip(name):
+  from configs import common
+
+  module = importlib.import_module(f"configs.{name}")
+  for dataset, strategy in (("mnist", common.DSA_NO_FLIP), ("cifar10", None)):
+    config = module.get_config(f"dataset={dataset}")
+    assert config.eval.dsa_strategy == (strategy or augment.DEFAULT_STRATEGY)
+    if "experts" in config and "dsa_strategy" in config.experts:
+      assert config.experts.dsa_strategy == config.eval.dsa_strategy
+
+
+def test_coreset_evaluates_with_the_dataset_dsa_strategy():
+  from configs import common, coreset
+
+  config = coreset.get_config("dataset=mnist,dsa=true")
+  assert config.eval.dsa_strategy == common.DSA_NO_FLIP
+  assert coreset.get_config("dataset=mnist").eval.dsa_strategy == "none"
