@@ -424,15 +424,14 @@ def _tm_check_inputs(config) -> None:
 
 
 def tm_window(config) -> tuple[int, int]:
-  """(snapshots the run reads from epoch 0, the fewest it needs)."""
+  """`trajectory_matching.snapshot_window` of a run's config."""
   cfg = config.distill
-  if cfg.start == "uniform":
-    last = cfg.max_start - 1
-    needed = last + cfg.expert_epochs + 1
-    return needed, needed
-  last = math.floor(cfg.max_start + cfg.start_delta)
-  # Progressive starts are clipped to the buffer: one target is enough.
-  return last + cfg.expert_epochs + 1, cfg.expert_epochs + 1
+  return trajectory_matching.snapshot_window(
+    schedule=cfg.start,
+    max_start=cfg.max_start,
+    delta=cfg.start_delta,
+    expert_epochs=cfg.expert_epochs,
+  )
 
 
 def _tm_buffer(plan: Plan, config):

@@ -177,6 +177,30 @@ def test_progressive_start_grows_and_stays_in_range():
   assert starts.min() >= 9 and starts.max() <= 12
 
 
+@pytest.mark.parametrize(
+  "schedule, max_start, delta, expected",
+  [("uniform", 20, 0.0, (22, 22)), ("progressive", 20, 2.5, (25, 3))],
+)
+def test_snapshot_window_covers_every_drawable_target(
+  schedule, max_start, delta, expected
+):
+  window = tm.snapshot_window(
+    schedule=schedule, max_start=max_start, delta=delta, expert_epochs=2
+  )
+  assert window == expected
+  # The last start a run can draw, with its target, fits the window read.
+  last = max_start - 1 if schedule == "uniform" else int(max_start + delta)
+  low, high = tm.start_range(
+    100,
+    schedule=schedule,
+    iterations=100,
+    max_start=max_start,
+    delta=delta,
+    last_start=10**6,
+  )
+  assert high == last and high + 2 + 1 == window[0]
+
+
 def test_unknown_start_schedule_lists_the_valid_ones():
   with pytest.raises(ValueError, match="uniform.*progressive"):
     tm.check_start_schedule("cosine")

@@ -231,6 +231,25 @@ def start_range(
   return low, high
 
 
+def snapshot_window(
+  *, schedule: str, max_start: int, delta: float, expert_epochs: int
+) -> tuple[int, int]:
+  """(snapshots a run reads from epoch 0, the fewest a buffer must hold).
+
+  'uniform' draws every start in `[0, max_start - 1]`, each with its target
+  `expert_epochs` later: both are `max_start + expert_epochs`. 'progressive'
+  reads up to `floor(max_start + delta) + expert_epochs + 1` snapshots, but
+  its starts are clipped to the buffer (`start_range`), so one target,
+  `expert_epochs + 1` snapshots, is enough.
+  """
+  check_start_schedule(schedule)
+  if schedule == "uniform":
+    needed = max_start - 1 + expert_epochs + 1
+    return needed, needed
+  last = math.floor(max_start + delta)
+  return last + expert_epochs + 1, expert_epochs + 1
+
+
 def sample_starts(
   rng: np.random.Generator,
   iteration: int,
