@@ -693,11 +693,6 @@ def check_workdir(workdir, config) -> None:
   )
 
 
-def step_key(stream, *, order: int, step: int):
-  """The key of one (order seed, step) of a stream; shared by the methods."""
-  return jax.random.fold_in(jax.random.fold_in(stream, order), step)
-
-
 def step_dir(workdir, *, order: int, step: int, method: str) -> pathlib.Path:
   """Where one (order seed, step from 1, method) keeps its files."""
   return pathlib.Path(workdir) / f"order_{order}" / f"step_{step}" / method
