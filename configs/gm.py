@@ -32,7 +32,7 @@ CPU cores.
 
 from configs import common
 from configs import dm as dm_config
-from lowrank_distill import config_utils
+from lowrank_distill import checks, config_utils
 
 # (outer_loop, inner_loop) by IPC (the storage budget in images per class).
 LOOPS = {
@@ -60,10 +60,7 @@ def get_config(arg=None):
     iterations=0,
     runlocal=False,
   )
-  if arg.method not in METHODS:
-    raise ValueError(
-      f"method {arg.method!r} is not known; valid: {list(METHODS)}"
-    )
+  checks.check_choice("config arg method", arg.method, METHODS)
   config = config_utils.base_config(
     dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
   )

@@ -39,7 +39,7 @@ import ml_collections
 
 from configs import common
 from configs import experts as experts_config
-from lowrank_distill import config_utils
+from lowrank_distill import checks, config_utils
 
 # MTT keeps `ipc` full images: with its learned lr (one float) they exceed
 # the same-memory budget by that float, so it counts as same-images.
@@ -138,10 +138,7 @@ def get_config(arg=None):
     iterations=0,
     runlocal=False,
   )
-  if arg.variant not in VARIANTS:
-    raise ValueError(
-      f"variant {arg.variant!r} is not known; valid: {list(VARIANTS)}"
-    )
+  checks.check_choice("config arg variant", arg.variant, VARIANTS)
   variant = VARIANTS[arg.variant]
   row = settings(arg.dataset, arg.ipc, arg.variant)
   config = config_utils.base_config(

@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from lowrank_distill import checks
+
 # Default plot size in pixels (width, height) and resolution.
 PLOT_SIZE = (640, 480)
 DPI = 100
@@ -393,10 +395,7 @@ def project_features(
   Returns:
     set name -> [n_i, 2].
   """
-  if method not in PROJECTIONS:
-    raise ValueError(
-      f"projection {method!r} is not known; valid: {list(PROJECTIONS)}"
-    )
+  checks.check_choice("projection", method, PROJECTIONS)
   names = list(features_by_name)
   arrays = [
     np.asarray(features_by_name[k], np.float64).reshape(

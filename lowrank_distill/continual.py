@@ -55,6 +55,7 @@ from absl import logging
 from lowrank_distill import (
   analysis,
   augment,
+  checks,
   config_utils,
   coreset,
   data,
@@ -386,11 +387,9 @@ def _memory_field(name: str, field: str = "") -> str:
 
 
 def _validate_coreset(name: str, entry) -> None:
-  if entry.method not in coreset.METHODS:
-    raise ValueError(
-      f"{_memory_field(name, 'method')} {entry.method!r} is not known; "
-      f"valid: {list(coreset.METHODS)}"
-    )
+  checks.check_choice(
+    _memory_field(name, "method"), entry.method, coreset.METHODS
+  )
 
 
 def _validate_distill_config(
@@ -432,11 +431,7 @@ def _validate_trajectory(name: str, entry) -> None:
 
 def _validate_entry(name: str, entry) -> None:
   kind = entry.get("kind")
-  if kind not in MEMORY_KINDS:
-    raise ValueError(
-      f"{_memory_field(name, 'kind')} {kind!r} is not known; valid: "
-      f"{list(MEMORY_KINDS)}"
-    )
+  checks.check_choice(_memory_field(name, "kind"), kind, MEMORY_KINDS)
   expected = MEMORY_KINDS[kind].fields
   missing = [f for f in expected if f not in entry]
   extra = sorted(set(entry.keys()) - set(expected))

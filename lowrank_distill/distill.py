@@ -29,6 +29,7 @@ from lowrank_distill import (
   analysis,
   augment,
   checkpoint,
+  checks,
   config_utils,
   data,
   evaluate,
@@ -637,11 +638,6 @@ def learning_objectives(what: str) -> list[str]:
 # Validation and planning (no compute).
 
 
-def _check_choice(field: str, value, valid) -> None:
-  if value not in valid:
-    raise ValueError(f"{field} {value!r} is not known; valid: {list(valid)}")
-
-
 def validate(config, *, check_inputs: bool = True) -> None:
   """Checks names and values of the config before anything is loaded.
 
@@ -649,14 +645,16 @@ def validate(config, *, check_inputs: bool = True) -> None:
   besides the dataset (trajectory matching's expert buffer); False for a
   caller that builds those inputs later (continual steps train experts).
   """
-  _check_choice("method", config.method, OBJECTIVES)
-  _check_choice(
+  checks.check_choice("method", config.method, OBJECTIVES)
+  checks.check_choice(
     "synset.param", config.synset.param, parameterize.PARAMETERIZATIONS
   )
-  _check_choice("synset.budget", config.synset.budget, budget_lib.BUDGETS)
-  _check_choice("labels.kind", config.labels.kind, ("hard", "soft"))
+  checks.check_choice("synset.budget", config.synset.budget, budget_lib.BUDGETS)
+  checks.check_choice("labels.kind", config.labels.kind, ("hard", "soft"))
   if config.labels.kind == "soft":
-    _check_choice("labels.init", config.labels.init, labels_lib.LABEL_INITS)
+    checks.check_choice(
+      "labels.init", config.labels.init, labels_lib.LABEL_INITS
+    )
     if not OBJECTIVES[config.method].learns_labels:
       raise ValueError(
         f"labels.kind 'soft': objective {config.method!r} gives label "
@@ -669,7 +667,7 @@ def validate(config, *, check_inputs: bool = True) -> None:
       f"learn; set it to False (objectives with one: "
       f"{learning_objectives('lr')})"
     )
-  _check_choice("synset.init", config.synset.init, ("noise", "real"))
+  checks.check_choice("synset.init", config.synset.init, ("noise", "real"))
   if config.synset.ipc < 1:
     raise ValueError(f"synset.ipc must be >= 1, got {config.synset.ipc}")
   if config.distill.iterations < 0:

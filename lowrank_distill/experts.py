@@ -27,7 +27,6 @@ References:
 import dataclasses
 import functools
 import json
-import numbers
 import pathlib
 import re
 import shutil
@@ -43,6 +42,7 @@ from absl import logging
 from lowrank_distill import (
   augment,
   checkpoint,
+  checks,
   config_utils,
   data,
   models,
@@ -597,15 +597,6 @@ def check_buffer(
 # The run.
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> None:
-  if (
-    not isinstance(value, numbers.Integral)
-    or isinstance(value, bool)
-    or value < minimum
-  ):
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def validate(config) -> None:
   """Checks the names and values of an experts config before any compute."""
   cfg = config.experts
@@ -615,7 +606,7 @@ def validate(config) -> None:
   except ValueError as e:
     raise ValueError(f"model.options: {e}") from None
   for name in ("num_experts", "epochs", "experts_in_parallel", "batch_size"):
-    _positive_int(f"experts.{name}", cfg[name])
+    checks.positive_int(f"experts.{name}", cfg[name])
   if not cfg.lr > 0:
     raise ValueError(f"experts.lr must be > 0, got {cfg.lr!r}")
   if not 0 <= cfg.momentum < 1:

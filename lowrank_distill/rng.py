@@ -2,6 +2,8 @@
 
 import jax
 
+from lowrank_distill import checks
+
 STREAMS = {
   "init": 0,
   "distill": 1,
@@ -15,8 +17,5 @@ STREAMS = {
 
 def stream(key, name: str):
   """The key of stream `name`, derived from the run's root key."""
-  if name not in STREAMS:
-    raise ValueError(
-      f"PRNG stream {name!r} is not known; valid: {list(STREAMS)}"
-    )
+  checks.check_choice("PRNG stream", name, STREAMS)
   return jax.random.fold_in(key, STREAMS[name])

@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 
+from lowrank_distill import checks
 from lowrank_distill.data import digits, idx, npz, registry, tfds_source
 from lowrank_distill.data import zca as zca_lib
 
@@ -175,11 +176,11 @@ def load(
   Returns:
     The dataset; ZCA is fitted on the train split and applied to both.
   """
-  registry.check_choice("zca flavour", zca, zca_lib.ZCA_FLAVOURS)
+  checks.check_choice("zca flavour", zca, zca_lib.ZCA_FLAVOURS)
   if source is not None:
-    registry.check_choice("source", source, registry.SOURCES)
+    checks.check_choice("source", source, registry.SOURCES)
   if source not in ("idx", "npz"):
-    registry.check_choice("dataset", name, tuple(registry.DATASETS))
+    checks.check_choice("dataset", name, tuple(registry.DATASETS))
   spec = registry.DATASETS.get(name)
   source = source or spec.default_source
   arrays, origin = _read(name, source, path, data_dir, manual_dir)

@@ -142,11 +142,3 @@ DATASETS: dict[str, DatasetSpec] = {
     class_names=_DIGIT_NAMES,
   ),
 }
-
-
-def check_choice(field: str, value, valid) -> None:
-  """Raises ValueError naming `field` and the valid values if not in `valid`."""
-  if value not in valid:
-    raise ValueError(
-      f"{field} {value!r} is not known; valid: {', '.join(map(str, valid))}"
-    )

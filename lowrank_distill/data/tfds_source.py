@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from lowrank_distill import checks
 from lowrank_distill.data import registry
 
 _READ_CHUNK = 10_000
@@ -17,7 +18,7 @@ _READ_CHUNK = 10_000
 
 def _tfds_name(name: str) -> str:
   tfds_names = [n for n, s in registry.DATASETS.items() if s.tfds_name]
-  registry.check_choice("tfds dataset", name, tfds_names)
+  checks.check_choice("tfds dataset", name, tfds_names)
   return registry.DATASETS[name].tfds_name
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowrank_distill.data import registry
+from lowrank_distill import checks
 
 ZCA_FLAVOURS = ("none", "mtt", "kip")
 
@@ -74,7 +74,7 @@ def fit_zca(images, *, flavour: str, eps: float = 0.1) -> ZCA:
     al., "Dataset Distillation using Neural Feature Regression", NeurIPS 2022
     (`kip`).
   """
-  registry.check_choice("zca flavour", flavour, ZCA_FLAVOURS[1:])
+  checks.check_choice("zca flavour", flavour, ZCA_FLAVOURS[1:])
   images = np.asarray(images)
   if images.ndim != 4 or len(images) < 2:
     raise ValueError(

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lowrank_distill import augment, sharding, train
+from lowrank_distill import augment, checks, sharding, train
 from lowrank_distill.parameterize import labels as labels_lib
 
 PyTree = Any
@@ -82,8 +82,7 @@ DISTANCES: dict[str, Callable[[PyTree, PyTree], jax.Array]] = {
 
 
 def check_distance(name: str, *, field: str = "distill.distance") -> None:
-  if name not in DISTANCES:
-    raise ValueError(f"{field} {name!r} is not known; valid: {list(DISTANCES)}")
+  checks.check_choice(field, name, DISTANCES)
 
 
 # ---------------------------------------------------------------------------
@@ -155,9 +154,7 @@ def matching_loss(
   """
   check_distance(distance)
   distance_fn = DISTANCES[distance]
-  params, state = train.split_variables(
-    jax.lax.stop_gradient(variables)
-  )
+  params, state = train.split_variables(jax.lax.stop_gradient(variables))
   num_classes = syn_images.shape[0]
   # BatchNorm networks are matched in eval mode, as the reference does.
   train_mode = "batch_stats" not in state

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import ad_checkpoint
 
-from lowrank_distill import augment, sharding, train
+from lowrank_distill import augment, checks, sharding, train
 
 PyTree = Any
 START_SCHEDULES = ("uniform", "progressive")
@@ -186,10 +186,7 @@ def trajectory_loss(
 
 
 def check_start_schedule(name: str, *, field: str = "distill.start") -> None:
-  if name not in START_SCHEDULES:
-    raise ValueError(
-      f"{field} {name!r} is not known; valid: {list(START_SCHEDULES)}"
-    )
+  checks.check_choice(field, name, START_SCHEDULES)
 
 
 def progressive_max_start(
