@@ -21,6 +21,7 @@ from absl import logging
 
 from lowrank_distill import (
   augment,
+  checks,
   config_utils,
   data,
   evaluate,
@@ -32,12 +33,17 @@ from lowrank_distill import workdir as workdir_lib
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
 
+# Fields a rerun in the same workdir may change: none alters the coreset or
+# its evaluation (they only place and batch the work).
+RESUMABLE_FIELDS = (
+  "mesh",
+  "eval.models_per_batch",
+  "eval.test_batch_size",
+)
 
-def check_method(method: str) -> None:
-  if method not in METHODS:
-    raise ValueError(
-      f"coreset method {method!r} is not known; valid: {list(METHODS)}"
-    )
+
+def check_method(method: str, *, field: str = "coreset.method") -> None:
+  checks.check_choice(field, method, METHODS)
 
 
 def herding(features, *, k: int):
@@ -208,11 +214,22 @@ def select(
   return np.stack([m[np.asarray(p)] for m, p in zip(by_class, picks)])
 
 
+def check_workdir(workdir, config) -> None:
+  """Refuses a workdir written by another config, before writing anything."""
+  workdir_lib.check_config(
+    workdir,
+    config,
+    resumable_fields=RESUMABLE_FIELDS,
+    what="a coreset run",
+  )
+
+
 def run(config, workdir) -> dict:
   """Selects a coreset, saves it, evaluates it; writes results.json.
 
   Reads only `config` (configs/coreset.py). Resumes: a coreset already saved
-  in `workdir` is evaluated instead of being selected again.
+  in `workdir` is evaluated instead of being selected again. A workdir of
+  another config is refused (`check_workdir`).
 
   Returns:
     The results dictionary written to `<workdir>/results.json`.
@@ -222,6 +239,7 @@ def run(config, workdir) -> dict:
   check_method(cfg.method)
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names([config.model.name, *config.eval.models])
+  check_workdir(workdir, config)
   dataset = data.load(
     config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
   )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import coreset as coreset_config
-from lowrank_distill import coreset
+from lowrank_distill import coreset, evaluate
 
 
 def test_herding_first_pick_is_nearest_the_mean_then_balances():
@@ -85,3 +85,54 @@ def test_run_on_digits_writes_results_and_reuses_the_saved_coreset(tmp_path):
   again = coreset.run(config, tmp_path)
   assert (tmp_path / "synset").stat().st_mtime_ns == first
   assert again["results"] == summary["results"]
+
+
+@pytest.fixture(scope="module")
+def random_coreset_workdir(tmp_path_factory):
+  """A workdir holding a finished random, IPC 1 coreset run on digits."""
+  workdir = tmp_path_factory.mktemp("coreset")
+  config = coreset_config.get_config("method=random,ipc=1,runlocal=true")
+  coreset.run(config, workdir)
+  return workdir, config
+
+
+def _snapshot(workdir):
+  """The bytes and mtimes of config.json and every synset file."""
+  files = [workdir / "config.json", *sorted((workdir / "synset").rglob("*"))]
+  return {
+    str(p): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+    for p in files
+  }
+
+
+@pytest.mark.parametrize(
+  "arg, field",
+  [("method=herding,ipc=1", "coreset.method"), ("ipc=2", "coreset.ipc")],
+)
+def test_run_refuses_a_workdir_of_another_config(
+  random_coreset_workdir, arg, field
+):
+  workdir, _ = random_coreset_workdir
+  before = _snapshot(workdir)
+  other = coreset_config.get_config(arg + ",runlocal=true")
+  with pytest.raises(ValueError, match="another config") as error:
+    coreset.run(other, workdir)
+  assert str(workdir) in str(error.value)
+  assert field in str(error.value)
+  assert _snapshot(workdir) == before
+
+
+def test_run_resumes_the_same_config_in_its_workdir(random_coreset_workdir):
+  workdir, config = random_coreset_workdir
+  saved = json.loads((workdir / "results.json").read_text())
+  before = _snapshot(workdir)
+  evaluated = (workdir / evaluate.MODEL_LOG).read_text()
+  # The mesh only places the work: a rerun may change it.
+  config = config.copy_and_resolve_references()
+  config.mesh.data = 1
+  again = coreset.run(config, workdir)
+  assert again["results"] == saved["results"]
+  # Neither selected nor evaluated again.
+  synset = {k: v for k, v in before.items() if "synset" in k}
+  assert {k: v for k, v in _snapshot(workdir).items() if k in synset} == synset
+  assert (workdir / evaluate.MODEL_LOG).read_text() == evaluated
