@@ -11,6 +11,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from lowrank_distill import checkpoint  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 
@@ -50,6 +52,7 @@ def main_for(run):
     if jax.process_index() != 0:
       # One log of the run, process 0's; warnings and errors still show.
       logging.set_verbosity(logging.WARNING)
+    checkpoint.quiet_orbax_logs()
     run(FLAGS.config, FLAGS.workdir)
 
   return main

@@ -20,9 +20,10 @@ are saved as their `jax.random.key_data` and rebuilt with
 `jax.random.wrap_key_data` wherever the abstract tree passed to a restore has
 a key dtype there.
 
-Orbax logs about fifty INFO lines per save through absl; this module filters
-Orbax's records below WARNING out of the `absl` logger (`ORBAX_INFO_FILTER`;
-remove it with `logging.getLogger("absl").removeFilter(ORBAX_INFO_FILTER)`).
+Orbax logs about fifty INFO lines per save through absl; the launchers call
+`quiet_orbax_logs()`, which filters Orbax's records below WARNING out of the
+`absl` logger (`ORBAX_INFO_FILTER`). Importing this module changes no
+logging.
 """
 
 import functools
@@ -69,7 +70,13 @@ class _OrbaxInfoFilter(logging.Filter):
 
 
 ORBAX_INFO_FILTER = _OrbaxInfoFilter()
-logging.getLogger("absl").addFilter(ORBAX_INFO_FILTER)
+
+
+def quiet_orbax_logs() -> None:
+  """Filters Orbax's INFO/DEBUG records out of the `absl` logger (once)."""
+  logger = logging.getLogger("absl")
+  if ORBAX_INFO_FILTER not in logger.filters:
+    logger.addFilter(ORBAX_INFO_FILTER)
 
 
 # ----------------------------------------------------------------------------

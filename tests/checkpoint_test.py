@@ -3,6 +3,8 @@
 import logging
 import os
 import pathlib
+import subprocess
+import sys
 
 import chex
 import flax
@@ -414,3 +416,26 @@ def test_orbax_info_logs_are_filtered():
   assert not checkpoint.ORBAX_INFO_FILTER.filter(record)
   record.levelno = logging.WARNING
   assert checkpoint.ORBAX_INFO_FILTER.filter(record)
+
+
+def test_importing_changes_no_logging_and_the_launchers_quiet_orbax():
+  code = (
+    "import logging\n"
+    "from lowrank_distill import checkpoint\n"
+    "absl = logging.getLogger('absl')\n"
+    "before = checkpoint.ORBAX_INFO_FILTER in absl.filters\n"
+    "checkpoint.quiet_orbax_logs(); checkpoint.quiet_orbax_logs()\n"
+    "print(before, absl.filters.count(checkpoint.ORBAX_INFO_FILTER))\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=pathlib.Path(__file__).resolve().parents[1],
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+  )
+  assert out.stdout.split() == ["False", "1"]
+  launcher = pathlib.Path(__file__).resolve().parents[1] / "launch/common.py"
+  assert "checkpoint.quiet_orbax_logs()" in launcher.read_text()
