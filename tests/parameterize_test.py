@@ -1,6 +1,12 @@
 """Tests of the reconstructors (lowrank_distill.parameterize)."""
 
+import ast
 import functools
+import os
+import pathlib
+import pkgutil
+import subprocess
+import sys
 
 import chex
 import jax
@@ -10,7 +16,7 @@ import pytest
 from jax import test_util as jtu
 
 from lowrank_distill import parameterize
-from lowrank_distill.parameterize import factors, mappers
+from lowrank_distill.parameterize import factors, mappers, registry
 
 KINDS = {
   "pixels": {},
@@ -380,3 +386,92 @@ def test_num_floats_counts_only_floats():
   }
   assert parameterize.num_floats(tree) == 6 + 4 + 1 + 10
   assert parameterize.num_floats({}) == 0
+
+
+# Every submodule of the package, found on disk so a new one is covered too.
+SUBMODULES = sorted(m.name for m in pkgutil.iter_modules(parameterize.__path__))
+# What the package hands on from `registry`.
+REGISTRY_NAMES = (
+  "KIND_ARGS",
+  "PARAMETERIZATIONS",
+  "get",
+  "kind_kwargs",
+  "num_floats",
+  "validate",
+)
+
+
+def test_submodules_found():
+  assert {"budget", "factors", "labels", "mappers", "pixels", "registry"} <= (
+    set(SUBMODULES)
+  )
+
+
+@pytest.mark.parametrize("module", SUBMODULES)
+def test_submodule_imports_first_in_a_fresh_interpreter(module):
+  """Importing any submodule first works: the package has no import cycle."""
+  code = (
+    f"import lowrank_distill.parameterize.{module}\n"
+    "from lowrank_distill import parameterize\n"
+    "from lowrank_distill.parameterize import registry\n"
+    "assert parameterize.PARAMETERIZATIONS is registry.PARAMETERIZATIONS\n"
+    "assert parameterize.get is registry.get\n"
+    "print('ok')\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=pathlib.Path(__file__).resolve().parents[1],
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("module", SUBMODULES)
+def test_submodule_does_not_import_the_package_init(module):
+  """Submodules import siblings directly, never names of `__init__`."""
+  path = pathlib.Path(parameterize.__path__[0]) / f"{module}.py"
+  bad = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.level == 0:
+      for alias in node.names:
+        if node.module == "lowrank_distill" and alias.name == "parameterize":
+          bad.append(f"from lowrank_distill import {alias.name}")
+        if node.module == "lowrank_distill.parameterize" and (
+          alias.name not in SUBMODULES
+        ):
+          bad.append(f"from lowrank_distill.parameterize import {alias.name}")
+    elif isinstance(node, ast.Import):
+      bad += [
+        f"import {a.name}"
+        for a in node.names
+        if a.name == "lowrank_distill.parameterize"
+      ]
+  assert not bad, f"{module}.py imports the package __init__: {bad}"
+
+
+def test_registry_is_the_one_the_package_exposes():
+  for name in REGISTRY_NAMES:
+    assert getattr(parameterize, name) is getattr(registry, name), name
+  assert parameterize.registry is registry
+  assert set(registry.PARAMETERIZATIONS) == {"pixels", "factors", "mappers"}
+  for name, module in registry.PARAMETERIZATIONS.items():
+    assert getattr(parameterize, name) is module
+  for name in parameterize.__all__:
+    assert hasattr(parameterize, name), name
+  assert set(REGISTRY_NAMES) <= set(parameterize.__all__)
+
+
+def test_unknown_name_error_lists_the_valid_names():
+  valid = list(registry.PARAMETERIZATIONS)
+  for get in (registry.get, parameterize.get):
+    with pytest.raises(ValueError) as error:
+      get("voxels")
+    message = str(error.value)
+    assert "'voxels' is not a known parameterization" in message
+    assert f"valid: {valid}" in message
+  with pytest.raises(ValueError, match=r"'voxels'.*valid: \[.*'mappers'\]"):
+    registry.kind_kwargs("voxels", rank=2)

@@ -11,11 +11,11 @@ with `n = num_classes * images_per_class` images in class-major order (image
 arrays. Kinds: `pixels` (full rank), `factors` (the low-rank plugin, needs
 `rank`) and `mappers` (MTT-LSS shared mappers, needs `rank` and `num_sets`).
 `labels` holds the hard/soft labels, `budget` the storage accounting.
-"""
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+The registry itself (`PARAMETERIZATIONS`, `KIND_ARGS`, `get`, `kind_kwargs`,
+`validate`, `num_floats`) lives in `registry`; this module only re-exports.
+Submodules import their siblings directly, never this package `__init__`.
+"""
 
 from lowrank_distill.parameterize import (
   budget,
@@ -23,16 +23,16 @@ from lowrank_distill.parameterize import (
   labels,
   mappers,
   pixels,
+  registry,
 )
-
-PARAMETERIZATIONS = {"pixels": pixels, "factors": factors, "mappers": mappers}
-
-# The kind-specific keyword arguments of each kind's `init`.
-KIND_ARGS = {
-  "pixels": (),
-  "factors": ("rank",),
-  "mappers": ("rank", "num_sets"),
-}
+from lowrank_distill.parameterize.registry import (
+  KIND_ARGS,
+  PARAMETERIZATIONS,
+  get,
+  kind_kwargs,
+  num_floats,
+  validate,
+)
 
 __all__ = [
   "KIND_ARGS",
@@ -45,67 +45,6 @@ __all__ = [
   "mappers",
   "num_floats",
   "pixels",
+  "registry",
   "validate",
 ]
-
-
-def get(name: str):
-  """The reconstructor module called `name`; ValueError lists valid names."""
-  if name not in PARAMETERIZATIONS:
-    raise ValueError(
-      f"param {name!r} is not a known parameterization; valid: "
-      f"{list(PARAMETERIZATIONS)}"
-    )
-  return PARAMETERIZATIONS[name]
-
-
-def kind_kwargs(name: str, *, rank=None, num_sets=None) -> dict:
-  """The kind-specific `init` arguments of `name`, dropping unused ones.
-
-  `kind_kwargs('factors', rank=2, num_sets=4) == {'rank': 2}`.
-  """
-  get(name)
-  values = {"rank": rank, "num_sets": num_sets}
-  return {arg: values[arg] for arg in KIND_ARGS[name]}
-
-
-def validate(name: str, *, image_shape, rank=None, num_sets=None) -> None:
-  """Checks a parameterization's settings before anything is built.
-
-  Args:
-    name: a key of PARAMETERIZATIONS.
-    image_shape: (h, w, c).
-    rank: for 'factors' and 'mappers', an integer in 1..min(h, w).
-    num_sets: for 'mappers', an integer >= 1.
-
-  Raises:
-    ValueError naming the wrong field and what is allowed. Arguments the
-    kind does not use are ignored.
-  """
-  get(name)
-  shape = pixels.check_sizes(
-    num_classes=1, images_per_class=1, image_shape=image_shape
-  )
-  if "rank" in KIND_ARGS[name]:
-    factors.check_rank(rank, shape)
-  if "num_sets" in KIND_ARGS[name]:
-    mappers.check_num_sets(num_sets)
-
-
-def num_floats(tree) -> int:
-  """Total number of floating-point elements in a pytree.
-
-  The storage a set costs: reconstructor params, label logits, a learned lr.
-  Integer leaves (hard labels), bools and PRNG keys cost nothing. Works on
-  arrays, Python floats and `jax.ShapeDtypeStruct`s (from `jax.eval_shape`).
-  """
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    if isinstance(leaf, float):
-      total += 1
-      continue
-    dtype = getattr(leaf, "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-      continue
-    total += int(np.prod(leaf.shape, dtype=np.int64))
-  return total

@@ -25,8 +25,8 @@ import operator
 
 import jax
 
-from lowrank_distill import parameterize
 from lowrank_distill.parameterize import labels as labels_lib
+from lowrank_distill.parameterize import registry
 
 BUDGETS = ("same-memory", "same-images")
 
@@ -71,11 +71,11 @@ def storage_floats(
     learn_lr: add 1 for the learned student lr.
 
   Returns:
-    The storage in floats, as `parameterize.num_floats` counts it.
+    The storage in floats, as `registry.num_floats` counts it.
   """
-  module = parameterize.get(param)
+  module = registry.get(param)
   shape = tuple(int(d) for d in image_shape)
-  kwargs = parameterize.kind_kwargs(param, rank=rank, num_sets=num_sets)
+  kwargs = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
   tree = {
     "images": jax.eval_shape(
       functools.partial(
@@ -99,7 +99,7 @@ def storage_floats(
     )
   if learn_lr:
     tree["log_lr"] = 0.0
-  return parameterize.num_floats(tree)
+  return registry.num_floats(tree)
 
 
 def images_per_class(
@@ -141,7 +141,7 @@ def images_per_class(
     )
   ipc = _positive_int(ipc, "ipc")
   num_classes = _positive_int(num_classes, "num_classes")
-  parameterize.validate(
+  registry.validate(
     param, image_shape=image_shape, rank=rank, num_sets=num_sets
   )
   if budget == "same-images":
@@ -161,7 +161,7 @@ def images_per_class(
       learn_lr=learn_lr,
     )
 
-  sets = num_sets if "num_sets" in parameterize.KIND_ARGS[param] else 1
+  sets = num_sets if "num_sets" in registry.KIND_ARGS[param] else 1
   first = -(-int(sets) // num_classes)  # ceil: every set gets an image
   per_class = cost(first + 1) - cost(first)
   fixed = cost(first) - first * per_class
@@ -170,7 +170,7 @@ def images_per_class(
   )
   best = (allowed - fixed) // per_class
   if best < max(first, 1):
-    settings = parameterize.kind_kwargs(param, rank=rank, num_sets=num_sets)
+    settings = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
     settings["soft labels"] = bool(soft_labels)
     described = ", ".join(f"{k} {v}" for k, v in settings.items())
     raise ValueError(
@@ -255,7 +255,7 @@ def plan(
     soft_labels=soft_labels,
     learn_lr=learn_lr,
   )
-  kwargs = parameterize.kind_kwargs(param, rank=rank, num_sets=num_sets)
+  kwargs = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
   shape = tuple(int(d) for d in image_shape)
   return Budget(
     param=param,

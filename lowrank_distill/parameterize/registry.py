@@ -1,0 +1,88 @@
+"""The registry of reconstructors: lookup, kind arguments and validation.
+
+`PARAMETERIZATIONS` maps each kind's name to its reconstructor module and
+`KIND_ARGS` to the kind-specific keyword arguments of its `init`. `get`
+looks a kind up (a ValueError lists the valid names), `kind_kwargs` keeps
+the arguments a kind takes, `validate` checks its settings before anything
+is built and `num_floats` counts the storage of a pytree.
+
+This module imports only the reconstructor modules, never the package
+`__init__`, so any submodule can import it without an import cycle.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lowrank_distill.parameterize import factors, mappers, pixels
+
+PARAMETERIZATIONS = {"pixels": pixels, "factors": factors, "mappers": mappers}
+
+# The kind-specific keyword arguments of each kind's `init`.
+KIND_ARGS = {
+  "pixels": (),
+  "factors": ("rank",),
+  "mappers": ("rank", "num_sets"),
+}
+
+
+def get(name: str):
+  """The reconstructor module called `name`; ValueError lists valid names."""
+  if name not in PARAMETERIZATIONS:
+    raise ValueError(
+      f"param {name!r} is not a known parameterization; valid: "
+      f"{list(PARAMETERIZATIONS)}"
+    )
+  return PARAMETERIZATIONS[name]
+
+
+def kind_kwargs(name: str, *, rank=None, num_sets=None) -> dict:
+  """The kind-specific `init` arguments of `name`, dropping unused ones.
+
+  `kind_kwargs('factors', rank=2, num_sets=4) == {'rank': 2}`.
+  """
+  get(name)
+  values = {"rank": rank, "num_sets": num_sets}
+  return {arg: values[arg] for arg in KIND_ARGS[name]}
+
+
+def validate(name: str, *, image_shape, rank=None, num_sets=None) -> None:
+  """Checks a parameterization's settings before anything is built.
+
+  Args:
+    name: a key of PARAMETERIZATIONS.
+    image_shape: (h, w, c).
+    rank: for 'factors' and 'mappers', an integer in 1..min(h, w).
+    num_sets: for 'mappers', an integer >= 1.
+
+  Raises:
+    ValueError naming the wrong field and what is allowed. Arguments the
+    kind does not use are ignored.
+  """
+  get(name)
+  shape = pixels.check_sizes(
+    num_classes=1, images_per_class=1, image_shape=image_shape
+  )
+  if "rank" in KIND_ARGS[name]:
+    factors.check_rank(rank, shape)
+  if "num_sets" in KIND_ARGS[name]:
+    mappers.check_num_sets(num_sets)
+
+
+def num_floats(tree) -> int:
+  """Total number of floating-point elements in a pytree.
+
+  The storage a set costs: reconstructor params, label logits, a learned lr.
+  Integer leaves (hard labels), bools and PRNG keys cost nothing. Works on
+  arrays, Python floats and `jax.ShapeDtypeStruct`s (from `jax.eval_shape`).
+  """
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, float):
+      total += 1
+      continue
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      continue
+    total += int(np.prod(leaf.shape, dtype=np.int64))
+  return total
