@@ -71,9 +71,7 @@ def _init(model, key):
 
 def _abstract_init(model):
   return jax.eval_shape(
-    functools.partial(
-      train.init_variables, model=model, image_shape=(8, 8, 1)
-    ),
+    functools.partial(train.init_variables, model=model, image_shape=(8, 8, 1)),
     jax.random.key(0),
   )
 

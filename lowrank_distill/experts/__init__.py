@@ -1,0 +1,78 @@
+"""Expert trajectories for trajectory matching (MTT, DESIGN 3.7).
+
+An expert is a network trained on the real training set with plain SGD; its
+parameters are kept at initialisation and after every epoch, so `E` epochs
+give `E + 1` snapshots [E + 1, ...]. The package is split as:
+
+  training   pure, traceable training: `train_expert` (one expert),
+             `train_experts` (N vmapped, leaves [N, E + 1, ...]),
+             `expert_key`, `init_key`, `Expert`
+  buffer     the on-disk buffer (`buffer.json` + `expert_<i>/`): its format,
+             `save_expert`, `open_buffer` / `Buffer.read`, and the identity
+             a distillation run checks (`buffer_identity`, `check_buffer`)
+  loop       `run(config, workdir)`: validates an experts config, trains the
+             missing experts chunk by chunk and saves them
+
+This module only re-exports. Submodules import their siblings directly,
+never this package `__init__`.
+
+References:
+  Cazenavette et al., "Dataset Distillation by Matching Training
+  Trajectories", CVPR 2022 (`buffer.py` of the reference code).
+"""
+
+from lowrank_distill.experts import buffer, loop, training
+from lowrank_distill.experts.buffer import (
+  BUFFER_FILE,
+  BUFFER_FORMAT,
+  BUFFER_VERSION,
+  COMPARED_SECTIONS,
+  DATASET_KEYS,
+  TRAINING_KEYS,
+  Buffer,
+  buffer_identity,
+  check_buffer,
+  expert_dir,
+  identity_diff,
+  model_identity,
+  open_buffer,
+  save_expert,
+  saved_indices,
+)
+from lowrank_distill.experts.loop import chunks, run, validate
+from lowrank_distill.experts.training import (
+  Expert,
+  expert_key,
+  init_key,
+  train_expert,
+  train_experts,
+)
+
+__all__ = [
+  "BUFFER_FILE",
+  "BUFFER_FORMAT",
+  "BUFFER_VERSION",
+  "COMPARED_SECTIONS",
+  "DATASET_KEYS",
+  "TRAINING_KEYS",
+  "Buffer",
+  "Expert",
+  "buffer",
+  "buffer_identity",
+  "check_buffer",
+  "chunks",
+  "expert_dir",
+  "expert_key",
+  "identity_diff",
+  "init_key",
+  "loop",
+  "model_identity",
+  "open_buffer",
+  "run",
+  "save_expert",
+  "saved_indices",
+  "train_expert",
+  "train_experts",
+  "training",
+  "validate",
+]

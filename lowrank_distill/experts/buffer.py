@@ -1,0 +1,395 @@
+"""The on-disk expert buffer, and the identity a distillation run checks.
+
+A buffer is a directory:
+
+  buffer.json        what produced the buffer (`buffer_identity`), written
+                     once, and the number of snapshots per expert
+  expert_000000/     `checkpoint.save_tree` of one trajectory: the Flax
+  expert_000001/     'params' tree, every leaf [E + 1, ...], plus metadata
+  ...
+
+Each expert directory is written atomically, so it is either complete or
+absent; a killed `run` restarts and trains only the missing experts.
+`Buffer.read` reads a range of epochs of one expert without loading the
+rest (`checkpoint.read_slice`).
+"""
+
+import dataclasses
+import json
+import pathlib
+import re
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from lowrank_distill import checkpoint, data, models
+from lowrank_distill import workdir as workdir_lib
+
+PyTree = Any
+
+BUFFER_FILE = "buffer.json"
+BUFFER_FORMAT = "lowrank_distill.experts"
+BUFFER_VERSION = 1
+_EXPERT_DIR = re.compile(r"^expert_(\d{6})$")
+# What an interrupted `save_tree` of an expert leaves: Orbax's temporary
+# directory `expert_<i>.orbax-checkpoint-tmp-<n>`.
+_UNFINISHED_DIR = re.compile(r"^expert_\d{6}\..*tmp")
+
+# Sections of a buffer identity that a distillation run must match; the
+# `training` section is provenance only.
+COMPARED_SECTIONS = ("dataset", "model")
+# `dataset.metadata()` entries that change the experts; the path, the test
+# split and the class names do not.
+DATASET_KEYS = (
+  "name",
+  "source",
+  "image_shape",
+  "num_classes",
+  "num_train",
+  "standardize",
+  "mean",
+  "std",
+  "zca",
+)
+TRAINING_KEYS = (
+  "num_experts",
+  "epochs",
+  "lr",
+  "momentum",
+  "weight_decay",
+  "batch_size",
+  "dsa_strategy",
+)
+
+
+# ----------------------------------------------------------------------------
+# Identity: what produced a buffer and what a distillation run must match.
+
+
+def _json_default(value):
+  if hasattr(value, "to_dict"):
+    return value.to_dict()
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _jsonable(obj):
+  """Plain JSON types (tuples become lists), as the buffer stores them."""
+  return json.loads(json.dumps(obj, default=_json_default))
+
+
+def model_identity(config) -> dict:
+  """The network of a run config as a buffer identity's 'model' section."""
+  name = config.model.name
+  return {
+    "name": name,
+    "options": models.options_for(name, config.model.options),
+  }
+
+
+def buffer_identity(dataset: data.Dataset, config) -> dict:
+  """What a buffer is made of, as stored in `buffer.json`.
+
+  Args:
+    dataset: the loaded dataset (its `metadata()` gives the preprocessing).
+    config: a run config with `model` (name, options) and, for provenance,
+      `seed` and `experts` (num_experts, epochs, lr, ...) when present; a
+      distillation config has no expert training fields, which is fine as
+      `check_buffer` compares only `dataset` and `model`.
+
+  Returns:
+    {'dataset': {...}, 'model': {'name', 'options'}, 'training': {...}}.
+  """
+  metadata = dataset.metadata()
+  training = {}
+  experts = config.get("experts") or {}
+  for name in TRAINING_KEYS:
+    if name in experts:
+      training[name] = experts[name]
+  if "seed" in config:
+    training["seed"] = config.seed
+  return _jsonable(
+    {
+      "dataset": {name: metadata[name] for name in DATASET_KEYS},
+      "model": model_identity(config),
+      "training": training,
+    }
+  )
+
+
+_ABSENT = "<absent>"
+
+
+def _diff(saved, current, prefix: str, ignore) -> list[str]:
+  if isinstance(saved, dict) and isinstance(current, dict):
+    diffs = []
+    names = list(current) + [name for name in saved if name not in current]
+    for name in names:
+      diffs += _diff(
+        saved.get(name, _ABSENT),
+        current.get(name, _ABSENT),
+        f"{prefix}{name}.",
+        ignore,
+      )
+    return diffs
+  name = prefix[:-1]
+  if name in ignore or saved == current:
+    return []
+  return [f"{name}: {saved!r} -> {current!r}"]
+
+
+def identity_diff(
+  saved: dict, current: dict, *, sections=None, ignore=()
+) -> list[str]:
+  """Differing entries as `'key: saved -> current'` (dotted keys).
+
+  Dicts on both sides are compared key by key; anything else as a whole.
+
+  Args:
+    saved, current: buffer identities.
+    sections: compare only these top-level sections (None: all of them).
+    ignore: dotted keys left out of the comparison.
+  """
+  saved, current = _jsonable(saved), _jsonable(current)
+  if sections is not None:
+    saved = {k: v for k, v in saved.items() if k in sections}
+    current = {k: v for k, v in current.items() if k in sections}
+  return _diff(saved, current, "", ignore)
+
+
+# ----------------------------------------------------------------------------
+# Storage.
+
+
+def expert_dir(directory, index: int) -> pathlib.Path:
+  return pathlib.Path(directory) / f"expert_{index:06d}"
+
+
+def _num_snapshots(trajectory) -> int:
+  lengths = {leaf.shape[0] for leaf in jax.tree.leaves(trajectory)}
+  if len(lengths) != 1:
+    raise ValueError(
+      f"trajectory leaves must share their leading (epoch) axis, got "
+      f"lengths {sorted(lengths)}"
+    )
+  return lengths.pop()
+
+
+def save_expert(directory, index: int, trajectory, *, metadata: dict) -> None:
+  """Writes one expert's trajectory to `directory/expert_<index>`, atomically.
+
+  Call from every process, as `checkpoint.save_tree` asks.
+
+  Args:
+    directory: the buffer directory.
+    index: the expert's index.
+    trajectory: the 'params' tree, every leaf [E + 1, ...].
+    metadata: JSON-able dict stored with it (identity, test accuracy, ...);
+      'expert' and 'num_snapshots' are added.
+
+  Raises:
+    FileExistsError: the expert is already saved.
+  """
+  trajectory = jax.tree.map(np.asarray, trajectory)
+  metadata = {
+    **metadata,
+    "expert": int(index),
+    "num_snapshots": _num_snapshots(trajectory),
+  }
+  checkpoint.save_tree(
+    expert_dir(directory, index), trajectory, metadata=metadata
+  )
+
+
+def saved_indices(directory) -> list[int]:
+  """Indices of the experts saved in `directory`, sorted."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  indices = []
+  for entry in directory.iterdir():
+    if (match := _EXPERT_DIR.match(entry.name)) and entry.is_dir():
+      indices.append(int(match.group(1)))
+  return sorted(indices)
+
+
+def remove_unfinished_saves(directory: pathlib.Path) -> None:
+  """Deletes what interrupted expert saves left in `directory`."""
+  # An expert directory appears only when its save finished; a run killed
+  # mid-save leaves `expert_<i>.<orbax temporary suffix>` behind.
+  for entry in directory.iterdir():
+    if _UNFINISHED_DIR.match(entry.name) and entry.is_dir():
+      logging.info("Removing the unfinished save %s", entry)
+      shutil.rmtree(entry, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Buffer:
+  """A directory of expert trajectories, opened with `open_buffer`.
+
+  Attributes:
+    path: the buffer directory.
+    metadata: the content of `buffer.json` (format, num_snapshots, identity).
+    indices: the saved experts' indices, sorted (0 .. N-1 once complete).
+  """
+
+  path: pathlib.Path
+  metadata: dict
+  indices: tuple[int, ...]
+
+  @property
+  def identity(self) -> dict:
+    return self.metadata["identity"]
+
+  @property
+  def num_experts(self) -> int:
+    return len(self.indices)
+
+  @property
+  def num_snapshots(self) -> int:
+    """E + 1: the initialisation and one snapshot per epoch."""
+    return int(self.metadata["num_snapshots"])
+
+  def expert_path(self, expert: int) -> pathlib.Path:
+    """The directory of the `expert`-th saved expert (0 <= expert < N)."""
+    if not 0 <= expert < self.num_experts:
+      raise IndexError(
+        f"expert {expert} out of range: {self.path} holds "
+        f"{self.num_experts} experts"
+      )
+    return expert_dir(self.path, self.indices[expert])
+
+  def read(self, expert: int, start: int, stop: int) -> PyTree:
+    """Snapshots `start .. stop - 1` of one expert, reading only those.
+
+    Args:
+      expert: which saved expert, 0 <= expert < num_experts (its index in
+        `indices`; the expert's own index once the buffer is complete).
+      start, stop: the epoch range, 0 <= start < stop <= num_snapshots.
+
+    Returns:
+      The 'params' tree as numpy, every leaf [stop - start, ...].
+    """
+    path = self.expert_path(expert)
+    if not 0 <= start < stop <= self.num_snapshots:
+      raise IndexError(
+        f"snapshots [{start}, {stop}) out of range: {self.path} holds "
+        f"{self.num_snapshots} snapshots (epochs 0..{self.num_snapshots - 1})"
+      )
+    return checkpoint.read_slice(path, (), slice(start, stop))
+
+  def snapshot(self, expert: int, epoch: int) -> PyTree:
+    """The 'params' tree of one expert after `epoch` epochs (0: its init)."""
+    return jax.tree.map(lambda x: x[0], self.read(expert, epoch, epoch + 1))
+
+  def abstract_params(self) -> PyTree:
+    """The 'params' tree of one snapshot as `jax.ShapeDtypeStruct`s."""
+    first = self.read(0, 0, 1)
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), first
+    )
+
+
+def _missing_buffer(path: pathlib.Path, field: str, why: str):
+  return checkpoint.CheckpointError(
+    f"{field}={str(path)!r}: {why}; train experts first "
+    f"(python launch/experts.py --workdir={path})"
+  )
+
+
+def open_buffer(directory, *, field: str = "experts.path") -> Buffer:
+  """Opens a buffer directory; reads `buffer.json` and lists the experts.
+
+  Args:
+    directory: the buffer directory (an experts run's workdir).
+    field: the config field that named it, for error messages.
+
+  Raises:
+    CheckpointError: no such directory, no `buffer.json`, or a foreign or
+      corrupt one.
+  """
+  path = pathlib.Path(directory).absolute()
+  if not path.is_dir():
+    raise _missing_buffer(path, field, "no such directory")
+  if not (path / BUFFER_FILE).is_file():
+    raise _missing_buffer(
+      path, field, f"it holds no expert buffer (no {BUFFER_FILE})"
+    )
+  try:
+    metadata = workdir_lib.read_json(path / BUFFER_FILE)
+  except (OSError, ValueError) as e:
+    raise checkpoint.CheckpointError(
+      f"{field}={str(path)!r}: {BUFFER_FILE} is corrupt ({e})"
+    ) from e
+  if not isinstance(metadata, dict) or metadata.get("format") != BUFFER_FORMAT:
+    raise checkpoint.CheckpointError(
+      f"{field}={str(path)!r}: {BUFFER_FILE} was not written by "
+      f"lowrank_distill.experts"
+    )
+  if metadata.get("version") != BUFFER_VERSION:
+    raise checkpoint.CheckpointError(
+      f"{field}={str(path)!r}: buffer version {metadata.get('version')!r}, "
+      f"this code reads version {BUFFER_VERSION}"
+    )
+  return Buffer(
+    path=path, metadata=metadata, indices=tuple(saved_indices(path))
+  )
+
+
+def check_buffer(
+  buffer,
+  expected_identity: dict,
+  *,
+  field: str = "experts.path",
+  min_snapshots: int | None = None,
+  needed_by: str = "",
+  min_experts: int = 1,
+) -> Buffer:
+  """Refuses a buffer that a run cannot use; returns it (opened).
+
+  Only the `dataset` and `model` sections of the identities are compared;
+  training hyperparameters are provenance.
+
+  Args:
+    buffer: a `Buffer`, or the path of one.
+    expected_identity: `buffer_identity(dataset, config)` of the run.
+    field: the config field that names the buffer, for messages.
+    min_snapshots: snapshots the run needs (e.g. max start epoch + expert
+      epochs + 1), or None.
+    needed_by: the config fields that ask for `min_snapshots`, for messages.
+    min_experts: experts the run needs.
+
+  Raises:
+    CheckpointError: a missing or foreign buffer, one made from another
+      dataset or model (listing `key: buffer value -> run value`), fewer
+      experts or snapshots than needed.
+  """
+  if not isinstance(buffer, Buffer):
+    buffer = open_buffer(buffer, field=field)
+  where = f"{field}={str(buffer.path)!r}"
+  diffs = identity_diff(
+    buffer.identity, expected_identity, sections=COMPARED_SECTIONS
+  )
+  if diffs:
+    raise checkpoint.CheckpointError(
+      f"{where}: the experts were trained on another dataset or model: "
+      f"{'; '.join(diffs)} (buffer -> this run)"
+    )
+  if buffer.num_experts < min_experts:
+    raise checkpoint.CheckpointError(
+      f"{where} holds {buffer.num_experts} experts; at least {min_experts} "
+      "needed (is its experts run finished?)"
+    )
+  if min_snapshots is not None and buffer.num_snapshots < min_snapshots:
+    asked = f" ({needed_by})" if needed_by else ""
+    raise checkpoint.CheckpointError(
+      f"{where} holds {buffer.num_snapshots} snapshots per expert (epochs "
+      f"0..{buffer.num_snapshots - 1}), but this run needs "
+      f"{min_snapshots}{asked}; lower those fields or train experts with "
+      f"experts.epochs >= {min_snapshots - 1}"
+    )
+  return buffer
