@@ -21,7 +21,7 @@ many, so each outer loop's real batch is the whole class in a fresh order),
 Correctness first: a step with 2 outer loops and 1 inner epoch over the whole
 synthetic set (one batch, so the shuffle cannot change the result) runs on
 both sides from the same network weights (ours' fresh network, initialised
-as `distill._gm_step` does, copied into torch) and the same data; the mean
+as `distill.gm.make_step` does, copied into torch) and the same data; the mean
 matching loss and the image update must agree (loss to 1e-4 relative).
 
 Timing: as every ours-vs-PyTorch figure (`sidebyside.py`): after one
@@ -150,7 +150,7 @@ class Ours:
       source="npz",
     )
     self.config = config
-    self.plan = distill.plan(config, dataset=dataset)
+    self.plan = distill.make_plan(config, dataset=dataset)
     if self.plan.images_per_class != FLAGS.ipc:
       raise ValueError(f"plan has {self.plan.images_per_class} images/class")
     trainable = {"images": {"images": jnp.asarray(syn.reshape(-1, *shape))}}
@@ -158,7 +158,7 @@ class Ours:
       distill.optimizer_groups(config, trainable)
     )
     self.state = distill.init_state(trainable, self.optimizer)
-    self.inputs = distill.real_data(self.plan, config)(0)
+    self.inputs = distill.objective.real_data(self.plan, config)(0)
     step = jax.jit(
       distill.OBJECTIVES["gm"].make_step(self.plan, config, self.optimizer)
     )

@@ -9,7 +9,7 @@ iteration, as the run does). Data are random images of the given shape and
 the experts are random parameter trajectories: throughput does not depend
 on their values. DM splits each class's real batch over the devices; MTT
 splits its `--num_trajectories` trajectories when the device count divides
-them, else every student minibatch (distill.tm_split).
+them, else every student minibatch (distill.tm.mesh_split).
 
 On a CPU the devices are fake (`--xla_force_host_platform_device_count`):
 they share the same cores, so 1 vs 4 measures the sharding overhead, not a
@@ -171,7 +171,7 @@ def time_row(method: str, syn_steps: int, devices: int) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     if method == "tm":
       fake_buffer(pathlib.Path(tmp), dataset, config)
-    plan = distill.plan(config, dataset=dataset)
+    plan = distill.make_plan(config, dataset=dataset)
     mesh = sharding.mesh_from_config(config)
     objective = distill.OBJECTIVES[method]
     objective.check_mesh(plan, config, mesh)
@@ -196,7 +196,9 @@ def time_row(method: str, syn_steps: int, devices: int) -> dict:
       state, metrics = compiled(state, key(i), *inputs(i))
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - start
-  split = distill.tm_split(config, mesh) if method == "tm" else "real batch"
+  split = (
+    distill.tm.mesh_split(config, mesh) if method == "tm" else "real batch"
+  )
   return {
     "device": jax.devices()[0].device_kind,
     "method": method,

@@ -10,6 +10,7 @@ import pytest
 
 from configs import continual as continual_config
 from lowrank_distill import checkpoint, continual, data, synset
+from lowrank_distill.continual import memories as continual_memories
 
 TINY = {"width": 8, "depth": 1}
 
@@ -50,9 +51,9 @@ def test_class_orders_are_numpy_permutations_split_in_equal_groups(seed):
 def test_plan_uses_the_configured_order_seeds():
   config = _config()
   config.continual.orders = [0, 3]
-  the_plan = continual.plan(config)
-  assert list(the_plan.groups) == [0, 3]
-  for seed, groups in the_plan.groups.items():
+  plan = continual.make_plan(config)
+  assert list(plan.groups) == [0, 3]
+  for seed, groups in plan.groups.items():
     np.testing.assert_array_equal(
       groups.reshape(-1), np.random.RandomState(seed).permutation(10)
     )
@@ -129,13 +130,13 @@ def test_every_memory_gets_the_same_storage_per_class(ipc):
   config = continual_config.get_config(
     f"steps=2,ipc={ipc},runlocal=true,methods={methods}"
   )
-  the_plan = continual.plan(config)
-  assert the_plan.budget_per_class == ipc * 64
-  for name, memory in the_plan.memories.items():
+  plan = continual.make_plan(config)
+  assert plan.budget_per_class == ipc * 64
+  for name, memory in plan.memories.items():
     assert memory.floats_per_class == ipc * 64, name
   # Rank-2 factors on 8x8: 32 floats an image, twice the images of pixels.
-  assert the_plan.memories["lodm"].images_per_class == 2 * ipc
-  assert the_plan.memories["dm"].images_per_class == ipc
+  assert plan.memories["lodm"].images_per_class == 2 * ipc
+  assert plan.memories["dm"].images_per_class == ipc
 
 
 @pytest.fixture(scope="module")
@@ -200,10 +201,11 @@ def test_a_run_resumed_after_step_one_reuses_it_and_matches(
   step_1 = workdir / "order_0" / "step_1"
   before = {p: p.stat().st_mtime_ns for p in step_1.rglob("*")}
   built = []
+  # Patched where the memory kinds look them up.
   for name in ("coreset_memory", "distill_memory"):
-    original = getattr(continual, name)
+    original = getattr(continual_memories, name)
     monkeypatch.setattr(
-      continual,
+      continual_memories,
       name,
       lambda *a, _f=original, _n=name, **k: built.append(_n) or _f(*a, **k),
     )
@@ -354,6 +356,6 @@ def test_bad_trajectory_memories_are_refused_before_compute(
 @pytest.mark.parametrize("name", ["dc", "lodc", "dsa", "lodsa", "lomtt"])
 def test_every_distillation_method_plans_at_the_shared_budget(name):
   config = _config(f"methods=random+{name}")
-  the_plan = continual.plan(config)
-  memory = the_plan.memories[name]
-  assert memory.storage_floats <= the_plan.memories["random"].storage_floats
+  plan = continual.make_plan(config)
+  memory = plan.memories[name]
+  assert memory.storage_floats <= plan.memories["random"].storage_floats

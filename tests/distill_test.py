@@ -56,7 +56,7 @@ def test_optimizer_groups_use_their_own_learning_rates():
 
 def test_the_jitted_step_traces_once():
   config = _config()
-  plan = distill.plan(config)
+  plan = distill.make_plan(config)
   state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   objective = distill.OBJECTIVES["dm"]
   step = jax.jit(
@@ -83,7 +83,7 @@ def test_run_exports_a_set_that_reloads_and_evaluates(finished_run, tmp_path):
   assert list((run_dir / "images").glob("synset_*.png"))
   assert list((run_dir / "images").glob("factors_*.png"))
   exported = synset.load(run_dir / "synset")
-  plan = distill.plan(_config())
+  plan = distill.make_plan(_config())
   n = plan.images_per_class * plan.num_classes
   chex.assert_shape(exported.images, (n, 8, 8, 1))
   assert exported.storage_floats <= plan.budget.floats_allowed
@@ -102,14 +102,14 @@ def _loss_steps(workdir):
 
 
 def _final_state(workdir, config):
-  plan = distill.plan(config)
+  plan = distill.make_plan(config)
   trainable = distill.initial_trainable(jax.random.key(0), plan, config)
   optimizer = distill.make_optimizer(
     distill.optimizer_groups(config, trainable)
   )
   abstract = jax.eval_shape(lambda: distill.init_state(trainable, optimizer))
   with checkpoint.Checkpointer(
-    workdir / "checkpoints", config=distill._identity_config(config)
+    workdir / "checkpoints", config=distill.loop._identity_config(config)
   ) as ckpt:
     state, _ = ckpt.restore(abstract)
   return state
@@ -137,7 +137,7 @@ def test_running_a_finished_run_again_reads_its_evaluation_back(
   shutil.copytree(finished_run[0], workdir)
   log = workdir / evaluate.MODEL_LOG
   (record,) = [json.loads(line) for line in log.read_text().splitlines()]
-  test_size = distill.plan(_config()).dataset.test_images.shape[0]
+  test_size = distill.make_plan(_config()).dataset.test_images.shape[0]
   accuracy = finished_run[1]["results"]["convnet"]["accuracies"][0]
   assert record["correct"] == round(accuracy * test_size)
   # An edited log shows the result is read back, not trained again.

@@ -274,7 +274,7 @@ def test_an_ipc_without_loop_setting_names_the_fields_to_set():
 def test_every_outer_loop_makes_one_guarded_update():
   config = _config("param=pixels")
   config.distill.update(outer_loop=3, inner_loop=1, max_loss=-1.0)
-  plan = distill.plan(config)
+  plan = distill.make_plan(config)
   state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   trainable = state.trainable
   objective = distill.OBJECTIVES["gm"]
@@ -305,7 +305,7 @@ def test_soft_labels_are_learned_by_gradient_matching():
   # Soft logits cost storage: same-images keeps the image count.
   config = _config("param=pixels,budget=same-images")
   config.labels.update(kind="soft", init="onehot", lr=1.0)
-  plan = distill.plan(config)
+  plan = distill.make_plan(config)
   state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   trainable = state.trainable
   objective = distill.OBJECTIVES["gm"]

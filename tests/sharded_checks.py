@@ -134,14 +134,14 @@ def compare_steps(plan, config, meshes) -> dict:
 def check_dm(tmp: pathlib.Path) -> dict:
   del tmp
   config = tiny(dm_config.get_config("runlocal=true"))
-  return compare_steps(distill.plan(config), config, meshes())
+  return compare_steps(distill.make_plan(config), config, meshes())
 
 
 def check_gm(tmp: pathlib.Path) -> dict:
   del tmp
   # No inner loop: it trains on the (replicated) synthetic set only.
   config = tiny(gm_config.get_config("runlocal=true,method=dsa"), inner_loop=0)
-  return compare_steps(distill.plan(config), config, meshes())
+  return compare_steps(distill.make_plan(config), config, meshes())
 
 
 def experts_config(data: int):
@@ -161,7 +161,9 @@ def check_experts(tmp: pathlib.Path) -> dict:
   3 are padded to 8 (the extra experts are trained and dropped).
   """
   config = experts_config(-1)
-  dataset = distill.plan(tiny(dm_config.get_config("runlocal=true"))).dataset
+  dataset = distill.make_plan(
+    tiny(dm_config.get_config("runlocal=true"))
+  ).dataset
   model = models.create(
     "convnet", num_classes=10, image_shape=(8, 8, 1), **TINY
   )
@@ -210,8 +212,8 @@ def check_tm(tmp: pathlib.Path) -> dict:
     experts.run(experts_config(-1), buffer)
   details = {}
   for name, num_trajectories, split in (
-    ("trajectories", 8, distill.TRAJECTORIES),
-    ("minibatch", 1, distill.MINIBATCH),
+    ("trajectories", 8, distill.tm.TRAJECTORIES),
+    ("minibatch", 1, distill.tm.MINIBATCH),
   ):
     config = tm_config.get_config("runlocal=true,variant=mtt,ipc=1")
     config = tiny(
@@ -223,10 +225,10 @@ def check_tm(tmp: pathlib.Path) -> dict:
     )
     config.synset.ipc = 2
     config.experts.path = str(buffer)
-    plan = distill.plan(config)
+    plan = distill.make_plan(config)
     assert plan.num_classes * plan.images_per_class == 20
     for mesh in meshes():
-      assert distill.tm_split(config, mesh) == split
+      assert distill.tm.mesh_split(config, mesh) == split
     details[name] = compare_steps(plan, config, meshes())
   return details
 
@@ -261,7 +263,9 @@ def check_batch_norm_student_refused(tmp: pathlib.Path) -> dict:
 def check_evaluate(tmp: pathlib.Path) -> dict:
   del tmp
   """4 models: split evenly over 4 devices, padded to 8 on 8."""
-  dataset = distill.plan(tiny(dm_config.get_config("runlocal=true"))).dataset
+  dataset = distill.make_plan(
+    tiny(dm_config.get_config("runlocal=true"))
+  ).dataset
 
   def accuracies(mesh):
     return evaluate.evaluate_set(

@@ -233,6 +233,7 @@ def _config(buffer_dir, variant):
   return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mtt", "lomtt", "mtt_lss"])
 def test_one_iteration_of_each_variant_runs_through_the_launcher(
   variant, buffer_dir, tmp_path
@@ -268,7 +269,7 @@ def test_the_step_traces_once_and_learns_images_labels_and_lr(buffer_dir):
   config = _config(buffer_dir, "mtt_lss")
   # The published lr_lr moves the log-lr by ~1e-6 a step; make it visible.
   config.distill.lr_lr = 100.0
-  plan = distill.plan(config)
+  plan = distill.make_plan(config)
   trainable = distill.initial_trainable(jax.random.key(0), plan, config)
   assert set(trainable) == {"images", "labels", "log_lr"}
   optimizer = distill.make_optimizer(
@@ -293,9 +294,9 @@ def test_the_step_traces_once_and_learns_images_labels_and_lr(buffer_dir):
 
 def test_expert_snapshots_are_drawn_reproducibly_by_step(buffer_dir):
   config = _config(buffer_dir, "mtt")
-  plan = distill.plan(config)
-  a = distill.ExpertSnapshots(plan, config)
-  b = distill.ExpertSnapshots(plan, config)
+  plan = distill.make_plan(config)
+  a = distill.tm.ExpertSnapshots(plan, config)
+  b = distill.tm.ExpertSnapshots(plan, config)
   chex.assert_trees_all_equal(a(5), b(5))
   start, target = a(3)
   buffer = experts.open_buffer(buffer_dir)
@@ -318,7 +319,7 @@ def test_expert_snapshots_are_drawn_reproducibly_by_step(buffer_dir):
 def test_the_guard_skips_and_counts_exploding_losses(buffer_dir):
   config = _config(buffer_dir, "mtt")
   config.distill.update(learn_lr=False, lr_student=1e4, max_loss=10.0)
-  plan = distill.plan(config)
+  plan = distill.make_plan(config)
   state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   objective = distill.OBJECTIVES["tm"]
   step = jax.jit(objective.make_step(plan, config, optimizer))
@@ -333,7 +334,7 @@ def test_snapshots_above_the_host_memory_limit_are_refused(buffer_dir):
   config = _config(buffer_dir, "mtt")
   config.experts.max_host_bytes = 1000
   with pytest.raises(ValueError, match="experts.max_host_bytes"):
-    distill.ExpertSnapshots(distill.plan(config), config)
+    distill.tm.ExpertSnapshots(distill.make_plan(config), config)
 
 
 def test_a_buffer_of_another_model_is_refused(buffer_dir, tmp_path):
@@ -348,7 +349,7 @@ def test_a_buffer_too_short_for_the_start_epochs_is_refused(buffer_dir):
   config = _config(buffer_dir, "mtt")
   config.distill.max_start = 10
   with pytest.raises(checkpoint.CheckpointError, match="distill.max_start"):
-    distill.plan(config)
+    distill.make_plan(config)
 
 
 def test_a_missing_buffer_names_the_field(tmp_path):
@@ -363,4 +364,4 @@ def test_a_missing_buffer_names_the_field(tmp_path):
   config.distill.max_start = 1
   config.experts.path = str(tmp_path / "nothing")
   with pytest.raises(checkpoint.CheckpointError, match="experts.path"):
-    distill.plan(config)
+    distill.make_plan(config)

@@ -1,0 +1,70 @@
+"""Distillation: the loop and the methods as the loop sees them.
+
+  step       the state, its optimiser, the guarded update, the jitted step
+  objective  `Plan` (what a config resolves to) and `Objective` (a method)
+  dm, gm, tm one module per method family (`configs/{dm,gm,tm}.py`)
+  planning   the config seam: validate, plan, registry, initial state
+  export     the exported set and its pictures
+  loop       `run(config, workdir)`
+
+This module only hands names on.
+"""
+
+from lowrank_distill.distill import (
+  dm,
+  export,
+  gm,
+  loop,
+  objective,
+  planning,
+  step,
+  tm,
+)
+from lowrank_distill.distill.loop import check_workdir, run
+from lowrank_distill.distill.objective import Objective, Plan, syn_targets
+from lowrank_distill.distill.planning import (
+  OBJECTIVES,
+  RESUMABLE_FIELDS,
+  initial_state,
+  initial_trainable,
+  learning_objectives,
+  make_plan,
+  optimizer_groups,
+  validate,
+)
+from lowrank_distill.distill.step import (
+  DistillState,
+  guarded_update,
+  init_state,
+  make_optimizer,
+  make_train_step,
+)
+
+__all__ = [
+  "OBJECTIVES",
+  "RESUMABLE_FIELDS",
+  "DistillState",
+  "Objective",
+  "Plan",
+  "check_workdir",
+  "dm",
+  "export",
+  "gm",
+  "guarded_update",
+  "init_state",
+  "initial_state",
+  "initial_trainable",
+  "learning_objectives",
+  "loop",
+  "make_optimizer",
+  "make_plan",
+  "make_train_step",
+  "objective",
+  "optimizer_groups",
+  "planning",
+  "run",
+  "step",
+  "syn_targets",
+  "tm",
+  "validate",
+]

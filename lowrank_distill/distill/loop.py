@@ -1,0 +1,202 @@
+"""The distillation loop: `run(config, workdir)`, resumable.
+
+As flax's `examples/*/train.py`: the plan and initial state from the config
+(`planning`), one jitted step of the method (`dm`, `gm`, `tm`), then the
+loop with metrics, evaluations, pictures and checkpoints, and the export.
+"""
+
+import dataclasses
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import tqdm
+from absl import logging
+
+from lowrank_distill import checkpoint, data, evaluate, models, rng, sharding
+from lowrank_distill import workdir as workdir_lib
+from lowrank_distill.distill import export as export_lib
+from lowrank_distill.distill import planning
+from lowrank_distill.distill.objective import Plan
+from lowrank_distill.parameterize import budget as budget_lib
+
+
+def _evaluate(key, trainable, plan: Plan, config, workdir) -> dict:
+  results = evaluate.evaluate_with_config(
+    key,
+    plan.reconstructor.materialize(trainable["images"]),
+    export_lib.labels_of(trainable, plan),
+    plan.dataset,
+    config,
+    lr=export_lib.learned_lr(trainable),
+    log=evaluate.ModelLog(workdir / evaluate.MODEL_LOG),
+  )
+  return {name: r.to_json() for name, r in results.items()}
+
+
+def _identity_config(config) -> dict:
+  """The config without the fields a resumed run may change."""
+  return workdir_lib.identity(config.to_dict(), planning.RESUMABLE_FIELDS)
+
+
+def check_workdir(workdir: pathlib.Path, config) -> None:
+  """Refuses a workdir written by another config, before writing anything."""
+  workdir_lib.check_config(
+    workdir, config, resumable_fields=planning.RESUMABLE_FIELDS, what="a run"
+  )
+
+
+def _truncate_metrics(writer: workdir_lib.MetricsWriter, step: int) -> None:
+  """Drops records past the restored step (they will be produced again)."""
+  if not workdir_lib.is_writer():
+    return
+  kept = [r for r in writer.read() if r["step"] <= step]
+  tmp = writer.path.with_suffix(".tmp")
+  tmp.write_text("".join(workdir_lib.json_line(r) for r in kept))
+  tmp.replace(writer.path)
+
+
+def run(
+  config,
+  workdir,
+  *,
+  dataset: data.Dataset | None = None,
+  final_eval: bool = True,
+) -> dict:
+  """Distils a synthetic set; resumes from the workdir's last checkpoint.
+
+  Writes config.json, metrics.jsonl, checkpoints/, images/*.png, synset/
+  (the export), eval_models.jsonl (`evaluate.ModelLog`) and results.json
+  into `workdir`.
+
+  Args:
+    config: the run's config.
+    workdir: where everything is written.
+    dataset: distil (and evaluate on) this dataset instead of loading
+      `config.dataset`.
+    final_eval: evaluate the final set with `config.eval` (else `results` is
+      empty: a caller that trains on the export itself skips the cost).
+
+  Returns:
+    The final evaluation results, per architecture.
+  """
+  workdir = pathlib.Path(workdir)
+  plan = planning.make_plan(config, dataset=dataset)
+  objective = planning.OBJECTIVES[config.method]
+  mesh = sharding.mesh_from_config(config)
+  objective.check_mesh(plan, config, mesh)
+  check_workdir(workdir, config)
+  process_0 = workdir_lib.is_writer()
+  if process_0:
+    print(budget_lib.budget_table(plan.budget), flush=True)
+  logging.info("Mesh: %s", sharding.describe(mesh))
+
+  root = jax.random.key(config.seed)
+  state, optimizer = planning.initial_state(
+    rng.stream(root, "init"), plan, config
+  )
+  state = sharding.put(state, mesh)
+  train_step = sharding.jit(
+    objective.make_step(plan, config, optimizer, mesh=mesh),
+    mesh,
+    compiler_options=models.compiler_options(config.distill.conv_impl),
+  )
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_config(workdir, config)
+  writer = workdir_lib.MetricsWriter(workdir)
+  cfg = config.distill
+  with checkpoint.Checkpointer(
+    workdir / "checkpoints", config=_identity_config(config)
+  ) as ckpt:
+    restored = ckpt.restore_or_none(sharding.abstract(state, mesh))
+    if restored is not None:
+      state, _ = restored
+      logging.info("Resumed from step %d", int(state.step))
+      _truncate_metrics(writer, int(state.step))
+
+    inputs = objective.inputs(plan, config, mesh)
+    distill_key = rng.stream(root, "distill")
+    eval_key = rng.stream(root, "eval")
+    start = int(state.step)
+    losses, tick = [], time.time()
+    progress = tqdm.trange(
+      start,
+      cfg.iterations,
+      initial=start,
+      total=cfg.iterations,
+      desc=f"{config.method}/{config.synset.param}",
+      disable=not workdir_lib.is_writer(),
+    )
+    for step in progress:
+      step_key = sharding.put(jax.random.fold_in(distill_key, step), mesh)
+      state, metrics = train_step(state, step_key, *inputs(step))
+      losses.append(metrics["loss"])
+      done = step + 1
+      if done % cfg.log_every == 0 or done == cfg.iterations:
+        mean_loss = float(jnp.mean(jnp.stack(losses)))
+        progress.set_postfix(
+          loss=f"{mean_loss:.4g}", skipped=int(state.skipped)
+        )
+        writer.write(
+          done,
+          loss=mean_loss,
+          skipped=int(state.skipped),
+          seconds_per_step=(time.time() - tick) / len(losses),
+        )
+        losses, tick = [], time.time()
+      if (
+        cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations
+      ):
+        results = _evaluate(
+          jax.random.fold_in(eval_key, done),
+          state.trainable,
+          plan,
+          config,
+          workdir,
+        )
+        writer.write(done, eval=results)
+      if cfg.image_every and done % cfg.image_every == 0:
+        export_lib.save_pictures(workdir, done, state.trainable, plan, config)
+      if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+        ckpt.save(done, state)
+    ckpt.wait()
+
+  final_step = int(state.step)
+  export_lib.save_pictures(workdir, final_step, state.trainable, plan, config)
+  exported = export_lib.export(
+    workdir / "synset", state.trainable, plan, config
+  )
+  results = {}
+  if final_eval:
+    results = _evaluate(
+      jax.random.fold_in(eval_key, final_step),
+      state.trainable,
+      plan,
+      config,
+      workdir,
+    )
+    writer.write(final_step, eval=results, final=True)
+  summary = {
+    "method": config.method,
+    "param": config.synset.param,
+    "budget": dataclasses.asdict(plan.budget),
+    "storage_floats": exported.storage_floats,
+    "skipped_updates": int(state.skipped),
+    "iterations": final_step,
+    "lr": exported.lr,
+    "results": results,
+  }
+  workdir_lib.write_json(workdir / "results.json", summary)
+  for name, r in results.items():
+    line = (
+      f"{name}: {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
+      f"over {len(r['accuracies'])} models"
+    )
+    if process_0:
+      print(line, flush=True)
+    logging.info("%s", line)
+  if process_0:
+    print(f"artifacts in {workdir.resolve()}", flush=True)
+  return summary

@@ -1,0 +1,211 @@
+"""The config seam of a distillation: validate, plan, initial state.
+
+Only this module and `loop` read a ConfigDict. `validate` checks names and
+values before anything is loaded; `make_plan` loads the dataset and resolves
+the budget and model; `initial_state` builds the trainable set and its
+optimiser.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from lowrank_distill import (
+  augment,
+  checks,
+  config_utils,
+  data,
+  models,
+  parameterize,
+)
+from lowrank_distill.distill import dm, gm, tm
+from lowrank_distill.distill.objective import Objective, Plan
+from lowrank_distill.distill.step import init_state, make_optimizer
+from lowrank_distill.parameterize import budget as budget_lib
+from lowrank_distill.parameterize import labels as labels_lib
+
+# Config fields that may change when a run resumes: they steer the loop or
+# its reporting, not the state a checkpoint holds.
+RESUMABLE_FIELDS = (
+  "distill.iterations",
+  "distill.eval_every",
+  "distill.checkpoint_every",
+  "distill.image_every",
+  "eval",
+  # A checkpoint restores onto any mesh; results agree to reduction order.
+  "mesh",
+)
+
+
+OBJECTIVES: dict[str, Objective] = {
+  "dm": dm.OBJECTIVE,
+  "gm": gm.OBJECTIVE,
+  "tm": tm.OBJECTIVE,
+}
+
+
+def learning_objectives(what: str) -> list[str]:
+  """Names of the objectives that learn labels ('labels') or the lr ('lr')."""
+  attr = {"labels": "learns_labels", "lr": "learns_lr"}[what]
+  return [name for name, o in OBJECTIVES.items() if getattr(o, attr)]
+
+
+def validate(config, *, check_inputs: bool = True) -> None:
+  """Checks names and values of the config before anything is loaded.
+
+  With `check_inputs`, also that the config names the inputs the run reads
+  besides the dataset (trajectory matching's expert buffer); False for a
+  caller that builds those inputs later (continual steps train experts).
+  """
+  checks.check_choice("method", config.method, OBJECTIVES)
+  checks.check_choice(
+    "synset.param", config.synset.param, parameterize.PARAMETERIZATIONS
+  )
+  checks.check_choice("synset.budget", config.synset.budget, budget_lib.BUDGETS)
+  checks.check_choice("labels.kind", config.labels.kind, ("hard", "soft"))
+  if config.labels.kind == "soft":
+    checks.check_choice(
+      "labels.init", config.labels.init, labels_lib.LABEL_INITS
+    )
+    if not OBJECTIVES[config.method].learns_labels:
+      raise ValueError(
+        f"labels.kind 'soft': objective {config.method!r} gives label "
+        f"logits no gradient; use labels.kind='hard' (objectives that learn "
+        f"labels: {learning_objectives('labels')})"
+      )
+  if config.distill.learn_lr and not OBJECTIVES[config.method].learns_lr:
+    raise ValueError(
+      f"distill.learn_lr: objective {config.method!r} has no student lr to "
+      f"learn; set it to False (objectives with one: "
+      f"{learning_objectives('lr')})"
+    )
+  checks.check_choice("synset.init", config.synset.init, ("noise", "real"))
+  if config.synset.ipc < 1:
+    raise ValueError(f"synset.ipc must be >= 1, got {config.synset.ipc}")
+  if config.distill.iterations < 0:
+    raise ValueError(
+      f"distill.iterations must be >= 0, got {config.distill.iterations}"
+    )
+  augment.parse_strategy(config.distill.dsa_strategy)
+  augment.parse_strategy(config.eval.dsa_strategy)
+  models.check_names([config.model.name, *config.eval.models])
+  OBJECTIVES[config.method].check(config)
+  if check_inputs:
+    OBJECTIVES[config.method].check_inputs(config)
+
+
+def make_plan(
+  config, *, dataset: data.Dataset | None = None, check_inputs: bool = True
+) -> Plan:
+  """Loads the dataset and resolves the budget; raises on bad values.
+
+  Args:
+    config: the run's config.
+    dataset: distil this dataset instead of loading `config.dataset` (e.g.
+      the classes of one continual-learning step).
+    check_inputs: run the objective's checks of what the run reads besides
+      the dataset (trajectory matching's expert buffer); False for a caller
+      that builds those inputs later (continual steps train their experts).
+  """
+  validate(config, check_inputs=check_inputs)
+  if dataset is None:
+    dataset = data.load(
+      config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
+    )
+  syn = config.synset
+  parameterize.validate(
+    syn.param,
+    image_shape=dataset.image_shape,
+    rank=syn.rank,
+    num_sets=syn.num_sets,
+  )
+  data.check_images_per_class(dataset.train_labels, syn.ipc, field="synset.ipc")
+  budget = budget_lib.plan(
+    syn.param,
+    budget=syn.budget,
+    ipc=syn.ipc,
+    num_classes=dataset.num_classes,
+    image_shape=dataset.image_shape,
+    rank=syn.rank,
+    num_sets=syn.num_sets,
+    soft_labels=config.labels.kind == "soft",
+    learn_lr=config.distill.learn_lr,
+  )
+  data.check_images_per_class(
+    dataset.train_labels,
+    budget.images_per_class,
+    field="synset.ipc (images per class after the budget)",
+  )
+  if "batch_real" in config.distill:
+    data.check_images_per_class(
+      dataset.train_labels,
+      config.distill.batch_real,
+      field="distill.batch_real",
+    )
+  model = models.create(
+    config.model.name,
+    num_classes=dataset.num_classes,
+    image_shape=dataset.image_shape,
+    conv_impl=config.distill.conv_impl,
+    **models.options_for(config.model.name, config.model.options),
+  )
+  plan = Plan(
+    dataset=dataset,
+    budget=budget,
+    reconstructor=parameterize.get(syn.param),
+    model=model,
+  )
+  if check_inputs:
+    OBJECTIVES[config.method].check_plan(plan, config)
+  return plan
+
+
+def initial_trainable(key, plan: Plan, config) -> dict:
+  """The reconstructor params (and labels / lr) before distillation."""
+  syn = config.synset
+  image_key, real_key, label_key = jax.random.split(key, 3)
+  index = data.class_index(plan.dataset.train_labels, plan.num_classes)
+  real = None
+  if syn.init == "real":
+    idx = data.sample_per_class(real_key, index, n=plan.images_per_class)
+    real = jnp.asarray(plan.dataset.train_images)[idx]
+  trainable = {
+    "images": plan.reconstructor.init(
+      image_key,
+      num_classes=plan.num_classes,
+      images_per_class=plan.images_per_class,
+      image_shape=plan.dataset.image_shape,
+      method=syn.init,
+      real_images=real,
+      **parameterize.kind_kwargs(
+        syn.param, rank=syn.rank, num_sets=syn.num_sets
+      ),
+    )
+  }
+  if config.labels.kind == "soft":
+    trainable["labels"] = labels_lib.init_soft(
+      label_key,
+      num_classes=plan.num_classes,
+      images_per_class=plan.images_per_class,
+      method=config.labels.init,
+    )
+  if config.distill.learn_lr:
+    trainable["log_lr"] = jnp.log(jnp.float32(config.distill.lr_student))
+  return trainable
+
+
+def initial_state(key, plan: Plan, config):
+  """(state, optimiser): the trainable set before distillation, its optax
+  optimiser (one SGD group per parameter group) and that optimiser's state."""
+  trainable = initial_trainable(key, plan, config)
+  optimizer = make_optimizer(optimizer_groups(config, trainable))
+  return init_state(trainable, optimizer), optimizer
+
+
+def optimizer_groups(config, trainable: dict) -> dict:
+  cfg = config.distill
+  groups = {"images": (cfg.lr_images, cfg.momentum)}
+  if "labels" in trainable:
+    groups["labels"] = (config.labels.lr, config.labels.momentum)
+  if "log_lr" in trainable:
+    groups["log_lr"] = (cfg.lr_lr, cfg.momentum)
+  return groups

@@ -1,0 +1,125 @@
+"""The distillation state, its optimiser, the guarded update and the step.
+
+The trainable state is a dict of parameter groups, each with its own optax
+optimiser: 'images' (the reconstructor's parameters: pixels, factors or
+mappers and codes), optionally 'labels' (learnable label logits) and
+'log_lr' (a learned student lr, kept positive as a log). An objective turns
+the trainable dict, a key and the real data into a scalar loss; the step
+differentiates it, refuses non-finite or exploding losses (counted, never
+applied), and updates every group.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+LossFn = Callable[..., jax.Array]
+StepFn = Callable[..., tuple["DistillState", dict]]
+
+
+@flax.struct.dataclass
+class DistillState:
+  """Everything a checkpoint holds.
+
+  Attributes:
+    step: iterations done.
+    trainable: {'images': reconstructor params, 'labels'?: [n, C] logits,
+      'log_lr'?: scalar}.
+    opt_state: the optax state of `trainable`.
+    skipped: updates refused for a non-finite or exploding loss.
+  """
+
+  step: jax.Array
+  trainable: dict
+  opt_state: PyTree
+  skipped: jax.Array
+
+
+def make_optimizer(groups: dict[str, tuple[float, float]]):
+  """SGD with momentum per parameter group.
+
+  Args:
+    groups: group name -> (learning rate, momentum).
+
+  Returns:
+    An optax transformation over a dict with exactly these groups.
+  """
+  transforms = {
+    name: optax.sgd(lr, momentum=momentum or None)
+    for name, (lr, momentum) in groups.items()
+  }
+
+  def group_of(tree):
+    return {name: jax.tree.map(lambda _: name, tree[name]) for name in tree}
+
+  return optax.multi_transform(transforms, group_of)
+
+
+def init_state(trainable: dict, optimizer) -> DistillState:
+  return DistillState(
+    step=jnp.int32(0),
+    trainable=trainable,
+    opt_state=optimizer.init(trainable),
+    skipped=jnp.int32(0),
+  )
+
+
+def guarded_update(
+  state: DistillState, loss, grads, optimizer, *, max_loss: float
+) -> tuple[DistillState, jax.Array]:
+  """Applies `grads` unless the loss or a gradient is bad.
+
+  A non-finite loss or gradient, or a loss above `max_loss`, leaves the
+  trainable params and the optimiser state untouched and increments
+  `skipped`. `step` is not changed.
+
+  Returns:
+    (state, refused): the new state and whether the update was refused.
+  """
+  finite_grads = jnp.all(
+    jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+  )
+  ok = jnp.isfinite(loss) & finite_grads & (loss <= max_loss)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  keep = functools.partial(
+    jax.tree.map, lambda new, old: jnp.where(ok, new, old)
+  )
+  new_state = state.replace(
+    trainable=keep(trainable, state.trainable),
+    opt_state=keep(opt_state, state.opt_state),
+    skipped=state.skipped + (~ok).astype(jnp.int32),
+  )
+  return new_state, ~ok
+
+
+def make_train_step(loss_fn: LossFn, optimizer, *, max_loss: float):
+  """One distillation iteration with a guard against bad losses.
+
+  Args:
+    loss_fn: (trainable, key, *data) -> scalar loss.
+    optimizer: from `make_optimizer`.
+    max_loss: losses above this (or non-finite losses or gradients) skip the
+      update and increment `skipped`.
+
+  Returns:
+    train_step(state, key, *data) -> (state, metrics); jit it where used.
+  """
+
+  def train_step(state: DistillState, key, *data_args):
+    loss, grads = jax.value_and_grad(loss_fn)(state.trainable, key, *data_args)
+    state, refused = guarded_update(
+      state, loss, grads, optimizer, max_loss=max_loss
+    )
+    return state.replace(step=state.step + 1), {
+      "loss": loss,
+      "skipped": refused,
+    }
+
+  return train_step

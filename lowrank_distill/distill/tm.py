@@ -1,0 +1,243 @@
+"""Trajectory matching (MTT, LoMTT, MTT-LSS) as the loop sees it.
+
+The expert-snapshot feeder (`ExpertSnapshots`), the snapshot window a run
+reads, and how an iteration is split over the mesh.
+
+References:
+  Cazenavette et al., "Dataset Distillation by Matching Training
+  Trajectories", CVPR 2022.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lowrank_distill import experts as experts_lib
+from lowrank_distill import models, sharding, train
+from lowrank_distill.distill.objective import Objective, Plan, syn_targets
+from lowrank_distill.distill.step import StepFn, make_train_step
+from lowrank_distill.objectives import trajectory_matching
+
+
+def check(config) -> None:
+  cfg = config.distill
+  trajectory_matching.check_start_schedule(cfg.start)
+  for field, low in (
+    ("syn_steps", 0),
+    ("expert_epochs", 1),
+    ("max_start", 1),
+    ("batch_syn", 0),
+    ("num_trajectories", 1),
+  ):
+    if cfg[field] < low:
+      raise ValueError(f"distill.{field} must be >= {low}, got {cfg[field]}")
+  if not cfg.learn_lr and cfg.lr_student <= 0:
+    raise ValueError(f"distill.lr_student must be > 0, got {cfg.lr_student}")
+
+
+def check_inputs(config) -> None:
+  if not config.experts.path:
+    raise ValueError(
+      "experts.path: trajectory matching needs an expert buffer; train one "
+      "with launch/experts.py and pass --config.experts.path=<its workdir>"
+    )
+
+
+def snapshot_window(config) -> tuple[int, int]:
+  """`trajectory_matching.snapshot_window` of a run's config."""
+  cfg = config.distill
+  return trajectory_matching.snapshot_window(
+    schedule=cfg.start,
+    max_start=cfg.max_start,
+    delta=cfg.start_delta,
+    expert_epochs=cfg.expert_epochs,
+  )
+
+
+def _buffer(plan: Plan, config):
+  buffer = experts_lib.open_buffer(config.experts.path, field="experts.path")
+  _, needed = snapshot_window(config)
+  wanted = config.experts.num_experts or buffer.num_experts
+  experts_lib.check_buffer(
+    buffer,
+    experts_lib.buffer_identity(plan.dataset, config),
+    field="experts.path",
+    min_snapshots=needed,
+    needed_by="distill.max_start + distill.expert_epochs",
+    min_experts=max(wanted, 1),
+  )
+  return buffer, wanted
+
+
+def check_plan(plan: Plan, config) -> None:
+  _buffer(plan, config)
+
+
+TRAJECTORIES, MINIBATCH = "trajectories", "minibatch"
+
+
+def mesh_split(config, mesh) -> str | None:
+  """What trajectory matching splits over the mesh's 'data' axis.
+
+  The trajectories of an iteration when `distill.num_trajectories` is a
+  multiple of the devices; else the student's synthetic minibatch at every
+  step (padded with masked rows when it does not divide); None on one
+  device.
+  """
+  if not sharding.is_sharded(mesh):
+    return None
+  n = sharding.data_size(mesh)
+  return TRAJECTORIES if config.distill.num_trajectories % n == 0 else MINIBATCH
+
+
+def check_mesh(plan: Plan, config, mesh) -> None:
+  if mesh_split(config, mesh) != MINIBATCH:
+    return
+  if not models.uses_batch_norm(plan.model):
+    return
+  num_images = plan.num_classes * plan.images_per_class
+  batch = min(config.distill.batch_syn or num_images, num_images)
+  n = sharding.data_size(mesh)
+  if batch % n:
+    raise ValueError(
+      f"distill.batch_syn: a BatchNorm student's minibatch of {batch} "
+      f"synthetic images is split over the {n} devices along the mesh's "
+      f"'data' axis and must be a multiple of {n} (padding would enter its "
+      f"batch statistics); set distill.batch_syn to a multiple of {n}, "
+      f"distill.num_trajectories to a multiple of {n}, or mesh.data to a "
+      f"divisor of {batch}"
+    )
+
+
+class ExpertSnapshots:
+  """The snapshots trajectory matching reads, held in host memory.
+
+  Every expert's epochs `0 .. window - 1` (the latest start plus the
+  expert epochs) are read by slice from the buffer once; each step then
+  draws experts and start epochs with a generator seeded by (seed, step), so
+  a resumed run draws what the uninterrupted one would have. With a mesh,
+  each step's [num_trajectories, ...] snapshots are sent split along the
+  trajectories (`mesh_split`) or replicated.
+  """
+
+  def __init__(self, plan: Plan, config, mesh=None):
+    buffer, num_experts = _buffer(plan, config)
+    window, _ = snapshot_window(config)
+    window = min(window, buffer.num_snapshots)
+    snapshot_bytes = sum(
+      math.prod(x.shape) * x.dtype.itemsize
+      for x in jax.tree.leaves(buffer.abstract_params())
+    )
+    self.num_bytes = num_experts * window * snapshot_bytes
+    limit = config.experts.max_host_bytes
+    if limit and self.num_bytes > limit:
+      raise ValueError(
+        f"experts.num_experts: {num_experts} experts x {window} snapshots "
+        f"take {self.num_bytes / 2**30:.2f} GiB, above "
+        f"experts.max_host_bytes ({limit / 2**30:.2f} GiB); use fewer "
+        f"experts or raise the limit"
+      )
+    trajectories = [buffer.read(e, 0, window) for e in range(num_experts)]
+    self.params = jax.tree.map(lambda *x: np.stack(x), *trajectories)
+    cfg = config.distill
+    self.num_experts = num_experts
+    self.mesh = mesh
+    self.axis = 0 if mesh_split(config, mesh) == TRAJECTORIES else None
+    # Read once: each step draws with these settings only.
+    self.seed = config.seed
+    self.expert_epochs = cfg.expert_epochs
+    # The last start epoch with its target inside the snapshots read.
+    self.last_start = window - 1 - cfg.expert_epochs
+    self.draw = dict(
+      num=cfg.num_trajectories,
+      schedule=cfg.start,
+      iterations=cfg.iterations,
+      max_start=cfg.max_start,
+      delta=cfg.start_delta,
+      window=cfg.start_window,
+      last_start=self.last_start,
+    )
+
+  def __call__(self, step: int) -> tuple:
+    rng = np.random.default_rng((self.seed, step))
+    experts, starts = trajectory_matching.sample_starts(
+      rng, step, num_experts=self.num_experts, **self.draw
+    )
+    targets = starts + self.expert_epochs
+    if sharding.is_sharded(self.mesh):
+      pairs = tuple(
+        jax.tree.map(lambda x, i=i: x[experts, i], self.params)
+        for i in (starts, targets)
+      )
+      return sharding.put(pairs, self.mesh, axis=self.axis)
+    return (
+      jax.tree.map(lambda x: jnp.asarray(x[experts, starts]), self.params),
+      jax.tree.map(lambda x: jnp.asarray(x[experts, targets]), self.params),
+    )
+
+
+def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
+  """Mean over `num_trajectories` trajectories of the MTT loss.
+
+  With a mesh, the trajectories or every student minibatch are split over
+  its 'data' axis (`mesh_split`).
+  """
+  cfg = config.distill
+  split = mesh_split(config, mesh)
+  materialize = plan.reconstructor.materialize
+  # The student's non-param variables (BatchNorm running averages) start
+  # as a fresh network's; experts store params only.
+  _, model_state = train.split_variables(
+    train.init_variables(
+      jax.random.key(0), plan.model, plan.dataset.image_shape
+    )
+  )
+  model_state = model_state or None
+
+  def loss_fn(trainable, key, start_params, target_params):
+    images = materialize(trainable["images"])
+    targets = syn_targets(trainable, plan).reshape(-1, plan.num_classes)
+    if "log_lr" in trainable:
+      lr = jnp.exp(trainable["log_lr"])
+    else:
+      lr = jnp.float32(cfg.lr_student)
+
+    def one(key, start, target):
+      return trajectory_matching.trajectory_loss(
+        key,
+        start,
+        target,
+        images,
+        targets,
+        model=plan.model,
+        lr=lr,
+        steps=cfg.syn_steps,
+        batch_size=cfg.batch_syn or images.shape[0],
+        dsa_strategy=cfg.dsa_strategy,
+        model_state=model_state,
+        remat=cfg.remat,
+        mesh=mesh if split == MINIBATCH else None,
+      )
+
+    keys = jax.random.split(key, cfg.num_trajectories)
+    if split == TRAJECTORIES:
+      keys, start_params, target_params = sharding.constrain(
+        (keys, start_params, target_params), mesh, axis=0
+      )
+    return jnp.mean(jax.vmap(one)(keys, start_params, target_params))
+
+  return make_train_step(loss_fn, optimizer, max_loss=cfg.max_loss)
+
+
+OBJECTIVE = Objective(
+  make_step=make_step,
+  inputs=ExpertSnapshots,
+  check=check,
+  check_inputs=check_inputs,
+  check_plan=check_plan,
+  check_mesh=check_mesh,
+  learns_labels=True,
+  learns_lr=True,
+)
