@@ -214,6 +214,14 @@ def select(
   return np.stack([m[np.asarray(p)] for m, p in zip(by_class, picks)])
 
 
+def validate(config) -> None:
+  """Checks the names and values of a coreset config before any compute."""
+  check_method(config.coreset.method)
+  checks.positive_int("coreset.ipc", config.coreset.ipc)
+  augment.parse_strategy(config.eval.dsa_strategy)
+  models.check_names([config.model.name, *config.eval.models])
+
+
 def check_workdir(workdir, config) -> None:
   """Refuses a workdir written by another config, before writing anything."""
   workdir_lib.check_config(
@@ -236,9 +244,7 @@ def run(config, workdir) -> dict:
   """
   workdir = pathlib.Path(workdir)
   cfg = config.coreset
-  check_method(cfg.method)
-  augment.parse_strategy(config.eval.dsa_strategy)
-  models.check_names([config.model.name, *config.eval.models])
+  validate(config)
   check_workdir(workdir, config)
   dataset = data.load(
     config.dataset.name, **config_utils.dataset_kwargs(config.dataset)

@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from lowrank_distill import (
   augment,
+  checks,
   config_utils,
   data,
   models,
@@ -479,6 +480,18 @@ def evaluate_with_config(
   )
 
 
+def validate(config) -> None:
+  """Checks an evaluation config's names and values before anything loads."""
+  if not config.synset:
+    raise ValueError(
+      "synset: the path of a saved set to evaluate is required "
+      "(configs/evaluate.py:synset=<workdir>/synset)"
+    )
+  augment.parse_strategy(config.eval.dsa_strategy)
+  models.check_names(config.eval.models)
+  checks.positive_int("eval.num_models", config.eval.num_models)
+
+
 def run(config, workdir) -> dict:
   """Evaluates a saved synthetic set or coreset (`config.synset`, a path).
 
@@ -490,14 +503,13 @@ def run(config, workdir) -> dict:
     The results dictionary written to `<workdir>/results.json`.
   """
   workdir = pathlib.Path(workdir)
+  validate(config)
   chosen = synset_lib.load(config.synset)
   dataset_cfg = config_utils.dataset_config(
     **chosen.info.get("dataset_config", {"name": chosen.dataset["name"]})
   )
   if config.dataset.name:
     dataset_cfg = config.dataset
-  augment.parse_strategy(config.eval.dsa_strategy)
-  models.check_names(config.eval.models)
   dataset = data.load(
     dataset_cfg.name, **config_utils.dataset_kwargs(dataset_cfg)
   )

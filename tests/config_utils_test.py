@@ -3,6 +3,7 @@
 import importlib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -34,17 +35,53 @@ def test_parse_arg_errors_name_the_problem(text, match):
     config_utils.parse_arg(text, ipc=1)
 
 
+def _validator(name):
+  """The checks the run of config `name` makes before any compute."""
+  from lowrank_distill import continual, coreset, evaluate, experts
+
+  return {
+    "continual": continual.validate,
+    "coreset": coreset.validate,
+    "evaluate": evaluate.validate,
+    "experts": experts.validate,
+  }.get(name, distill.validate)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("arg", [None, "runlocal=true"])
-def test_every_config_builds(name, arg):
+def test_every_config_builds_and_passes_its_run_checks(name, arg):
   module = importlib.import_module(f"configs.{name}")
   config = module.get_config(arg)
   assert "seed" in config and "eval" in config
-  if "distill" in config:
-    if "experts" in config and not config.experts.path:
-      # Trajectory matching names its expert buffer on the command line.
-      config.experts.path = "/a/buffer"
-    distill.validate(config)
+  # Inputs the command line names: an expert buffer, a saved set.
+  if "experts" in config and "path" in config.experts:
+    config.experts.path = "/a/buffer"
+  if name == "evaluate":
+    config.synset = "/a/set"
+  _validator(name)(config)
+
+
+@pytest.mark.parametrize(
+  "name, field, value, message",
+  [
+    ("dm", "synset.param", "wavelets", "synset.param 'wavelets'"),
+    ("experts", "experts.epochs", 0, "experts.epochs must be an integer"),
+    ("coreset", "coreset.method", "greedy", "coreset.method 'greedy'"),
+    ("coreset", "coreset.ipc", 0, "coreset.ipc must be an integer"),
+    ("evaluate", "eval.models", ["convnet", "vit"], "'vit'"),
+    ("continual", "continual.methods", [], "continual.methods"),
+  ],
+)
+def test_run_checks_refuse_a_bad_field_by_name(name, field, value, message):
+  config = importlib.import_module(f"configs.{name}").get_config(
+    "runlocal=true"
+  )
+  if name == "evaluate":
+    config.synset = "/a/set"
+  section, key = field.split(".")
+  config[section][key] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    _validator(name)(config)
 
 
 def test_trajectory_matching_configs_hold_the_published_settings():
@@ -89,7 +126,7 @@ def test_default_expert_buffers_cover_the_trajectory_matching_rows(variant):
   for dataset, ipc in sorted(rows):
     buffer = experts.get_config(f"dataset={dataset}").experts
     config = tm.get_config(f"dataset={dataset},ipc={ipc},variant={variant}")
-    _, needed = distill.tm_window(config)
+    _, needed = distill.tm.snapshot_window(config)
     assert buffer.epochs + 1 >= needed, (dataset, ipc, buffer.epochs, needed)
     if config.distill.start == "uniform":
       # Every start epoch the run can draw has its target in the buffer.

@@ -276,7 +276,23 @@ def test_cross_architecture_runs_each_model(tiny_images):
     model_names=["convnet", "mlp"],
     model_options={"convnet": TINY},
     num_classes=10,
-    num_models=1,
+    num_models=2,
     epochs=1,
   )
-  assert set(results) == {"convnet", "mlp"}
+  assert list(results) == ["convnet", "mlp"]
+  # Architecture i is evaluate_set under fold_in(key, i), with its options.
+  for i, (name, options) in enumerate([("convnet", TINY), ("mlp", None)]):
+    alone = evaluate.evaluate_set(
+      jax.random.fold_in(jax.random.key(0), i),
+      images,
+      labels,
+      images,
+      labels,
+      model_name=name,
+      model_options=options,
+      num_classes=10,
+      num_models=2,
+      epochs=1,
+    )
+    assert results[name].model == name
+    np.testing.assert_array_equal(results[name].accuracies, alone.accuracies)

@@ -75,7 +75,10 @@ def test_mesh_from_config_defaults_to_every_device():
   "module", [dm, gm, tm, experts, evaluate, coreset, continual]
 )
 def test_every_config_has_a_mesh_over_all_devices(module):
-  assert module.get_config("runlocal=true").mesh.data == -1
+  mesh = sharding.mesh_from_config(module.get_config("runlocal=true"))
+  assert len(jax.devices()) == 4  # tests/conftest.py's fake devices
+  assert sharding.data_size(mesh) == 4
+  assert tuple(mesh.devices.ravel()) == tuple(jax.devices())
 
 
 def test_an_uneven_axis_is_refused_with_the_field_and_the_nearest_values():
@@ -95,9 +98,9 @@ def test_the_one_device_step_is_the_unsharded_program():
   config = dm.get_config("runlocal=true")
   config.model.options.update(width=8, depth=1)
   config.distill.dsa_strategy = "crop"
-  plan = distill.plan(config)
+  plan = distill.make_plan(config)
   state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
-  inputs = distill.real_data(plan, config)(0)
+  inputs = distill.objective.real_data(plan, config)(0)
   jaxprs = [
     str(
       jax.make_jaxpr(
