@@ -160,6 +160,7 @@ def test_mock_data_source_cifar10(tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_cifar10_prepared_offline_from_original_format(
   tmp_path, monkeypatch, no_network
 ):

@@ -64,6 +64,7 @@ def test_notebook_is_valid_and_has_no_outputs(name):
       assert not cell.outputs and cell.execution_count is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name, kernel_name, tmp_path):
   notebook = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
