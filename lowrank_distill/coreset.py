@@ -27,6 +27,7 @@ from lowrank_distill import (
   evaluate,
   models,
   rng,
+  sharding,
 )
 from lowrank_distill import synset as synset_lib
 from lowrank_distill import workdir as workdir_lib
@@ -296,6 +297,7 @@ def run(config, workdir) -> dict:
     chosen.labels,
     dataset,
     config,
+    mesh=sharding.mesh_from_config(config),
     log=evaluate.ModelLog(workdir / evaluate.MODEL_LOG),
   )
   summary = {

@@ -449,14 +449,15 @@ def evaluate_architectures(
 
 
 def evaluate_with_config(
-  key, images, labels, dataset, config, *, lr=None, log=None
+  key, images, labels, dataset, config, *, mesh, lr=None, log=None
 ) -> dict[str, EvalResult]:
   """Cross-architecture evaluation as a run's `eval` and `model` configs say.
 
   Shared by the `run` functions: the protocol's settings come from
   `config.eval`, the ConvNet options and conv impl from `config.model`, a
   learned `lr`, when given, replaces `config.eval.lr`, and `log` (a
-  `ModelLog`) resumes a killed evaluation.
+  `ModelLog`) resumes a killed evaluation. `mesh` is the run's (built once
+  by its `run`).
   """
   kwargs = config_utils.eval_kwargs(config.eval)
   if lr is not None:
@@ -474,7 +475,7 @@ def evaluate_with_config(
     },
     num_classes=dataset.num_classes,
     conv_impl=config.model.conv_impl,
-    mesh=sharding.mesh_from_config(config),
+    mesh=mesh,
     log=log,
     **kwargs,
   )
@@ -532,6 +533,7 @@ def run(config, workdir) -> dict:
     chosen.labels,
     dataset,
     config,
+    mesh=sharding.mesh_from_config(config),
     lr=lr,
     log=ModelLog(workdir / MODEL_LOG),
   )

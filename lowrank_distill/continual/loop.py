@@ -24,7 +24,6 @@ from lowrank_distill import (
   evaluate,
   models,
   rng,
-  sharding,
 )
 from lowrank_distill import synset as synset_lib
 from lowrank_distill import workdir as workdir_lib
@@ -162,7 +161,7 @@ def _memory(key, name, entry, *, config, plan, classes, where, step):
   return memory
 
 
-def _evaluate(key, memories, *, config, dataset, seen, log) -> dict:
+def _evaluate(key, memories, *, config, dataset, seen, log, mesh) -> dict:
   images, labels = protocol.merge_memories(
     memories, num_classes=dataset.num_classes
   )
@@ -178,7 +177,7 @@ def _evaluate(key, memories, *, config, dataset, seen, log) -> dict:
     model_options=models.options_for(arch, config.model.options),
     num_classes=dataset.num_classes,
     conv_impl=config.model.conv_impl,
-    mesh=sharding.mesh_from_config(config),
+    mesh=mesh,
     log=log,
     **config_utils.eval_kwargs(config.eval),
   )
@@ -191,7 +190,7 @@ def _evaluate(key, memories, *, config, dataset, seen, log) -> dict:
   }
 
 
-def _evaluation(key, memories, *, config, dataset, seen, path) -> dict:
+def _evaluation(key, memories, *, config, dataset, seen, path, mesh) -> dict:
   """The step's evaluation: read back from `path`, or run and saved."""
   if path.exists():
     return workdir_lib.read_json(path)
@@ -202,6 +201,7 @@ def _evaluation(key, memories, *, config, dataset, seen, path) -> dict:
     dataset=dataset,
     seen=seen,
     log=evaluate.ModelLog(path.with_name(evaluate.MODEL_LOG)),
+    mesh=mesh,
   )
   workdir_lib.write_json(path, result)
   return result
@@ -226,6 +226,7 @@ def run(config, workdir) -> dict:
   workdir_lib.write_config(workdir, config)
 
   cfg, dataset = config.continual, plan.dataset
+  mesh = plan.mesh
   root = jax.random.key(config.seed)
   memory_stream = rng.stream(root, "continual")
   eval_stream = rng.stream(root, "eval")
@@ -261,6 +262,7 @@ def run(config, workdir) -> dict:
           dataset=dataset,
           seen=seen,
           path=where / "eval.json",
+          mesh=mesh,
         )
         evals[name][seed].append(result)
         line = (

@@ -8,6 +8,7 @@ config (`RESUMABLE_FIELDS` may differ).
 """
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -78,12 +79,14 @@ class Plan:
     groups: order seed -> [T, k] classes arriving at each step.
     memories: method name -> its `MemoryPlan`, in `continual.methods` order.
     ipc: the storage budget in images per class.
+    mesh: the run's device mesh (`config.mesh`), built once.
   """
 
   dataset: data.Dataset
   groups: dict[int, np.ndarray]
   memories: dict[str, memories_lib.MemoryPlan]
   ipc: int
+  mesh: Any
 
   @property
   def budget_per_class(self) -> int:
@@ -143,7 +146,9 @@ def make_plan(config) -> Plan:
       image_shape=dataset.image_shape,
     )
     memories[name] = memory
-  return Plan(dataset=dataset, groups=groups, memories=memories, ipc=cfg.ipc)
+  return Plan(
+    dataset=dataset, groups=groups, memories=memories, ipc=cfg.ipc, mesh=mesh
+  )
 
 
 def storage_table(plan: Plan) -> str:

@@ -22,13 +22,14 @@ from lowrank_distill.distill.objective import Plan
 from lowrank_distill.parameterize import budget as budget_lib
 
 
-def _evaluate(key, trainable, plan: Plan, config, workdir) -> dict:
+def _evaluate(key, trainable, plan: Plan, config, workdir, mesh) -> dict:
   results = evaluate.evaluate_with_config(
     key,
     plan.reconstructor.materialize(trainable["images"]),
     export_lib.labels_of(trainable, plan),
     plan.dataset,
     config,
+    mesh=mesh,
     lr=export_lib.learned_lr(trainable),
     log=evaluate.ModelLog(workdir / evaluate.MODEL_LOG),
   )
@@ -155,6 +156,7 @@ def run(
           plan,
           config,
           workdir,
+          mesh,
         )
         writer.write(done, eval=results)
       if cfg.image_every and done % cfg.image_every == 0:
@@ -176,6 +178,7 @@ def run(
       plan,
       config,
       workdir,
+      mesh,
     )
     writer.write(final_step, eval=results, final=True)
   summary = {
