@@ -27,17 +27,17 @@ logging.
 """
 
 import functools
-import json
 import logging
 import os
 import pathlib
 import shutil
-from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
+
+from lowrank_distill import identity
 
 TREE_ITEM = "tree"
 METADATA_ITEM = "metadata"
@@ -155,14 +155,6 @@ def _wrap_keys(abstract_tree, restored):
   return jax.tree.map(convert, abstract_tree, restored)
 
 
-def _json_default(value: Any):
-  if hasattr(value, "to_dict"):
-    return value.to_dict()
-  if hasattr(value, "tolist"):
-    return value.tolist()
-  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def _to_json(obj, *, what: str):
   """`obj` as plain JSON types (tuples become lists, arrays lists)."""
   if obj is None:
@@ -172,36 +164,9 @@ def _to_json(obj, *, what: str):
   if not isinstance(obj, dict):
     raise TypeError(f"{what} must be a dict, got {type(obj).__name__}")
   try:
-    return json.loads(json.dumps(obj, default=_json_default))
+    return identity.to_json_types(obj)
   except (TypeError, ValueError) as e:
     raise TypeError(f"{what} is not JSON serialisable: {e}") from e
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-  """A nested dict as one dict of dotted names (empty dicts kept as values)."""
-  flat = {}
-  for name, value in config.items():
-    if isinstance(value, dict) and value:
-      flat.update(flatten(value, f"{prefix}{name}."))
-    else:
-      flat[f"{prefix}{name}"] = value
-  return flat
-
-
-_ABSENT = object()
-
-
-def config_diff(saved: dict, current: dict) -> list[str]:
-  """Differing fields as `"name saved != current"` strings (dotted names)."""
-  saved, current = flatten(saved), flatten(current)
-  names = list(current) + [name for name in saved if name not in current]
-  diffs = []
-  for name in names:
-    old, new = saved.get(name, _ABSENT), current.get(name, _ABSENT)
-    if old != new:
-      fmt = lambda v: "<absent>" if v is _ABSENT else repr(v)
-      diffs.append(f"{name} {fmt(old)} != {fmt(new)}")
-  return diffs
 
 
 def _describe(error: Exception, limit: int = 300) -> str:
@@ -360,7 +325,7 @@ class Checkpointer:
       ) from e
     if not isinstance(saved, dict):
       raise CheckpointError(f"checkpoint at {path} has no config dict")
-    if diffs := config_diff(saved, self.config):
+    if diffs := identity.diff(saved, self.config):
       raise CheckpointError(
         f"checkpoint at {path} was written by another config: "
         f"{', '.join(diffs)} (checkpoint != this run); use another workdir "

@@ -7,23 +7,15 @@ import json
 import os
 import pathlib
 import time
-from typing import Any
 
 import jax
 
 from lowrank_distill import checkpoint
+from lowrank_distill import identity as identity_lib
 
 
 def is_writer() -> bool:
   return jax.process_index() == 0
-
-
-def _to_jsonable(value: Any):
-  if hasattr(value, "to_dict"):
-    return value.to_dict()
-  if hasattr(value, "tolist"):
-    return value.tolist()
-  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def write_json(path, obj, *, overwrite: bool = True) -> None:
@@ -35,12 +27,14 @@ def write_json(path, obj, *, overwrite: bool = True) -> None:
     raise FileExistsError(f"{path} exists; refusing to overwrite it")
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=2, default=_to_jsonable) + "\n")
+  tmp.write_text(
+    json.dumps(obj, indent=2, default=identity_lib.json_default) + "\n"
+  )
   tmp.replace(path)
 
 
 def json_line(record: dict) -> str:
-  return json.dumps(record, default=_to_jsonable) + "\n"
+  return json.dumps(record, default=identity_lib.json_default) + "\n"
 
 
 def append_json_lines(path, records, *, sync: bool = False) -> None:
@@ -102,27 +96,13 @@ class MetricsWriter:
     return read_json_lines(self.path)
 
 
-def identity(config_dict: dict, resumable_fields) -> dict:
-  """The flattened config without the fields a resumed run may change.
-
-  Args:
-    config_dict: a config as a (nested) dict.
-    resumable_fields: dotted names; each drops itself and its sub-fields.
-  """
-  return {
-    k: v
-    for k, v in checkpoint.flatten(config_dict).items()
-    if not any(k == f or k.startswith(f + ".") for f in resumable_fields)
-  }
-
-
 def check_config(workdir, config, *, resumable_fields, what: str) -> None:
   """Refuses a workdir written by another config, before writing anything.
 
   Args:
     workdir: the run's directory (its `config.json` is compared, if any).
     config: this run's config.
-    resumable_fields: fields allowed to differ (see `identity`).
+    resumable_fields: fields allowed to differ (`identity.identity`).
     what: the kind of run, for the message (e.g. 'a continual run').
 
   Raises:
@@ -131,10 +111,11 @@ def check_config(workdir, config, *, resumable_fields, what: str) -> None:
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     return
-  current = json.loads(json.dumps(config.to_dict(), default=_to_jsonable))
-  diffs = checkpoint.config_diff(
-    identity(read_json(path), resumable_fields),
-    identity(current, resumable_fields),
+  diffs = identity_lib.diff(
+    identity_lib.identity(read_json(path), resumable_fields),
+    identity_lib.identity(
+      identity_lib.to_json_types(config.to_dict()), resumable_fields
+    ),
   )
   if diffs:
     raise checkpoint.CheckpointError(

@@ -169,11 +169,6 @@ def test_mismatched_config_raises_and_touches_nothing(ckpt_dir):
   assert snapshot(ckpt_dir) == before
 
 
-def test_config_diff_lists_added_and_removed_fields():
-  diffs = checkpoint.config_diff({"a": 1, "b": {"c": 2}}, {"a": 1, "d": "x"})
-  assert diffs == ["d <absent> != 'x'", "b.c 2 != <absent>"]
-
-
 def _corrupt(path: pathlib.Path, how: str):
   files = (
     [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]

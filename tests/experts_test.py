@@ -223,8 +223,8 @@ def test_check_buffer_refuses_another_dataset_or_model(buffer_dir, digits):
     experts.check_buffer(buffer_dir, expected, field="distill.experts")
   message = str(info.value)
   assert "distill.experts" in message and str(buffer_dir) in message
-  assert "model.options.width: 8 -> 16" in message
-  assert "dataset.zca: None -> {'flavour': 'mtt', 'eps': 0.1}" in message
+  assert "model.options.width 8 != 16" in message
+  assert "dataset.zca None != {'flavour': 'mtt', 'eps': 0.1}" in message
   assert "dataset.name" not in message
   assert isinstance(info.value, ValueError)
 
@@ -294,7 +294,9 @@ def test_run_trains_saves_and_resumes_only_the_missing_expert(tmp_path, digits):
   assert (tmp_path / "expert_000000").stat().st_mtime_ns == kept
 
   other = _run_config(num_experts=2, epochs=2, lr=0.02)
-  with pytest.raises(checkpoint.CheckpointError, match=r"training.lr: 0.01"):
+  with pytest.raises(
+    checkpoint.CheckpointError, match=r"training.lr 0.01 != 0.02"
+  ):
     experts.run(other, tmp_path)
 
 

@@ -15,6 +15,7 @@ import tqdm
 from absl import logging
 
 from lowrank_distill import checkpoint, data, evaluate, models, rng, sharding
+from lowrank_distill import identity as identity_lib
 from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.distill import export as export_lib
 from lowrank_distill.distill import planning
@@ -38,7 +39,7 @@ def _evaluate(key, trainable, plan: Plan, config, workdir, mesh) -> dict:
 
 def _identity_config(config) -> dict:
   """The config without the fields a resumed run may change."""
-  return workdir_lib.identity(config.to_dict(), planning.RESUMABLE_FIELDS)
+  return identity_lib.identity(config.to_dict(), planning.RESUMABLE_FIELDS)
 
 
 def check_workdir(workdir: pathlib.Path, config) -> None:

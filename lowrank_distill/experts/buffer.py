@@ -15,7 +15,6 @@ rest (`checkpoint.read_slice`).
 """
 
 import dataclasses
-import json
 import pathlib
 import re
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from lowrank_distill import checkpoint, data, models
+from lowrank_distill import identity as identity_lib
 from lowrank_distill import workdir as workdir_lib
 
 PyTree = Any
@@ -69,19 +69,6 @@ TRAINING_KEYS = (
 # Identity: what produced a buffer and what a distillation run must match.
 
 
-def _json_default(value):
-  if hasattr(value, "to_dict"):
-    return value.to_dict()
-  if hasattr(value, "tolist"):
-    return value.tolist()
-  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _jsonable(obj):
-  """Plain JSON types (tuples become lists), as the buffer stores them."""
-  return json.loads(json.dumps(obj, default=_json_default))
-
-
 def model_identity(config) -> dict:
   """The network of a run config as a buffer identity's 'model' section."""
   name = config.model.name
@@ -112,7 +99,7 @@ def buffer_identity(dataset: data.Dataset, config) -> dict:
       training[name] = experts[name]
   if "seed" in config:
     training["seed"] = config.seed
-  return _jsonable(
+  return identity_lib.to_json_types(
     {
       "dataset": {name: metadata[name] for name in DATASET_KEYS},
       "model": model_identity(config),
@@ -121,44 +108,22 @@ def buffer_identity(dataset: data.Dataset, config) -> dict:
   )
 
 
-_ABSENT = "<absent>"
-
-
-def _diff(saved, current, prefix: str, ignore) -> list[str]:
-  if isinstance(saved, dict) and isinstance(current, dict):
-    diffs = []
-    names = list(current) + [name for name in saved if name not in current]
-    for name in names:
-      diffs += _diff(
-        saved.get(name, _ABSENT),
-        current.get(name, _ABSENT),
-        f"{prefix}{name}.",
-        ignore,
-      )
-    return diffs
-  name = prefix[:-1]
-  if name in ignore or saved == current:
-    return []
-  return [f"{name}: {saved!r} -> {current!r}"]
-
-
 def identity_diff(
   saved: dict, current: dict, *, sections=None, ignore=()
 ) -> list[str]:
-  """Differing entries as `'key: saved -> current'` (dotted keys).
-
-  Dicts on both sides are compared key by key; anything else as a whole.
+  """Differing entries as `'key saved != current'` (`identity.diff`).
 
   Args:
     saved, current: buffer identities.
     sections: compare only these top-level sections (None: all of them).
     ignore: dotted keys left out of the comparison.
   """
-  saved, current = _jsonable(saved), _jsonable(current)
+  saved = identity_lib.to_json_types(saved)
+  current = identity_lib.to_json_types(current)
   if sections is not None:
     saved = {k: v for k, v in saved.items() if k in sections}
     current = {k: v for k, v in current.items() if k in sections}
-  return _diff(saved, current, "", ignore)
+  return identity_lib.diff(saved, current, ignore=ignore)
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""One config identity for everything a run leaves and may resume from.
+
+Checkpoints, expert buffers and workdirs record the config that made them
+and refuse to continue under another. All three turn it into plain JSON
+types (`to_json_types`), flatten it to dotted names, leave out the fields a
+resumed run may change (`identity`) and list what differs the same way
+(`diff`).
+"""
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+
+def json_default(value: Any):
+  """`json.dumps`'s `default`: ConfigDicts as dicts, arrays as lists."""
+  if hasattr(value, "to_dict"):
+    return value.to_dict()
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json_types(obj):
+  """`obj` as plain JSON types (tuples become lists, arrays lists)."""
+  return json.loads(json.dumps(obj, default=json_default))
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+  """A nested dict as one dict of dotted names (empty dicts kept as values)."""
+  flat = {}
+  for name, value in config.items():
+    if isinstance(value, dict) and value:
+      flat.update(flatten(value, f"{prefix}{name}."))
+    else:
+      flat[f"{prefix}{name}"] = value
+  return flat
+
+
+def _covered(name: str, fields: Iterable[str]) -> bool:
+  return any(name == f or name.startswith(f + ".") for f in fields)
+
+
+def identity(config_dict: dict, resumable_fields: Iterable[str] = ()) -> dict:
+  """The flattened config without the fields a resumed run may change.
+
+  Args:
+    config_dict: a config as a (nested) dict.
+    resumable_fields: dotted names; each drops itself and its sub-fields.
+  """
+  resumable_fields = tuple(resumable_fields)
+  return {
+    k: v
+    for k, v in flatten(config_dict).items()
+    if not _covered(k, resumable_fields)
+  }
+
+
+_ABSENT = object()
+
+
+def diff(
+  saved: dict, current: dict, *, ignore: Iterable[str] = ()
+) -> list[str]:
+  """Differing fields as `"name saved != current"` strings (dotted names).
+
+  Dicts on both sides are compared key by key; anything else (a dict
+  against a value, lists, numbers) as a whole.
+
+  Args:
+    saved, current: (nested) dicts of JSON types.
+    ignore: dotted names (and their sub-fields) left out.
+  """
+  return _diff(saved, current, "", tuple(ignore))
+
+
+def _fmt(value) -> str:
+  return "<absent>" if value is _ABSENT else repr(value)
+
+
+def _diff(saved, current, prefix: str, ignore: tuple) -> list[str]:
+  if isinstance(saved, dict) and isinstance(current, dict):
+    names = list(current) + [name for name in saved if name not in current]
+    diffs = []
+    for name in names:
+      diffs += _diff(
+        saved.get(name, _ABSENT),
+        current.get(name, _ABSENT),
+        f"{prefix}{name}.",
+        ignore,
+      )
+    return diffs
+  name = prefix[:-1]
+  if _covered(name, ignore) or saved == current:
+    return []
+  return [f"{name} {_fmt(saved)} != {_fmt(current)}"]

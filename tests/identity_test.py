@@ -1,0 +1,49 @@
+"""Tests of the one config identity (lowrank_distill.identity)."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from lowrank_distill import identity
+
+
+def test_diff_lists_changed_added_and_removed_fields():
+  diffs = identity.diff(
+    {"a": 1, "b": {"c": 2}, "e": [1, 2]}, {"a": 1, "d": "x", "e": [1, 3]}
+  )
+  assert diffs == [
+    "d <absent> != 'x'",
+    "e [1, 2] != [1, 3]",
+    "b {'c': 2} != <absent>",
+  ]
+
+
+def test_diff_compares_a_dict_against_a_value_as_a_whole():
+  diffs = identity.diff({"zca": None}, {"zca": {"flavour": "mtt"}})
+  assert diffs == ["zca None != {'flavour': 'mtt'}"]
+
+
+def test_diff_ignores_fields_and_their_subfields():
+  saved = {"eval": {"num_models": 5}, "mesh": {"data": 1}, "seed": 0}
+  current = {"eval": {"num_models": 20}, "mesh": {"data": 4}, "seed": 1}
+  assert identity.diff(saved, current, ignore=("eval", "mesh.data")) == [
+    "seed 0 != 1"
+  ]
+
+
+def test_identity_drops_resumable_fields_but_not_lookalikes():
+  config = {"distill": {"iterations": 10, "iterations_x": 3}, "seed": 0}
+  assert identity.identity(config, ["distill.iterations"]) == {
+    "distill.iterations_x": 3,
+    "seed": 0,
+  }
+
+
+def test_to_json_types_turns_configs_tuples_and_arrays_into_json():
+  config = ml_collections.ConfigDict({"a": (1, 2), "b": np.arange(2)})
+  assert identity.to_json_types({"config": config, "t": (3,)}) == {
+    "config": {"a": [1, 2], "b": [0, 1]},
+    "t": [3],
+  }
+  with pytest.raises(TypeError, match="object is not JSON serialisable"):
+    identity.to_json_types({"x": object()})
