@@ -6,7 +6,7 @@
 
 import ml_collections
 
-from lowrank_distill import augment
+from lowrank_distill import augment, data
 
 EVAL_EPOCHS_WITH_DSA = 1000
 EVAL_EPOCHS_WITHOUT_DSA = 300
@@ -42,6 +42,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       )
     values[name] = _convert(name, text, defaults[name])
   return ml_collections.ConfigDict(values)
+
+
+def load_dataset(dataset_config: ml_collections.ConfigDict):
+  """The dataset a run's `dataset` section names (`data.load`)."""
+  return data.load(dataset_config.name, **dataset_kwargs(dataset_config))
 
 
 def dataset_config(name: str, **overrides) -> ml_collections.ConfigDict:

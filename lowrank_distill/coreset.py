@@ -247,14 +247,12 @@ def run(config, workdir) -> dict:
   cfg = config.coreset
   validate(config)
   check_workdir(workdir, config)
-  dataset = data.load(
-    config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
-  )
+  dataset = config_utils.load_dataset(config.dataset)
   data.check_images_per_class(
     dataset.train_labels, cfg.ipc, field="coreset.ipc"
   )
-  workdir.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_config(workdir, config)
+  mesh = sharding.mesh_from_config(config)
+  workdir_lib.start(workdir, config)
   key = jax.random.key(config.seed)
 
   synset_path = workdir / "synset"
@@ -297,7 +295,7 @@ def run(config, workdir) -> dict:
     chosen.labels,
     dataset,
     config,
-    mesh=sharding.mesh_from_config(config),
+    mesh=mesh,
     log=evaluate.ModelLog(workdir / evaluate.MODEL_LOG),
   )
   summary = {

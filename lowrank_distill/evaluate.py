@@ -27,7 +27,6 @@ from lowrank_distill import (
   augment,
   checks,
   config_utils,
-  data,
   models,
   rng,
   sharding,
@@ -511,9 +510,7 @@ def run(config, workdir) -> dict:
   )
   if config.dataset.name:
     dataset_cfg = config.dataset
-  dataset = data.load(
-    dataset_cfg.name, **config_utils.dataset_kwargs(dataset_cfg)
-  )
+  dataset = config_utils.load_dataset(dataset_cfg)
   if tuple(chosen.images.shape[1:]) != tuple(dataset.image_shape):
     raise ValueError(
       f"synset {config.synset} has images of shape {chosen.images.shape[1:]}, "
@@ -525,15 +522,15 @@ def run(config, workdir) -> dict:
       f"{dataset.name!r} has {dataset.num_classes}"
     )
   lr = chosen.lr if config.use_learned_lr else None
-  workdir.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_config(workdir, config)
+  mesh = sharding.mesh_from_config(config)
+  workdir_lib.start(workdir, config)
   results = evaluate_with_config(
     rng.stream(jax.random.key(config.seed), "eval"),
     chosen.images,
     chosen.labels,
     dataset,
     config,
-    mesh=sharding.mesh_from_config(config),
+    mesh=mesh,
     lr=lr,
     log=ModelLog(workdir / MODEL_LOG),
   )

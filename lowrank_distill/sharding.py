@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -77,9 +78,14 @@ def make_mesh(data: int = -1, *, devices=None) -> Mesh:
 
 
 def mesh_from_config(config) -> Mesh:
-  """The mesh of `config.mesh` (absent: every device along 'data')."""
-  mesh = config.get("mesh") or {}
-  return make_mesh(mesh.get("data", -1))
+  """The mesh of `config.mesh` (absent: every device along 'data'), logged.
+
+  A run builds it once and passes it down.
+  """
+  settings = config.get("mesh") or {}
+  mesh = make_mesh(settings.get("data", -1))
+  logging.info("Mesh: %s", describe(mesh))
+  return mesh
 
 
 def data_size(mesh: Mesh | None) -> int:

@@ -80,6 +80,18 @@ def write_config(workdir, config) -> None:
   write_json(pathlib.Path(workdir) / "config.json", config.to_dict())
 
 
+def start(workdir, config) -> "MetricsWriter":
+  """The prologue every run shares once its config and workdir are checked.
+
+  Creates `workdir` (every process: checkpoints are written by all of them),
+  writes `config.json` (process 0) and returns the run's metrics writer.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_config(workdir, config)
+  return MetricsWriter(workdir)
+
+
 class MetricsWriter:
   """Appends one JSON object per line to `<workdir>/metrics.jsonl`."""
 

@@ -1,5 +1,6 @@
 """Tests of workdir files (lowrank_distill.workdir)."""
 
+import ml_collections
 import pytest
 
 from lowrank_distill import workdir
@@ -34,3 +35,15 @@ def test_write_json_can_refuse_to_overwrite(tmp_path):
     workdir.write_json(path, {"x": 2}, overwrite=False)
   assert workdir.read_json(path) == {"x": 1}
   assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+def test_start_creates_the_workdir_writes_the_config_and_returns_a_writer(
+  tmp_path,
+):
+  config = ml_collections.ConfigDict({"seed": 3, "eval": {"models": ["mlp"]}})
+  path = tmp_path / "a" / "run"
+  writer = workdir.start(path, config)
+  assert workdir.read_json(path / "config.json") == config.to_dict()
+  writer.write(1, loss=0.5)
+  assert [r["loss"] for r in writer.read()] == [0.5]
+  assert writer.path == path / "metrics.jsonl"

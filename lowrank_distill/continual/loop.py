@@ -222,8 +222,7 @@ def run(config, workdir) -> dict:
   plan = planning.make_plan(config)
   planning.check_workdir(workdir, config)
   print(planning.storage_table(plan), flush=True)
-  workdir.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_config(workdir, config)
+  workdir_lib.start(workdir, config)
 
   cfg, dataset = config.continual, plan.dataset
   mesh = plan.mesh

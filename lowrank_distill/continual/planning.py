@@ -114,9 +114,7 @@ def make_plan(config) -> Plan:
   """
   validate(config)
   cfg = config.continual
-  dataset = data.load(
-    config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
-  )
+  dataset = config_utils.load_dataset(config.dataset)
   protocol.check_steps(cfg.steps, num_classes=dataset.num_classes)
   data.check_images_per_class(
     dataset.train_labels,

@@ -92,7 +92,6 @@ def run(
   process_0 = workdir_lib.is_writer()
   if process_0:
     print(budget_lib.budget_table(plan.budget), flush=True)
-  logging.info("Mesh: %s", sharding.describe(mesh))
 
   root = jax.random.key(config.seed)
   state, optimizer = planning.initial_state(
@@ -105,9 +104,7 @@ def run(
     compiler_options=models.compiler_options(config.distill.conv_impl),
   )
 
-  workdir.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_config(workdir, config)
-  writer = workdir_lib.MetricsWriter(workdir)
+  writer = workdir_lib.start(workdir, config)
   cfg = config.distill
   with checkpoint.Checkpointer(
     workdir / "checkpoints", config=_identity_config(config)

@@ -108,9 +108,7 @@ def make_plan(
   """
   validate(config, check_inputs=check_inputs)
   if dataset is None:
-    dataset = data.load(
-      config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
-    )
+    dataset = config_utils.load_dataset(config.dataset)
   syn = config.synset
   parameterize.validate(
     syn.param,

@@ -174,9 +174,7 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
   validate(config)
   cfg = config.experts
   if dataset is None:
-    dataset = data.load(
-      config.dataset.name, **config_utils.dataset_kwargs(config.dataset)
-    )
+    dataset = config_utils.load_dataset(config.dataset)
   model = models.create(
     config.model.name,
     num_classes=dataset.num_classes,
@@ -185,15 +183,12 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
     **models.options_for(config.model.name, config.model.options),
   )
   mesh = sharding.mesh_from_config(config)
-  logging.info("Mesh: %s", sharding.describe(mesh))
   identity = buffer.buffer_identity(dataset, config)
   saved = _check_workdir(workdir, identity)
+  writer = workdir_lib.start(workdir, config)
   if workdir_lib.is_writer():
-    workdir.mkdir(parents=True, exist_ok=True)
     buffer.remove_unfinished_saves(workdir)
-  workdir_lib.write_config(workdir, config)
   _write_buffer_file(workdir, saved, identity, cfg.epochs)
-  writer = workdir_lib.MetricsWriter(workdir)
 
   hparams = {
     "model": model,
