@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from configs import dm as dm_config
 from configs import evaluate as evaluate_config
@@ -178,3 +179,28 @@ def test_soft_labels_are_refused_for_dm():
   config.labels.kind = "soft"
   with pytest.raises(ValueError, match="labels.kind"):
     distill.validate(config)
+
+
+class GuardedUpdateVariantsTest(parameterized.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_guarded_update_applies_finite_and_refuses_bad_updates(self):
+    optimizer = distill.make_optimizer({"images": (0.1, 0.0)})
+    state = distill.init_state({"images": {"x": jnp.ones(3)}}, optimizer)
+    grads = {"images": {"x": jnp.full(3, 2.0)}}
+    update = self.variant(
+      lambda state, loss, grads: distill.guarded_update(
+        state, loss, grads, optimizer, max_loss=10.0
+      )
+    )
+    new, refused = update(state, jnp.float32(1.0), grads)
+    assert not bool(refused) and int(new.skipped) == 0
+    np.testing.assert_allclose(new.trainable["images"]["x"], 0.8)
+    for loss, bad_grads in (
+      (jnp.float32(jnp.inf), grads),
+      (jnp.float32(11.0), grads),
+      (jnp.float32(1.0), {"images": {"x": jnp.array([0.0, jnp.nan, 0.0])}}),
+    ):
+      kept, refused = update(state, loss, bad_grads)
+      assert bool(refused) and int(kept.skipped) == 1
+      chex.assert_trees_all_equal(kept.trainable, state.trainable)
+      chex.assert_trees_all_equal(kept.opt_state, state.opt_state)

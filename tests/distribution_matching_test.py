@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from lowrank_distill import models, parameterize
 from lowrank_distill.objectives import distribution_matching as dm
@@ -71,3 +72,28 @@ def test_gradient_reaches_every_reconstructor_parameter(param, kwargs):
   chex.assert_tree_all_finite(grads)
   for name, g in grads.items():
     assert float(jnp.abs(g).sum()) > 0.0, f"no gradient reaches {name}"
+
+
+class LossVariantsTest(parameterized.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_loss_agrees_jitted_and_eager_with_dsa(self):
+    real = jax.random.normal(jax.random.key(0), (3, 4, 8, 8, 1))
+    syn = jax.random.normal(jax.random.key(2), (3, 2, 8, 8, 1))
+    model = _model()
+
+    @self.variant
+    def loss(syn, real):
+      return dm.loss(
+        jax.random.key(1),
+        syn,
+        real,
+        model=model,
+        dsa_strategy="color_crop_cutout_scale_rotate",
+      )
+
+    value = loss(syn, real)
+    chex.assert_shape(value, ())
+    chex.assert_tree_all_finite(value)
+    assert float(value) > 0.0
+    # The same key gives the same augmentation: the set against itself is 0.
+    np.testing.assert_allclose(float(loss(real, real)), 0.0, atol=1e-9)

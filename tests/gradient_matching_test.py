@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from configs import gm as gm_config
 from lowrank_distill import distill, models, parameterize, train
@@ -313,3 +314,30 @@ def test_soft_labels_are_learned_by_gradient_matching():
   new, _ = step(state, jax.random.key(1), *objective.inputs(plan, config)(0))
   assert not np.allclose(new.trainable["labels"], trainable["labels"])
   chex.assert_tree_all_finite(new.trainable)
+
+
+class MatchingLossVariantsTest(parameterized.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_matching_loss_agrees_jitted_and_eager(self):
+    real, targets, model, variables = _matching_inputs()
+    syn = jax.random.normal(jax.random.key(7), (3, 2, 8, 8, 1))
+
+    @self.variant
+    def loss(syn):
+      return gm.matching_loss(
+        jax.random.key(2),
+        syn,
+        targets,
+        real,
+        model=model,
+        variables=variables,
+        dsa_strategy=STRATEGY,
+      )
+
+    value = loss(syn)
+    chex.assert_shape(value, ())
+    chex.assert_tree_all_finite(value)
+    np.testing.assert_allclose(
+      float(value), float(jax.jit(loss.__wrapped__)(syn)), rtol=1e-5
+    )
+    assert float(value) > 0.0

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from configs import experts as experts_config
 from configs import tm as tm_config
@@ -365,3 +366,16 @@ def test_a_missing_buffer_names_the_field(tmp_path):
   config.experts.path = str(tmp_path / "nothing")
   with pytest.raises(checkpoint.CheckpointError, match="experts.path"):
     distill.make_plan(config)
+
+
+class TrajectoryLossVariantsTest(parameterized.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_trajectory_loss_agrees_jitted_and_eager(self):
+    model, _, start, target, images, targets = _problem()
+    loss = self.variant(
+      _matching_loss(model, start, target, targets, steps=2, batch_size=3)
+    )
+    value = loss(images, jnp.float32(0.01))
+    chex.assert_shape(value, ())
+    chex.assert_tree_all_finite(value)
+    assert 0.0 < float(value)
