@@ -58,3 +58,48 @@ def tiny_images():
   images = rng.normal(size=(20, 8, 8, 1)).astype(np.float32)
   labels = np.repeat(np.arange(10, dtype=np.int32), 2)
   return images, labels
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def gpu_check():
+  """benchmarks/gpu_check.py, loaded as a module."""
+  import importlib.util  # noqa: PLC0415
+
+  spec = importlib.util.spec_from_file_location(
+    "gpu_check", REPO / "benchmarks" / "gpu_check.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture
+def run_gpu_check_tiny(tmp_path):
+  """Runs `gpu_check.py --tiny --parts=PARTS`; -> (out folder, summary)."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  def run(mnist, parts):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+      [
+        sys.executable,
+        REPO / "benchmarks" / "gpu_check.py",
+        "--tiny",
+        f"--parts={parts}",
+        f"--out={out}",
+        f"--mnist={mnist}",
+        f"--workroot={tmp_path / 'work' / 'c'}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, (out / "summary.txt").read_text().splitlines()
+
+  return run

@@ -1,35 +1,18 @@
 """benchmarks/gpu_check.py: its helpers, and every part run in `--tiny` mode.
 
 The GPU host comes rarely; these runs keep the script from rotting between
-its calls. Part (b) compares against PyTorch and runs where torch is
-installed (`pip install -e ".[bench]"`; the test extras leave it out: PyPI's
-default build is CUDA's, gigabytes, for a CPU-only suite).
+its calls. Part (b), against PyTorch, is in gpu_check_speed_test.py (so
+that the two slow runs go to different test workers). The script and its
+`--tiny` runner are fixtures of conftest.py.
 """
 
 import gzip
-import importlib.util
 import json
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from lowrank_distill import data
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "gpu_check.py"
-
-
-def _load_script():
-  spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-gpu_check = _load_script()
 
 
 def _write_idx(path, array):
@@ -57,7 +40,9 @@ def mnist_like(tmp_path):
   return folder, arrays
 
 
-def test_tiny_mnist_keeps_the_first_records_as_plain_idx(mnist_like, tmp_path):
+def test_tiny_mnist_keeps_the_first_records_as_plain_idx(
+  gpu_check, mnist_like, tmp_path
+):
   folder, arrays = mnist_like
   target = gpu_check.tiny_mnist(folder, tmp_path / "tiny")
   counts = (
@@ -73,7 +58,7 @@ def test_tiny_mnist_keeps_the_first_records_as_plain_idx(mnist_like, tmp_path):
     )
 
 
-def test_read_run_reports_progress_and_final_accuracy(tmp_path):
+def test_read_run_reports_progress_and_final_accuracy(gpu_check, tmp_path):
   assert "no metrics written" in gpu_check.read_run(tmp_path, 20)
   entries = [
     {"step": 10, "loss": 1.0, "seconds_per_step": 0.0123},
@@ -104,36 +89,15 @@ def test_read_run_reports_progress_and_final_accuracy(tmp_path):
     (["--budget=0"], "--budget=0.0: must be > 0"),
   ],
 )
-def test_bad_arguments_name_the_flag(argv, message, capsys):
+def test_bad_arguments_name_the_flag(gpu_check, argv, message, capsys):
   with pytest.raises(SystemExit):
     gpu_check.parse_args(argv)
   assert message in capsys.readouterr().err
 
 
-def _run_tiny(tmp_path, mnist, parts):
-  out = tmp_path / "out"
-  proc = subprocess.run(
-    [
-      sys.executable,
-      SCRIPT,
-      "--tiny",
-      f"--parts={parts}",
-      f"--out={out}",
-      f"--mnist={mnist}",
-      f"--workroot={tmp_path / 'work' / 'c'}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return out, (out / "summary.txt").read_text().splitlines()
-
-
 @pytest.mark.slow
-def test_tiny_parts_a_and_c_run_and_report(mnist_like, tmp_path):
-  out, summary = _run_tiny(tmp_path, mnist_like[0], "ac")
+def test_tiny_parts_a_and_c_run_and_report(mnist_like, run_gpu_check_tiny):
+  out, summary = run_gpu_check_tiny(mnist_like[0], "ac")
   text = "\n".join(summary)
   assert summary[0].startswith("env: date:"), text
   assert (out / "env.txt").exists()
@@ -148,24 +112,3 @@ def test_tiny_parts_a_and_c_run_and_report(mnist_like, tmp_path):
   assert any(line.startswith("c experts: buffer trained") for line in summary)
   assert (out / "c_workdirs.tar.gz").stat().st_size > 0
   assert summary[-1].startswith("done in ")
-
-
-@pytest.mark.slow
-def test_tiny_part_b_compares_with_pytorch(tmp_path):
-  pytest.importorskip(
-    "torch",
-    reason="part (b) compares with PyTorch: pip install -e '.[bench]' "
-    "(PyTorch's CPU build)",
-  )
-  _, summary = _run_tiny(tmp_path, tmp_path / "no_mnist", "b")
-  text = "\n".join(summary)
-  lines = {
-    line.split(":")[0][2:]: line for line in summary if line.startswith("b ")
-  }
-  assert set(lines) == set(gpu_check.SPEED), text
-  assert "not run in --tiny" in lines["dm_step_cifar"]
-  for name in ("dm_step_mnist", "gm_iteration_mnist"):
-    assert "ours/torch median" in lines[name], text
-  assert "vmapped" in lines["eval_vmapped"], text
-  assert "N=1 ours" in lines["tm_unroll_cifar"], text
-  assert "FAILED" not in text and "cut at" not in text, text
