@@ -471,7 +471,7 @@ def test_unknown_name_error_lists_the_valid_names():
     with pytest.raises(ValueError) as error:
       get("voxels")
     message = str(error.value)
-    assert "'voxels' is not a known parameterization" in message
+    assert "synset.param 'voxels' is not known" in message
     assert f"valid: {valid}" in message
   with pytest.raises(ValueError, match=r"'voxels'.*valid: \[.*'mappers'\]"):
     registry.kind_kwargs("voxels", rank=2)

@@ -21,24 +21,14 @@ References:
 
 import dataclasses
 import functools
-import operator
 
 import jax
 
+from lowrank_distill import checks
 from lowrank_distill.parameterize import labels as labels_lib
 from lowrank_distill.parameterize import registry
 
 BUDGETS = ("same-memory", "same-images")
-
-
-def _positive_int(value, field: str) -> int:
-  try:
-    result = None if isinstance(value, bool) else operator.index(value)
-  except TypeError:
-    result = None
-  if result is None or result < 1:
-    raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
-  return result
 
 
 def full_rank_floats(*, ipc: int, num_classes: int, image_shape) -> int:
@@ -135,12 +125,9 @@ def images_per_class(
     ValueError for an unknown budget or parameterization, bad rank or
     num_sets, or when not even one image per class fits.
   """
-  if budget not in BUDGETS:
-    raise ValueError(
-      f"budget {budget!r} is not known (synset.budget); valid: {list(BUDGETS)}"
-    )
-  ipc = _positive_int(ipc, "ipc")
-  num_classes = _positive_int(num_classes, "num_classes")
+  checks.check_choice("synset.budget", budget, BUDGETS)
+  ipc = checks.positive_int("ipc", ipc)
+  num_classes = checks.positive_int("num_classes", num_classes)
   registry.validate(
     param, image_shape=image_shape, rank=rank, num_sets=num_sets
   )

@@ -18,6 +18,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from lowrank_distill import checks
+
 # Default softmax mass the 'onehot' init puts on the image's own class.
 ONEHOT_MASS = 0.9
 
@@ -86,11 +88,7 @@ def init_soft(
   Returns:
     [n, num_classes] float32 logits, n = num_classes * images_per_class.
   """
-  if method not in LABEL_INITS:
-    raise ValueError(
-      f"label init {method!r} is not known (labels.init); valid: "
-      f"{list(LABEL_INITS)}"
-    )
+  checks.check_choice("labels.init", method, LABEL_INITS)
   if num_classes < 1 or images_per_class < 1:
     raise ValueError(
       f"num_classes and images_per_class must be >= 1, got {num_classes} "

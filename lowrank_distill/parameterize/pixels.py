@@ -13,15 +13,14 @@ References:
 import jax
 import jax.numpy as jnp
 
+from lowrank_distill import checks
+
 METHODS = ("noise", "real")
 
 
 def check_method(method: str, valid) -> None:
   """Raises ValueError naming the field and the valid init methods."""
-  if method not in valid:
-    raise ValueError(
-      f"init method {method!r} is not known (synset.init); valid: {list(valid)}"
-    )
+  checks.check_choice("synset.init", method, valid)
 
 
 def check_sizes(

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lowrank_distill import checks
 from lowrank_distill.parameterize import factors, mappers, pixels
 
 PARAMETERIZATIONS = {"pixels": pixels, "factors": factors, "mappers": mappers}
@@ -28,11 +29,7 @@ KIND_ARGS = {
 
 def get(name: str):
   """The reconstructor module called `name`; ValueError lists valid names."""
-  if name not in PARAMETERIZATIONS:
-    raise ValueError(
-      f"param {name!r} is not a known parameterization; valid: "
-      f"{list(PARAMETERIZATIONS)}"
-    )
+  checks.check_choice("synset.param", name, PARAMETERIZATIONS)
   return PARAMETERIZATIONS[name]
 
 
