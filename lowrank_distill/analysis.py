@@ -578,3 +578,39 @@ def save_accuracy_vs_storage(
     ax.set_title(title)
   fig.tight_layout()
   return _save_figure(fig, path, dpi)
+
+
+def save_accuracy_plot(path, methods: dict, *, title: str = "") -> None:
+  """Accuracy (%) vs classes seen, one line with error bars per method.
+
+  Args:
+    path: the PNG to write.
+    methods: method -> {'classes_seen' [T], 'mean' [T], 'std' [T]} with
+      accuracies in [0, 1] (`summarize`'s output).
+    title: the figure's title.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  figure = Figure(figsize=(6, 4.5), dpi=120)
+  FigureCanvasAgg(figure)
+  axes = figure.add_subplot()
+  for name, m in methods.items():
+    axes.errorbar(
+      m["classes_seen"],
+      100 * np.asarray(m["mean"]),
+      yerr=100 * np.asarray(m["std"]),
+      marker="o",
+      capsize=3,
+      label=name,
+    )
+  axes.set_xlabel("classes seen")
+  axes.set_ylabel("test accuracy on seen classes (%)")
+  axes.set_xticks(next(iter(methods.values()))["classes_seen"])
+  axes.grid(alpha=0.3)
+  axes.legend()
+  axes.set_title(title, fontsize=9)
+  figure.tight_layout()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  figure.savefig(path)

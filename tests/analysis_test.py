@@ -218,6 +218,16 @@ def test_save_accuracy_vs_storage_has_the_expected_size(tmp_path):
     analysis.save_accuracy_vs_storage(tmp_path / "b.png", [{"mean": 1}])
 
 
+def test_save_accuracy_plot_writes_a_png_per_call(tmp_path):
+  methods = {
+    "dm": {"classes_seen": [2, 4], "mean": [0.9, 0.8], "std": [0.01, 0.02]},
+    "random": {"classes_seen": [2, 4], "mean": [0.7, 0.6], "std": [0.0, 0.1]},
+  }
+  path = tmp_path / "plots" / "accuracy.png"
+  analysis.save_accuracy_plot(path, methods, title="2 steps")
+  assert _png_size(path) == (720, 540)  # 6 x 4.5 inches at 120 dpi
+
+
 def test_point_from_summary():
   summary = {
     "storage_floats": 640,

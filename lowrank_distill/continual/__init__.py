@@ -53,7 +53,6 @@ References:
 from lowrank_distill.continual import loop, memories, planning, protocol
 from lowrank_distill.continual.loop import (
   run,
-  save_accuracy_plot,
   step_dir,
   summarize,
 )
@@ -116,7 +115,6 @@ __all__ = [
   "planning",
   "protocol",
   "run",
-  "save_accuracy_plot",
   "seen_test_set",
   "step_config",
   "step_dir",
