@@ -1,6 +1,6 @@
 r"""One gradient-matching (DC) iteration: ours (JAX, jitted) vs PyTorch.
 
-Ours is the library's own step, `distill.OBJECTIVES['gm'].make_step(plan,
+Ours is the library's own step, `distill.OBJECTIVES['gm'].build_step(plan,
 config, optimizer)` (what `distill.run` jits), with a config from
 `configs/gm.py` (method=dc, param=pixels) and a `distill.plan` over random
 data. PyTorch is the same iteration written below after the DC reference: a
@@ -160,7 +160,7 @@ class Ours:
     self.state = distill.init_state(trainable, self.optimizer)
     self.inputs = distill.objective.real_data(self.plan, config)(0)
     step = jax.jit(
-      distill.OBJECTIVES["gm"].make_step(self.plan, config, self.optimizer)
+      distill.OBJECTIVES["gm"].build_step(self.plan, config, self.optimizer)
     )
     start = time.perf_counter()
     self.step = step.lower(

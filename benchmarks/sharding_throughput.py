@@ -178,7 +178,7 @@ def time_row(method: str, syn_steps: int, devices: int) -> dict:
     state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
     state = sharding.put(state, mesh)
     step = sharding.jit(
-      objective.make_step(plan, config, optimizer, mesh=mesh), mesh
+      objective.build_step(plan, config, optimizer, mesh=mesh), mesh
     )
     inputs = objective.inputs(plan, config, mesh)
 
@@ -197,7 +197,9 @@ def time_row(method: str, syn_steps: int, devices: int) -> dict:
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - start
   split = (
-    distill.tm.mesh_split(config, mesh) if method == "tm" else "real batch"
+    distill.tm.mesh_split(config.distill.num_trajectories, mesh)
+    if method == "tm"
+    else "real batch"
   )
   return {
     "device": jax.devices()[0].device_kind,

@@ -1,5 +1,6 @@
 """Tests of the distillation loop (lowrank_distill.distill)."""
 
+import inspect
 import json
 import shutil
 
@@ -12,6 +13,8 @@ from absl.testing import parameterized
 
 from configs import dm as dm_config
 from configs import evaluate as evaluate_config
+from configs import gm as gm_config
+from configs import tm as tm_config
 from lowrank_distill import checkpoint, distill, evaluate, synset
 
 
@@ -61,7 +64,7 @@ def test_the_jitted_step_traces_once():
   state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   objective = distill.OBJECTIVES["dm"]
   step = jax.jit(
-    chex.assert_max_traces(objective.make_step(plan, config, optimizer), n=1)
+    chex.assert_max_traces(objective.build_step(plan, config, optimizer), n=1)
   )
   inputs = objective.inputs(plan, config)
   for i in range(3):
@@ -204,3 +207,18 @@ class GuardedUpdateVariantsTest(parameterized.TestCase):
       assert bool(refused) and int(kept.skipped) == 1
       chex.assert_trees_all_equal(kept.trainable, state.trainable)
       chex.assert_trees_all_equal(kept.opt_state, state.opt_state)
+
+
+@pytest.mark.parametrize("name", sorted(distill.OBJECTIVES))
+def test_step_builders_take_keywords_that_the_settings_give(name):
+  objective = distill.OBJECTIVES[name]
+  parameters = inspect.signature(objective.make_step).parameters
+  assert "config" not in parameters
+  keywords = {
+    p.name
+    for p in parameters.values()
+    if p.kind is p.KEYWORD_ONLY and p.name != "mesh"
+  }
+  config = {"dm": dm_config, "gm": gm_config, "tm": tm_config}[name]
+  settings = objective.settings(config.get_config("runlocal=true"))
+  assert set(settings) == keywords

@@ -280,7 +280,7 @@ def test_every_outer_loop_makes_one_guarded_update():
   trainable = state.trainable
   objective = distill.OBJECTIVES["gm"]
   step = jax.jit(
-    chex.assert_max_traces(objective.make_step(plan, config, optimizer), n=1)
+    chex.assert_max_traces(objective.build_step(plan, config, optimizer), n=1)
   )
   inputs = objective.inputs(plan, config)
   state, metrics = step(state, jax.random.key(1), *inputs(0))
@@ -310,7 +310,7 @@ def test_soft_labels_are_learned_by_gradient_matching():
   state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   trainable = state.trainable
   objective = distill.OBJECTIVES["gm"]
-  step = jax.jit(objective.make_step(plan, config, optimizer))
+  step = jax.jit(objective.build_step(plan, config, optimizer))
   new, _ = step(state, jax.random.key(1), *objective.inputs(plan, config)(0))
   assert not np.allclose(new.trainable["labels"], trainable["labels"])
   chex.assert_tree_all_finite(new.trainable)

@@ -92,7 +92,7 @@ def steps(plan, config, mesh, *, iterations: int = 2) -> dict:
   state = sharding.put(state, mesh)
   trainable = state.trainable
   step = sharding.jit(
-    objective.make_step(plan, config, optimizer, mesh=mesh), mesh
+    objective.build_step(plan, config, optimizer, mesh=mesh), mesh
   )
   inputs = objective.inputs(plan, config, mesh)
   out = {"loss": []}
@@ -228,7 +228,9 @@ def check_tm(tmp: pathlib.Path) -> dict:
     plan = distill.make_plan(config)
     assert plan.num_classes * plan.images_per_class == 20
     for mesh in meshes():
-      assert distill.tm.mesh_split(config, mesh) == split
+      assert (
+        distill.tm.mesh_split(config.distill.num_trajectories, mesh) == split
+      )
     details[name] = compare_steps(plan, config, meshes())
   return details
 

@@ -104,7 +104,7 @@ def test_the_one_device_step_is_the_unsharded_program():
   jaxprs = [
     str(
       jax.make_jaxpr(
-        distill.OBJECTIVES["dm"].make_step(plan, config, optimizer, mesh=m)
+        distill.OBJECTIVES["dm"].build_step(plan, config, optimizer, mesh=m)
       )(state, jax.random.key(1), *inputs)
     )
     for m in (None, sharding.make_mesh(1))

@@ -279,7 +279,7 @@ def test_the_step_traces_once_and_learns_images_labels_and_lr(buffer_dir):
   state = distill.init_state(trainable, optimizer)
   objective = distill.OBJECTIVES["tm"]
   step = jax.jit(
-    chex.assert_max_traces(objective.make_step(plan, config, optimizer), n=1)
+    chex.assert_max_traces(objective.build_step(plan, config, optimizer), n=1)
   )
   inputs = objective.inputs(plan, config)
   for i in range(2):
@@ -323,7 +323,7 @@ def test_the_guard_skips_and_counts_exploding_losses(buffer_dir):
   plan = distill.make_plan(config)
   state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
   objective = distill.OBJECTIVES["tm"]
-  step = jax.jit(objective.make_step(plan, config, optimizer))
+  step = jax.jit(objective.build_step(plan, config, optimizer))
   new, metrics = step(
     state, jax.random.key(0), *objective.inputs(plan, config)(0)
   )

@@ -40,7 +40,37 @@ def check_plan(plan: Plan, config) -> None:
     )
 
 
-def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
+def settings(config) -> dict:
+  """The keyword settings of `make_step` from the run's config."""
+  cfg = config.distill
+  return dict(
+    distance=cfg.distance,
+    outer_loop=cfg.outer_loop,
+    inner_loop=cfg.inner_loop,
+    lr_net=cfg.lr_net,
+    batch_real=cfg.batch_real,
+    batch_train=cfg.batch_train,
+    dsa_strategy=cfg.dsa_strategy,
+    classes_in_parallel=cfg.classes_in_parallel,
+    max_loss=cfg.max_loss,
+  )
+
+
+def make_step(
+  plan: Plan,
+  optimizer,
+  *,
+  mesh=None,
+  distance: str,
+  outer_loop: int,
+  inner_loop: int,
+  lr_net: float,
+  batch_real: int,
+  batch_train: int,
+  dsa_strategy: str,
+  classes_in_parallel: int,
+  max_loss: float,
+) -> StepFn:
   """One iteration: `outer_loop` synthetic updates on one fresh network.
 
   Per outer loop: (BatchNorm networks: set the running statistics from a
@@ -51,7 +81,6 @@ def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
   loops of the summed class distances. With a mesh, the matched real batch
   [C, m, ...] is split along m.
   """
-  cfg = config.distill
   model = plan.model
   materialize = plan.reconstructor.materialize
   image_shape = plan.dataset.image_shape
@@ -65,9 +94,9 @@ def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
       real,
       model=model,
       variables=variables,
-      distance=cfg.distance,
-      dsa_strategy=cfg.dsa_strategy,
-      classes_in_parallel=cfg.classes_in_parallel,
+      distance=distance,
+      dsa_strategy=dsa_strategy,
+      classes_in_parallel=classes_in_parallel,
       mesh=mesh,
     )
 
@@ -78,10 +107,10 @@ def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
       materialize(trainable["images"]),
       syn_targets(trainable, plan).reshape(-1, plan.num_classes),
       model=model,
-      epochs=cfg.inner_loop,
-      lr=cfg.lr_net,
-      batch_size=cfg.batch_train,
-      dsa_strategy=cfg.dsa_strategy,
+      epochs=inner_loop,
+      lr=lr_net,
+      batch_size=batch_train,
+      dsa_strategy=dsa_strategy,
     )
 
   def step(state: DistillState, key, real_images, class_index):
@@ -100,16 +129,16 @@ def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
         variables = gradient_matching.batch_norm_statistics(
           model, variables, real_images[idx].reshape(-1, *image_shape)
         )
-      idx = data.sample_per_class(real_key, class_index, n=cfg.batch_real)
+      idx = data.sample_per_class(real_key, class_index, n=batch_real)
       real = sharding.constrain(real_images[idx], mesh, axis=1)
       loss, grads = jax.value_and_grad(match)(
         state.trainable, match_key, real, variables
       )
       state, refused = guarded_update(
-        state, loss, grads, optimizer, max_loss=cfg.max_loss
+        state, loss, grads, optimizer, max_loss=max_loss
       )
       variables = jax.lax.cond(
-        index < cfg.outer_loop - 1,
+        index < outer_loop - 1,
         lambda v: train_network(inner_key, v, state.trainable),
         lambda v: v,
         variables,
@@ -117,7 +146,7 @@ def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
       return (state, variables), (loss, refused)
 
     (state, _), (losses, refused) = jax.lax.scan(
-      outer, (state, variables), jnp.arange(cfg.outer_loop)
+      outer, (state, variables), jnp.arange(outer_loop)
     )
     return state.replace(step=state.step + 1), {
       "loss": jnp.mean(losses),
@@ -129,6 +158,7 @@ def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
 
 OBJECTIVE = Objective(
   make_step=make_step,
+  settings=settings,
   check=check,
   check_plan=check_plan,
   learns_labels=True,

@@ -99,7 +99,7 @@ def run(
   )
   state = sharding.put(state, mesh)
   train_step = sharding.jit(
-    objective.make_step(plan, config, optimizer, mesh=mesh),
+    objective.build_step(plan, config, optimizer, mesh=mesh),
     mesh,
     compiler_options=models.compiler_options(config.distill.conv_impl),
   )

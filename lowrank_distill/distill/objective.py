@@ -82,9 +82,12 @@ class Objective:
   """A distillation method as the loop sees it.
 
   Attributes:
-    make_step: (plan, config, optimizer, mesh=None) -> step(state, key,
-      *inputs) -> (state, metrics with 'loss'); `run` jits it once. With a
-      mesh, the step splits its parallel axis over the mesh's 'data' axis.
+    make_step: (plan, optimizer, *, mesh=None, **settings) -> step(state,
+      key, *inputs) -> (state, metrics with 'loss'); `run` jits it once.
+      With a mesh, the step splits its parallel axis over the mesh's 'data'
+      axis. Its hyperparameters are keywords, never the config.
+    settings: (config) -> the keyword settings of `make_step`: the one
+      place the method reads its `distill` section for the step.
     inputs: (plan, config, mesh=None) -> inputs(step) -> the arrays step
       `step` reads after the key (the same real data every step for DM and
       gradient matching; expert snapshots for trajectory matching), placed
@@ -103,6 +106,7 @@ class Objective:
   """
 
   make_step: Callable[..., StepFn]
+  settings: Callable[[Any], dict]
   inputs: Callable[..., InputsFn] = real_data
   check: Callable[[Any], None] = _no_check
   check_inputs: Callable[[Any], None] = _no_check
@@ -110,3 +114,7 @@ class Objective:
   check_mesh: Callable[[Plan, Any, Any], None] = _real_batch_check
   learns_labels: bool = False
   learns_lr: bool = False
+
+  def build_step(self, plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
+    """`make_step` with the settings `config` gives."""
+    return self.make_step(plan, optimizer, mesh=mesh, **self.settings(config))

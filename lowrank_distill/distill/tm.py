@@ -78,7 +78,7 @@ def check_plan(plan: Plan, config) -> None:
 TRAJECTORIES, MINIBATCH = "trajectories", "minibatch"
 
 
-def mesh_split(config, mesh) -> str | None:
+def mesh_split(num_trajectories: int, mesh) -> str | None:
   """What trajectory matching splits over the mesh's 'data' axis.
 
   The trajectories of an iteration when `distill.num_trajectories` is a
@@ -89,11 +89,11 @@ def mesh_split(config, mesh) -> str | None:
   if not sharding.is_sharded(mesh):
     return None
   n = sharding.data_size(mesh)
-  return TRAJECTORIES if config.distill.num_trajectories % n == 0 else MINIBATCH
+  return TRAJECTORIES if num_trajectories % n == 0 else MINIBATCH
 
 
 def check_mesh(plan: Plan, config, mesh) -> None:
-  if mesh_split(config, mesh) != MINIBATCH:
+  if mesh_split(config.distill.num_trajectories, mesh) != MINIBATCH:
     return
   if not models.uses_batch_norm(plan.model):
     return
@@ -144,7 +144,8 @@ class ExpertSnapshots:
     cfg = config.distill
     self.num_experts = num_experts
     self.mesh = mesh
-    self.axis = 0 if mesh_split(config, mesh) == TRAJECTORIES else None
+    split = mesh_split(cfg.num_trajectories, mesh)
+    self.axis = 0 if split == TRAJECTORIES else None
     # Read once: each step draws with these settings only.
     self.seed = config.seed
     self.expert_epochs = cfg.expert_epochs
@@ -178,14 +179,41 @@ class ExpertSnapshots:
     )
 
 
-def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
+def settings(config) -> dict:
+  """The keyword settings of `make_step` from the run's config."""
+  cfg = config.distill
+  return dict(
+    num_trajectories=cfg.num_trajectories,
+    lr_student=cfg.lr_student,
+    syn_steps=cfg.syn_steps,
+    batch_syn=cfg.batch_syn,
+    dsa_strategy=cfg.dsa_strategy,
+    remat=cfg.remat,
+    max_loss=cfg.max_loss,
+  )
+
+
+def make_step(
+  plan: Plan,
+  optimizer,
+  *,
+  mesh=None,
+  num_trajectories: int,
+  lr_student: float,
+  syn_steps: int,
+  batch_syn: int,
+  dsa_strategy: str,
+  remat: bool,
+  max_loss: float,
+) -> StepFn:
   """Mean over `num_trajectories` trajectories of the MTT loss.
 
-  With a mesh, the trajectories or every student minibatch are split over
-  its 'data' axis (`mesh_split`).
+  `lr_student` is the student's lr unless the trainable set learns one;
+  `batch_syn` 0 means every synthetic image in every student step. With a
+  mesh, the trajectories or every student minibatch are split over its
+  'data' axis (`mesh_split`).
   """
-  cfg = config.distill
-  split = mesh_split(config, mesh)
+  split = mesh_split(num_trajectories, mesh)
   materialize = plan.reconstructor.materialize
   # The student's non-param variables (BatchNorm running averages) start
   # as a fresh network's; experts store params only.
@@ -202,7 +230,7 @@ def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
     if "log_lr" in trainable:
       lr = jnp.exp(trainable["log_lr"])
     else:
-      lr = jnp.float32(cfg.lr_student)
+      lr = jnp.float32(lr_student)
 
     def one(key, start, target):
       return trajectory_matching.trajectory_loss(
@@ -213,26 +241,27 @@ def make_step(plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
         targets,
         model=plan.model,
         lr=lr,
-        steps=cfg.syn_steps,
-        batch_size=cfg.batch_syn or images.shape[0],
-        dsa_strategy=cfg.dsa_strategy,
+        steps=syn_steps,
+        batch_size=batch_syn or images.shape[0],
+        dsa_strategy=dsa_strategy,
         model_state=model_state,
-        remat=cfg.remat,
+        remat=remat,
         mesh=mesh if split == MINIBATCH else None,
       )
 
-    keys = jax.random.split(key, cfg.num_trajectories)
+    keys = jax.random.split(key, num_trajectories)
     if split == TRAJECTORIES:
       keys, start_params, target_params = sharding.constrain(
         (keys, start_params, target_params), mesh, axis=0
       )
     return jnp.mean(jax.vmap(one)(keys, start_params, target_params))
 
-  return make_train_step(loss_fn, optimizer, max_loss=cfg.max_loss)
+  return make_train_step(loss_fn, optimizer, max_loss=max_loss)
 
 
 OBJECTIVE = Objective(
   make_step=make_step,
+  settings=settings,
   inputs=ExpertSnapshots,
   check=check,
   check_inputs=check_inputs,
