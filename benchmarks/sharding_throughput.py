@@ -2,7 +2,7 @@ r"""Distillation throughput on 1 vs several devices: DM and MTT iterations/s.
 
 Every row runs in its own process (fresh peak-memory counters, and on a CPU
 its own number of fake devices): the library's jitted step of `distill.run`
-(`distill.OBJECTIVES[...].make_step` on a `sharding` mesh of `devices`),
+(`distill.OBJECTIVES[...].build_step` on a `sharding` mesh of `devices`),
 compiled ahead of time, then timed over `--iterations` iterations after
 `--warmup` ones, inputs included (MTT draws and sends expert snapshots every
 iteration, as the run does). Data are random images of the given shape and

@@ -158,12 +158,17 @@ def make_plan(
 
 
 def initial_trainable(key, plan: Plan, config) -> dict:
-  """The reconstructor params (and labels / lr) before distillation."""
-  syn = config.synset
+  """The reconstructor params (and labels / lr) before distillation.
+
+  What the set holds (parameterization, rank, mapper sets, images per
+  class, soft labels, a learned lr) is the resolved budget's; the config
+  gives only how to initialise it.
+  """
+  budget = plan.budget
   image_key, real_key, label_key = jax.random.split(key, 3)
   index = data.class_index(plan.dataset.train_labels, plan.num_classes)
   real = None
-  if syn.init == "real":
+  if config.synset.init == "real":
     idx = data.sample_per_class(real_key, index, n=plan.images_per_class)
     real = jnp.asarray(plan.dataset.train_images)[idx]
   trainable = {
@@ -172,21 +177,21 @@ def initial_trainable(key, plan: Plan, config) -> dict:
       num_classes=plan.num_classes,
       images_per_class=plan.images_per_class,
       image_shape=plan.dataset.image_shape,
-      method=syn.init,
+      method=config.synset.init,
       real_images=real,
       **parameterize.kind_kwargs(
-        syn.param, rank=syn.rank, num_sets=syn.num_sets
+        budget.param, rank=budget.rank, num_sets=budget.num_sets
       ),
     )
   }
-  if config.labels.kind == "soft":
+  if budget.soft_labels:
     trainable["labels"] = labels_lib.init_soft(
       label_key,
       num_classes=plan.num_classes,
       images_per_class=plan.images_per_class,
       method=config.labels.init,
     )
-  if config.distill.learn_lr:
+  if budget.learn_lr:
     trainable["log_lr"] = jnp.log(jnp.float32(config.distill.lr_student))
   return trainable
 
