@@ -28,21 +28,31 @@ def learned_lr(trainable: dict) -> float | None:
 
 
 def export(
-  path, trainable: dict, plan: Plan, config
+  path, trainable: dict, plan: Plan, *, method: str, dataset_config: dict
 ) -> synset_lib.SyntheticSet:
+  """Saves the set at `path` (every process calls it) and returns it.
+
+  Args:
+    path: the export's folder.
+    trainable: the distilled trainable dict.
+    plan: the run's plan (its budget says what the set holds).
+    method: the objective's name, recorded in the set's info.
+    dataset_config: the run's `dataset` section as a dict, so that an
+      evaluation can load the same data again.
+  """
   images = np.asarray(plan.reconstructor.materialize(trainable["images"]))
   result = synset_lib.SyntheticSet(
     images=images,
     labels=labels_of(trainable, plan),
-    param=config.synset.param,
+    param=plan.budget.param,
     params=jax.tree.map(np.asarray, trainable["images"]),
     storage_floats=parameterize.num_floats(trainable),
     dataset=plan.dataset.metadata(),
     lr=learned_lr(trainable),
     info={
-      "method": config.method,
+      "method": method,
       "budget": dataclasses.asdict(plan.budget),
-      "dataset_config": config.dataset.to_dict(),
+      "dataset_config": dataset_config,
     },
   )
   # Every process calls the save: Orbax synchronises them and writes once.
@@ -50,7 +60,8 @@ def export(
   return result
 
 
-def save_pictures(workdir: pathlib.Path, step: int, trainable, plan, config):
+def save_pictures(workdir: pathlib.Path, step: int, trainable, plan: Plan):
+  """The set as a grid, and its low-rank components, as PNGs (process 0)."""
   if not workdir_lib.is_writer():
     return
   images = plan.reconstructor.materialize(trainable["images"])
@@ -59,9 +70,10 @@ def save_pictures(workdir: pathlib.Path, step: int, trainable, plan, config):
     plan.dataset.to_unit_range(np.asarray(images)),
     nrow=plan.images_per_class,
   )
-  if config.synset.param != "pixels":
+  param = plan.budget.param
+  if param != "pixels":
     analysis.save_components(
-      workdir / "images" / f"{config.synset.param}_{step:06d}.png",
-      config.synset.param,
+      workdir / "images" / f"{param}_{step:06d}.png",
+      param,
       jax.tree.map(np.asarray, trainable["images"]),
     )

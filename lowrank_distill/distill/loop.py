@@ -158,15 +158,19 @@ def run(
         )
         writer.write(done, eval=results)
       if cfg.image_every and done % cfg.image_every == 0:
-        export_lib.save_pictures(workdir, done, state.trainable, plan, config)
+        export_lib.save_pictures(workdir, done, state.trainable, plan)
       if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
         ckpt.save(done, state)
     ckpt.wait()
 
   final_step = int(state.step)
-  export_lib.save_pictures(workdir, final_step, state.trainable, plan, config)
+  export_lib.save_pictures(workdir, final_step, state.trainable, plan)
   exported = export_lib.export(
-    workdir / "synset", state.trainable, plan, config
+    workdir / "synset",
+    state.trainable,
+    plan,
+    method=config.method,
+    dataset_config=config.dataset.to_dict(),
   )
   results = {}
   if final_eval:
