@@ -296,8 +296,8 @@ def test_the_step_traces_once_and_learns_images_labels_and_lr(buffer_dir):
 def test_expert_snapshots_are_drawn_reproducibly_by_step(buffer_dir):
   config = _config(buffer_dir, "mtt")
   plan = distill.make_plan(config)
-  a = distill.tm.ExpertSnapshots(plan, config)
-  b = distill.tm.ExpertSnapshots(plan, config)
+  a = distill.tm.expert_snapshots(plan, config)
+  b = distill.tm.expert_snapshots(plan, config)
   chex.assert_trees_all_equal(a(5), b(5))
   start, target = a(3)
   buffer = experts.open_buffer(buffer_dir)
@@ -335,7 +335,7 @@ def test_snapshots_above_the_host_memory_limit_are_refused(buffer_dir):
   config = _config(buffer_dir, "mtt")
   config.experts.max_host_bytes = 1000
   with pytest.raises(ValueError, match="experts.max_host_bytes"):
-    distill.tm.ExpertSnapshots(distill.make_plan(config), config)
+    distill.tm.expert_snapshots(distill.make_plan(config), config)
 
 
 def test_a_buffer_of_another_model_is_refused(buffer_dir, tmp_path):

@@ -111,53 +111,96 @@ def check_mesh(plan: Plan, config, mesh) -> None:
     )
 
 
+def expert_snapshots(plan: Plan, config, mesh=None) -> "ExpertSnapshots":
+  """The run's `ExpertSnapshots` (`Objective.inputs`): the config's seam.
+
+  Reads every expert's epochs `0 .. window - 1` (the latest start plus the
+  expert epochs) by slice from the buffer once, refusing more than
+  `experts.max_host_bytes`.
+  """
+  cfg = config.distill
+  buffer, num_experts = _buffer(plan, config)
+  window, _ = snapshot_window(config)
+  window = min(window, buffer.num_snapshots)
+  snapshot_bytes = sum(
+    math.prod(x.shape) * x.dtype.itemsize
+    for x in jax.tree.leaves(buffer.abstract_params())
+  )
+  num_bytes = num_experts * window * snapshot_bytes
+  limit = config.experts.max_host_bytes
+  if limit and num_bytes > limit:
+    raise ValueError(
+      f"experts.num_experts: {num_experts} experts x {window} snapshots "
+      f"take {num_bytes / 2**30:.2f} GiB, above "
+      f"experts.max_host_bytes ({limit / 2**30:.2f} GiB); use fewer "
+      f"experts or raise the limit"
+    )
+  trajectories = [buffer.read(e, 0, window) for e in range(num_experts)]
+  return ExpertSnapshots(
+    jax.tree.map(lambda *x: np.stack(x), *trajectories),
+    seed=config.seed,
+    num_trajectories=cfg.num_trajectories,
+    expert_epochs=cfg.expert_epochs,
+    schedule=cfg.start,
+    iterations=cfg.iterations,
+    max_start=cfg.max_start,
+    delta=cfg.start_delta,
+    window=cfg.start_window,
+    mesh=mesh,
+  )
+
+
 class ExpertSnapshots:
   """The snapshots trajectory matching reads, held in host memory.
 
-  Every expert's epochs `0 .. window - 1` (the latest start plus the
-  expert epochs) are read by slice from the buffer once; each step then
-  draws experts and start epochs with a generator seeded by (seed, step), so
-  a resumed run draws what the uninterrupted one would have. With a mesh,
-  each step's [num_trajectories, ...] snapshots are sent split along the
-  trajectories (`mesh_split`) or replicated.
+  Each step draws experts and start epochs with a generator seeded by
+  (seed, step), so a resumed run draws what the uninterrupted one would
+  have. With a mesh, each step's [num_trajectories, ...] snapshots are sent
+  split along the trajectories (`mesh_split`) or replicated.
+
+  Args:
+    params: the experts' parameter trajectories, leaves [E, S, ...] (E
+      experts, S snapshots from epoch 0).
+    seed: the run's seed.
+    num_trajectories: trajectories drawn per step.
+    expert_epochs: M, the target's distance from the start, in epochs.
+    schedule, iterations, max_start, delta, window: the start schedule
+      (`trajectory_matching.start_range`).
+    mesh: the run's mesh, or None.
   """
 
-  def __init__(self, plan: Plan, config, mesh=None):
-    buffer, num_experts = _buffer(plan, config)
-    window, _ = snapshot_window(config)
-    window = min(window, buffer.num_snapshots)
-    snapshot_bytes = sum(
-      math.prod(x.shape) * x.dtype.itemsize
-      for x in jax.tree.leaves(buffer.abstract_params())
-    )
-    self.num_bytes = num_experts * window * snapshot_bytes
-    limit = config.experts.max_host_bytes
-    if limit and self.num_bytes > limit:
-      raise ValueError(
-        f"experts.num_experts: {num_experts} experts x {window} snapshots "
-        f"take {self.num_bytes / 2**30:.2f} GiB, above "
-        f"experts.max_host_bytes ({limit / 2**30:.2f} GiB); use fewer "
-        f"experts or raise the limit"
-      )
-    trajectories = [buffer.read(e, 0, window) for e in range(num_experts)]
-    self.params = jax.tree.map(lambda *x: np.stack(x), *trajectories)
-    cfg = config.distill
-    self.num_experts = num_experts
+  def __init__(
+    self,
+    params,
+    *,
+    seed: int,
+    num_trajectories: int,
+    expert_epochs: int,
+    schedule: str,
+    iterations: int,
+    max_start: int,
+    delta: float,
+    window: int,
+    mesh=None,
+  ):
+    self.params = params
+    leaf = jax.tree.leaves(params)[0]
+    self.num_experts, num_snapshots = leaf.shape[:2]
+    self.num_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    self.seed = seed
+    self.expert_epochs = expert_epochs
+    # The last start epoch with its target inside the snapshots held.
+    self.last_start = num_snapshots - 1 - expert_epochs
     self.mesh = mesh
-    split = mesh_split(cfg.num_trajectories, mesh)
+    split = mesh_split(num_trajectories, mesh)
     self.axis = 0 if split == TRAJECTORIES else None
-    # Read once: each step draws with these settings only.
-    self.seed = config.seed
-    self.expert_epochs = cfg.expert_epochs
-    # The last start epoch with its target inside the snapshots read.
-    self.last_start = window - 1 - cfg.expert_epochs
     self.draw = dict(
-      num=cfg.num_trajectories,
-      schedule=cfg.start,
-      iterations=cfg.iterations,
-      max_start=cfg.max_start,
-      delta=cfg.start_delta,
-      window=cfg.start_window,
+      num=num_trajectories,
+      schedule=schedule,
+      iterations=iterations,
+      max_start=max_start,
+      delta=delta,
+      window=window,
       last_start=self.last_start,
     )
 
@@ -262,7 +305,7 @@ def make_step(
 OBJECTIVE = Objective(
   make_step=make_step,
   settings=settings,
-  inputs=ExpertSnapshots,
+  inputs=expert_snapshots,
   check=check,
   check_inputs=check_inputs,
   check_plan=check_plan,
