@@ -29,8 +29,9 @@ side until `--budget` seconds have passed since the start. (c) is cut at the
 deadline and says how far it got; its runs resume from their checkpoints.
 
 `--tiny` runs every part on the CPU in a couple of minutes (tiny networks,
-a few iterations); the test suite runs it (`tests/gpu_check_test.py`), so the
-script cannot rot between the rare calls on a GPU host.
+a few iterations); the test suite runs it (`tests/gpu_check_test.py`, part
+b in `tests/gpu_check_speed_test.py`), so the script cannot rot between the
+rare calls on a GPU host.
 
   benchmarks/gpu_check.sh --out=/tmp/gpu_check --mnist=../shared/datasets/mnist
 """
