@@ -96,7 +96,9 @@ def test_bad_arguments_name_the_flag(gpu_check, argv, message, capsys):
 
 
 @pytest.mark.slow
-def test_tiny_parts_a_and_c_run_and_report(mnist_like, run_gpu_check_tiny):
+def test_tiny_parts_a_and_c_run_and_report(
+  gpu_check, mnist_like, run_gpu_check_tiny
+):
   out, summary = run_gpu_check_tiny(mnist_like[0], "ac")
   text = "\n".join(summary)
   assert summary[0].startswith("env: date:"), text
@@ -104,7 +106,7 @@ def test_tiny_parts_a_and_c_run_and_report(mnist_like, run_gpu_check_tiny):
   assert any(
     line.startswith("a tests: exit 0; 1 passed") for line in summary
   ), text
-  for row in ("dm", "lodm", "lomtt", "mtt_lss"):
+  for row in ("dm", "lodm", *gpu_check.TINY_MNIST_TM):
     line = [s for s in summary if s.startswith(f"c {row}")]
     assert len(line) == 1, text
     assert f"c {row}: iteration 2/2" in line[0], text
