@@ -3,8 +3,6 @@
 import logging
 import os
 import pathlib
-import subprocess
-import sys
 
 import chex
 import flax
@@ -413,7 +411,9 @@ def test_orbax_info_logs_are_filtered():
   assert checkpoint.ORBAX_INFO_FILTER.filter(record)
 
 
-def test_importing_changes_no_logging_and_the_launchers_quiet_orbax():
+def test_importing_changes_no_logging_and_the_launchers_quiet_orbax(
+  fresh_python,
+):
   code = (
     "import logging\n"
     "from lowrank_distill import checkpoint\n"
@@ -422,15 +422,6 @@ def test_importing_changes_no_logging_and_the_launchers_quiet_orbax():
     "checkpoint.quiet_orbax_logs(); checkpoint.quiet_orbax_logs()\n"
     "print(before, absl.filters.count(checkpoint.ORBAX_INFO_FILTER))\n"
   )
-  out = subprocess.run(
-    [sys.executable, "-c", code],
-    cwd=pathlib.Path(__file__).resolve().parents[1],
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    capture_output=True,
-    text=True,
-    timeout=120,
-    check=True,
-  )
-  assert out.stdout.split() == ["False", "1"]
+  assert fresh_python(code).split() == ["False", "1"]
   launcher = pathlib.Path(__file__).resolve().parents[1] / "launch/common.py"
   assert "checkpoint.quiet_orbax_logs()" in launcher.read_text()

@@ -1,11 +1,8 @@
 """Tests of config helpers and of every configs/*.py file."""
 
 import importlib
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -157,7 +154,7 @@ def test_dm_config_holds_the_published_settings():
   assert config.eval.epochs == 1000
 
 
-def test_configs_import_no_run_module():
+def test_configs_import_no_run_module(fresh_python):
   code = (
     "import sys, importlib\n"
     "for name in ('dm', 'gm', 'tm', 'experts', 'coreset', 'continual', "
@@ -168,16 +165,7 @@ def test_configs_import_no_run_module():
     "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
     "[['lowrank_distill', r] for r in runs]))\n"
   )
-  out = subprocess.run(
-    [sys.executable, "-c", code],
-    cwd=pathlib.Path(__file__).resolve().parents[1],
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    capture_output=True,
-    text=True,
-    timeout=120,
-    check=True,
-  )
-  assert out.stdout.strip() == "[]"
+  assert fresh_python(code).strip() == "[]"
 
 
 @pytest.mark.parametrize("name", ["dm", "gm", "tm", "experts", "continual"])

@@ -63,6 +63,32 @@ def tiny_images():
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def fresh_python():
+  """Runs Python code in a new interpreter at the repository root.
+
+  Returns `run(code) -> stdout`, failing the test with the child's stderr
+  when it exits non-zero. For what one process cannot show: import order,
+  what an import loads, logging set up at import time.
+  """
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  def run(code: str) -> str:
+    out = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=REPO,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stdout
+
+  return run
+
+
 @pytest.fixture(scope="session")
 def gpu_check():
   """benchmarks/gpu_check.py, loaded as a module."""

@@ -5,10 +5,6 @@ The tensorflow-datasets paths are in data_tfds_test.py.
 
 import gzip
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import chex
 import jax
@@ -46,23 +42,14 @@ def _write_idx_folder(folder, rng, *, gz):
   return arrays
 
 
-def test_import_is_lazy():
+def test_import_is_lazy(fresh_python):
   code = (
     "import sys\n"
     "import lowrank_distill.data\n"
     "heavy = ('tensorflow', 'tensorflow_datasets', 'sklearn', 'torch')\n"
     "print([m for m in heavy if m in sys.modules])\n"
   )
-  out = subprocess.run(
-    [sys.executable, "-c", code],
-    cwd=pathlib.Path(__file__).resolve().parents[1],
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    capture_output=True,
-    text=True,
-    timeout=120,
-    check=True,
-  )
-  assert out.stdout.strip() == "[]"
+  assert fresh_python(code).strip() == "[]"
 
 
 # IDX ------------------------------------------------------------------------

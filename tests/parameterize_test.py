@@ -2,11 +2,8 @@
 
 import ast
 import functools
-import os
 import pathlib
 import pkgutil
-import subprocess
-import sys
 
 import chex
 import jax
@@ -408,7 +405,7 @@ def test_submodules_found():
 
 
 @pytest.mark.parametrize("module", SUBMODULES)
-def test_submodule_imports_first_in_a_fresh_interpreter(module):
+def test_submodule_imports_first_in_a_fresh_interpreter(module, fresh_python):
   """Importing any submodule first works: the package has no import cycle."""
   code = (
     f"import lowrank_distill.parameterize.{module}\n"
@@ -418,16 +415,7 @@ def test_submodule_imports_first_in_a_fresh_interpreter(module):
     "assert parameterize.get is registry.get\n"
     "print('ok')\n"
   )
-  out = subprocess.run(
-    [sys.executable, "-c", code],
-    cwd=pathlib.Path(__file__).resolve().parents[1],
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert out.returncode == 0, out.stderr
-  assert out.stdout.strip() == "ok"
+  assert fresh_python(code).strip() == "ok"
 
 
 @pytest.mark.parametrize("module", SUBMODULES)
