@@ -1,10 +1,5 @@
 """Tests of trajectory matching (objectives.trajectory_matching), its loop."""
 
-import json
-import pathlib
-import subprocess
-import sys
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,13 +7,10 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from configs import experts as experts_config
-from configs import tm as tm_config
-from lowrank_distill import checkpoint, distill, experts, models, train
+from lowrank_distill import models, train
 from lowrank_distill.objectives import trajectory_matching as tm
 
 STRATEGY = "color_crop_cutout_scale_rotate"
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _model(**options):
@@ -205,167 +197,6 @@ def test_snapshot_window_covers_every_drawable_target(
 def test_unknown_start_schedule_lists_the_valid_ones():
   with pytest.raises(ValueError, match="uniform.*progressive"):
     tm.check_start_schedule("cosine")
-
-
-# ---------------------------------------------------------------------------
-# The loop: a tiny expert buffer on digits, then MTT, LoMTT and MTT-LSS.
-
-
-def _experts_config():
-  config = experts_config.get_config("runlocal=true")
-  config.model.options.update(width=4, depth=1)
-  config.experts.update(num_experts=2, epochs=3, experts_in_parallel=2)
-  return config
-
-
-@pytest.fixture(scope="module")
-def buffer_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("experts")
-  experts.run(_experts_config(), workdir)
-  return workdir
-
-
-def _config(buffer_dir, variant):
-  config = tm_config.get_config(f"runlocal=true,variant={variant}")
-  config.model.options.update(width=4, depth=1)
-  config.experts.path = str(buffer_dir)
-  config.distill.update(iterations=1, syn_steps=2, expert_epochs=1, max_start=2)
-  config.eval.update(epochs=1, num_models=1)
-  return config
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["mtt", "lomtt", "mtt_lss"])
-def test_one_iteration_of_each_variant_runs_through_the_launcher(
-  variant, buffer_dir, tmp_path
-):
-  workdir = tmp_path / variant
-  command = [
-    sys.executable,
-    "launch/distill.py",
-    f"--config=configs/tm.py:runlocal=true,variant={variant}",
-    f"--workdir={workdir}",
-    f"--config.experts.path={buffer_dir}",
-    "--config.model.options.width=4",
-    "--config.model.options.depth=1",
-    "--config.distill.iterations=1",
-    "--config.distill.syn_steps=2",
-    "--config.distill.expert_epochs=1",
-    "--config.distill.max_start=2",
-    "--config.eval.epochs=1",
-    "--config.eval.num_models=1",
-  ]
-  done = subprocess.run(
-    command, cwd=REPO, capture_output=True, text=True, timeout=600
-  )
-  assert done.returncode == 0, done.stderr[-3000:]
-  results = json.loads((workdir / "results.json").read_text())
-  assert results["method"] == "tm" and results["iterations"] == 1
-  assert results["param"] == tm_config.VARIANTS[variant]["param"]
-  assert results["lr"] > 0
-  assert "convnet:" in done.stdout
-
-
-def test_the_step_traces_once_and_learns_images_labels_and_lr(buffer_dir):
-  config = _config(buffer_dir, "mtt_lss")
-  # The published lr_lr moves the log-lr by ~1e-6 a step; make it visible.
-  config.distill.lr_lr = 100.0
-  plan = distill.make_plan(config)
-  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
-  assert set(trainable) == {"images", "labels", "log_lr"}
-  optimizer = distill.make_optimizer(
-    distill.optimizer_groups(config, trainable)
-  )
-  state = distill.init_state(trainable, optimizer)
-  objective = distill.OBJECTIVES["tm"]
-  step = jax.jit(
-    chex.assert_max_traces(objective.build_step(plan, config, optimizer), n=1)
-  )
-  inputs = objective.inputs(plan, config)
-  for i in range(2):
-    state, metrics = step(state, jax.random.key(i), *inputs(i))
-  assert int(state.skipped) == 0
-  for group in ("images", "labels", "log_lr"):
-    leaves_old = jax.tree.leaves(trainable[group])
-    leaves_new = jax.tree.leaves(state.trainable[group])
-    assert any(not np.allclose(a, b) for a, b in zip(leaves_old, leaves_new)), (
-      group
-    )
-
-
-def test_expert_snapshots_are_drawn_reproducibly_by_step(buffer_dir):
-  config = _config(buffer_dir, "mtt")
-  plan = distill.make_plan(config)
-  a = distill.tm.expert_snapshots(plan, config)
-  b = distill.tm.expert_snapshots(plan, config)
-  chex.assert_trees_all_equal(a(5), b(5))
-  start, target = a(3)
-  buffer = experts.open_buffer(buffer_dir)
-  # Every drawn start and target is an expert snapshot M epochs apart.
-  leaf = jax.tree.leaves(start)[0][0]
-  found = [
-    (e, t)
-    for e in range(buffer.num_experts)
-    for t in range(buffer.num_snapshots - 1)
-    if np.array_equal(jax.tree.leaves(buffer.read(e, t, t + 1))[0][0], leaf)
-  ]
-  assert len(found) == 1
-  e, t = found[0]
-  chex.assert_trees_all_equal(
-    jax.tree.map(lambda x: x[0], target),
-    jax.tree.map(lambda x: x[0], buffer.read(e, t + 1, t + 2)),
-  )
-
-
-def test_the_guard_skips_and_counts_exploding_losses(buffer_dir):
-  config = _config(buffer_dir, "mtt")
-  config.distill.update(learn_lr=False, lr_student=1e4, max_loss=10.0)
-  plan = distill.make_plan(config)
-  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
-  objective = distill.OBJECTIVES["tm"]
-  step = jax.jit(objective.build_step(plan, config, optimizer))
-  new, metrics = step(
-    state, jax.random.key(0), *objective.inputs(plan, config)(0)
-  )
-  assert bool(metrics["skipped"]) and int(new.skipped) == 1
-  chex.assert_trees_all_equal(new.trainable, state.trainable)
-
-
-def test_snapshots_above_the_host_memory_limit_are_refused(buffer_dir):
-  config = _config(buffer_dir, "mtt")
-  config.experts.max_host_bytes = 1000
-  with pytest.raises(ValueError, match="experts.max_host_bytes"):
-    distill.tm.expert_snapshots(distill.make_plan(config), config)
-
-
-def test_a_buffer_of_another_model_is_refused(buffer_dir, tmp_path):
-  config = _config(buffer_dir, "mtt")
-  config.model.options.width = 8
-  with pytest.raises(checkpoint.CheckpointError, match="model.options.width"):
-    distill.run(config, tmp_path / "run")
-  assert not (tmp_path / "run").exists()
-
-
-def test_a_buffer_too_short_for_the_start_epochs_is_refused(buffer_dir):
-  config = _config(buffer_dir, "mtt")
-  config.distill.max_start = 10
-  with pytest.raises(checkpoint.CheckpointError, match="distill.max_start"):
-    distill.make_plan(config)
-
-
-def test_a_missing_buffer_names_the_field(tmp_path):
-  config = tm_config.get_config("runlocal=true")
-  with pytest.raises(ValueError, match="experts.path"):
-    distill.validate(config)
-  # A caller that trains the buffer later (continual) checks the rest.
-  distill.validate(config, check_inputs=False)
-  config.distill.max_start = 0
-  with pytest.raises(ValueError, match="distill.max_start"):
-    distill.validate(config, check_inputs=False)
-  config.distill.max_start = 1
-  config.experts.path = str(tmp_path / "nothing")
-  with pytest.raises(checkpoint.CheckpointError, match="experts.path"):
-    distill.make_plan(config)
 
 
 class TrajectoryLossVariantsTest(parameterized.TestCase):
