@@ -1,4 +1,4 @@
-"""Tests of trajectory matching (objectives.trajectory_matching), its loop."""
+"""Tests of the trajectory-matching unroll and start schedules (objectives)."""
 
 import chex
 import jax
