@@ -1,4 +1,4 @@
-"""Tests of gradient matching (objectives.gradient_matching) and its loop."""
+"""Tests of the gradient-matching distances and losses (objectives)."""
 
 import chex
 import jax
