@@ -59,6 +59,9 @@ TEST_MODULES = (
   "tests/gradient_matching_test.py",
   "tests/trajectory_matching_test.py",
   "tests/distill_test.py",
+  "tests/distill_gm_test.py",
+  "tests/distill_tm_test.py",
+  "tests/train_test.py",
   "tests/evaluate_test.py",
   "tests/experts_test.py",
 )
