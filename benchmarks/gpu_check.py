@@ -160,33 +160,6 @@ def _env(tiny: bool, platforms: str) -> dict:
   return env
 
 
-def _run(cmd, *, log: pathlib.Path, env: dict, timeout: float, cwd=REPO):
-  """Runs `cmd` with its output appended to `log`; -> (rc, seconds).
-
-  rc is None when the time ran out (the process group is killed).
-  """
-  start = time.time()
-  with open(log, "a") as f:
-    f.write(f"\n$ {shlex.join(map(str, cmd))}\n")
-    f.flush()
-    proc = subprocess.Popen(
-      list(map(str, cmd)),
-      stdout=f,
-      stderr=subprocess.STDOUT,
-      env=env,
-      cwd=cwd,
-      start_new_session=True,
-    )
-    try:
-      rc = proc.wait(timeout=max(timeout, 1))
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, 9)
-      proc.wait()
-      rc = None
-    f.write(f"[exit {rc} after {time.time() - start:.0f} s]\n")
-  return rc, time.time() - start
-
-
 def _summaries_in(log: pathlib.Path, since: int) -> list[str]:
   text = log.read_text(errors="replace")[since:]
   return [
@@ -266,7 +239,8 @@ def part_b(report: Report, args, deadline: float) -> None:
     ]
     if script != "eval_throughput.py":
       cmd.append(f"--torch_device={torch_device}")
-    rc, seconds = _run(cmd, log=log, env=env, timeout=left)
+    with open(log, "a") as handle:
+      rc, seconds = _run(cmd, log=handle, env=env, deadline=deadline)
     lines = _summaries_in(log, since)
     if rc is None:
       report.summary(f"b {name}: cut at {seconds:.0f} s (part b's deadline)")
@@ -449,6 +423,23 @@ def _wait_all(procs: dict, deadline: float, on_done) -> None:
     time.sleep(0.5)
 
 
+def _run(cmd, *, log, env, deadline: float) -> tuple:
+  """Runs `cmd` to its end or `deadline`, output appended to the open `log`.
+
+  Returns:
+    (rc, seconds); rc is None when it was killed at the deadline.
+  """
+  ended = {}
+  _wait_all(
+    {"run": _start(cmd, log=log, env=env)},
+    deadline,
+    lambda _, rc, seconds: ended.update(rc=rc, seconds=seconds),
+  )
+  log.write(f"[exit {ended['rc']} after {ended['seconds']:.0f} s]\n")
+  log.flush()
+  return ended["rc"], ended["seconds"]
+
+
 def _state(rc) -> str:
   return "" if rc == 0 else (" (cut)" if rc is None else f" (exit {rc})")
 
@@ -470,10 +461,7 @@ def part_c_tm(report, args, workroot, deadline, log, env) -> None:
   ]
   if args.tiny:
     cmd += [*TINY_MODEL_FLAGS, "--config.experts.num_experts=1"]
-  procs = {"experts": _start(cmd, log=log, env=env)}
-  ok = []
-  _wait_all(procs, deadline, lambda _, rc, s: ok.append((rc, s)))
-  rc, seconds = ok[0]
+  rc, seconds = _run(cmd, log=log, env=env, deadline=deadline)
   if rc != 0:
     state = "cut by the deadline" if rc is None else f"FAILED (exit {rc})"
     report.summary(f"c experts: {state} after {seconds:.0f} s")
