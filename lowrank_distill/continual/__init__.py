@@ -13,26 +13,8 @@ network is trained from scratch on the accumulated memory (all classes seen
 so far) with the evaluation protocol (DESIGN 3.8) and tested on the test
 images of the seen classes only.
 
-Conventions:
-- The network has C outputs at every step, as in GDumb's class-incremental
-  setting; logits of unseen classes are not masked at test time (no
-  training example has them, so cross-entropy drives them down).
-- Memory labels are global class ids. Soft label logits [n, k] of a
-  distilled memory are scattered into [n, C] with `ABSENT_LOGIT` in the
-  other columns: their softmax is the memory's own distribution over its k
-  classes and exactly zero elsewhere. Storage counts the [n, k] logits that
-  were learned (the filled columns are constants).
-- Training uses `eval.lr`; a learned lr of a distilled memory is recorded in
-  its export but not used (one model trains on the memories of all steps).
-
-Workdir layout (`run`): `config.json`, `order_<s>/step_<t>/<method>/`
-holding `memory/` (a `synset.SyntheticSet` export with global labels; for
-coresets `info['indices']` are the chosen global training indices),
-`memory.png` (its images, one row per class),
-`distill/` (the distillation workdir of distilled memories), `experts/`
-(the expert buffer of a trajectory-matching memory, trained on the step's
-classes) and
-`eval.json`; then `results.json` and `accuracy.png`. Steps count from 1.
+The label and storage conventions are in `protocol`'s docstring, the
+workdir layout in `loop`'s.
 
 Modules: `protocol` (the pure protocol: class orders, step subsets, global
 labels, merging memories, the storage budget), `memories` (the memory kinds
