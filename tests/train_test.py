@@ -217,44 +217,40 @@ def test_train_epochs_follows_torch_sgd(settings, norm):
   assert record.snapshot is None and record.indices is None
 
 
-def test_momentum_restart_changes_the_result():
-  model = _model()
+def _train_epochs(norm="instance", **settings):
+  """`train_epochs` on `_problem(10)` from seed 0; settings override.
+
+  Returns:
+    (initial variables, trained variables, record).
+  """
+  model = _model(norm)
   images, targets = _problem(10)
   variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
-  run = functools.partial(
-    train.train_epochs,
-    variables,
-    images=images,
-    targets=targets,
-    model=model,
-    epochs=3,
-    lr=0.05,
-    batch_size=4,
-    order_key=jax.random.key(1),
-    aug_key=jax.random.key(2),
-    momentum=0.9,
-  )
-  kept, _ = run()
-  restarted, _ = run(restart_momentum_at=2)
+  settings = {
+    "images": images,
+    "targets": targets,
+    "model": model,
+    "epochs": 3,
+    "lr": 0.05,
+    "batch_size": 4,
+    "order_key": jax.random.key(1),
+    "aug_key": jax.random.key(2),
+    **settings,
+  }
+  return variables, *train.train_epochs(variables, **settings)
+
+
+def test_momentum_restart_changes_the_result():
+  _, kept, _ = _train_epochs(momentum=0.9)
+  _, restarted, _ = _train_epochs(momentum=0.9, restart_momentum_at=2)
   assert not np.allclose(
     jax.tree.leaves(kept)[0], jax.tree.leaves(restarted)[0]
   )
 
 
 def test_records_snapshots_losses_and_batches():
-  model = _model()
-  images, targets = _problem(10)
-  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
-  final, record = train.train_epochs(
-    variables,
-    images=images,
-    targets=targets,
-    model=model,
+  _, final, record = _train_epochs(
     epochs=2,
-    lr=0.05,
-    batch_size=4,
-    order_key=jax.random.key(1),
-    aug_key=jax.random.key(2),
     dsa_strategy="color_crop_cutout_scale_rotate",
     keep_snapshots=True,
     keep_batches=True,
@@ -270,20 +266,7 @@ def test_records_snapshots_losses_and_batches():
 
 
 def test_zero_epochs_return_the_variables():
-  model = _model("batch")
-  images, targets = _problem(10)
-  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
-  got, record = train.train_epochs(
-    variables,
-    images=images,
-    targets=targets,
-    model=model,
-    epochs=0,
-    lr=0.05,
-    batch_size=4,
-    order_key=jax.random.key(1),
-    aug_key=jax.random.key(2),
-  )
+  variables, got, record = _train_epochs("batch", epochs=0)
   chex.assert_trees_all_equal(got, variables)
   chex.assert_shape(record.loss, (0,))
 
