@@ -155,12 +155,12 @@ class Ours:
       raise ValueError(f"plan has {self.plan.images_per_class} images/class")
     trainable = {"images": {"images": jnp.asarray(syn.reshape(-1, *shape))}}
     self.optimizer = distill.make_optimizer(
-      distill.optimizer_groups(config, trainable)
+      distill.optimizer_groups(self.plan, trainable)
     )
     self.state = distill.init_state(trainable, self.optimizer)
-    self.inputs = distill.objective.real_data(self.plan, config)(0)
+    self.inputs = distill.objective.real_data(self.plan)(0)
     step = jax.jit(
-      distill.OBJECTIVES["gm"].build_step(self.plan, config, self.optimizer)
+      distill.OBJECTIVES["gm"].build_step(self.plan, self.optimizer)
     )
     start = time.perf_counter()
     self.step = step.lower(

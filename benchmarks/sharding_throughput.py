@@ -174,13 +174,11 @@ def time_row(method: str, syn_steps: int, devices: int) -> dict:
     plan = distill.make_plan(config, dataset=dataset)
     mesh = sharding.mesh_from_config(config)
     objective = distill.OBJECTIVES[method]
-    objective.check_mesh(plan, config, mesh)
-    state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
+    objective.check_mesh(plan, mesh)
+    state, optimizer = distill.initial_state(jax.random.key(0), plan)
     state = sharding.put(state, mesh)
-    step = sharding.jit(
-      objective.build_step(plan, config, optimizer, mesh=mesh), mesh
-    )
-    inputs = objective.inputs(plan, config, mesh)
+    step = sharding.jit(objective.build_step(plan, optimizer, mesh=mesh), mesh)
+    inputs = objective.inputs(plan, mesh)
 
     def key(i):
       return sharding.put(jax.random.fold_in(jax.random.key(1), i), mesh)

@@ -6,7 +6,7 @@
 
 import ml_collections
 
-from lowrank_distill import augment, data
+from lowrank_distill import augment, data, models
 
 EVAL_EPOCHS_WITH_DSA = 1000
 EVAL_EPOCHS_WITHOUT_DSA = 300
@@ -147,6 +147,24 @@ def eval_kwargs(config: ml_collections.ConfigDict) -> dict:
     "dsa_strategy": config.dsa_strategy,
     "models_per_batch": config.models_per_batch or None,
     "test_batch_size": config.test_batch_size,
+  }
+
+
+def evaluation_settings(config: ml_collections.ConfigDict) -> dict:
+  """Keyword settings of `evaluate.evaluate_on_test_set` from a run config.
+
+  The protocol (`config.eval`), the architectures and their options, and
+  the conv impl (`config.model`): resolved once by a run's plan, so the
+  evaluations that follow read no config.
+  """
+  names = list(config.eval.models)
+  return {
+    "model_names": names,
+    "model_options": {
+      name: models.options_for(name, config.model.options) for name in names
+    },
+    "conv_impl": config.model.conv_impl,
+    **eval_kwargs(config.eval),
   }
 
 

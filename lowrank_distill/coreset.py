@@ -289,14 +289,14 @@ def run(config, workdir) -> dict:
     )
     synset_lib.save(synset_path, chosen)
 
-  results = evaluate.evaluate_with_config(
+  results = evaluate.evaluate_on_test_set(
     rng.stream(key, "eval"),
     chosen.images,
     chosen.labels,
     dataset,
-    config,
     mesh=mesh,
     log=evaluate.ModelLog(workdir / evaluate.MODEL_LOG),
+    **config_utils.evaluation_settings(config),
   )
   summary = {
     "method": cfg.method,

@@ -447,36 +447,30 @@ def evaluate_architectures(
   }
 
 
-def evaluate_with_config(
-  key, images, labels, dataset, config, *, mesh, lr=None, log=None
+def evaluate_on_test_set(
+  key, images, labels, dataset, *, mesh, log=None, **settings
 ) -> dict[str, EvalResult]:
-  """Cross-architecture evaluation as a run's `eval` and `model` configs say.
+  """`evaluate_architectures` on `dataset`'s test set.
 
-  Shared by the `run` functions: the protocol's settings come from
-  `config.eval`, the ConvNet options and conv impl from `config.model`, a
-  learned `lr`, when given, replaces `config.eval.lr`, and `log` (a
-  `ModelLog`) resumes a killed evaluation. `mesh` is the run's (built once
-  by its `run`).
+  Args:
+    key: the evaluation key.
+    images, labels: the set to train on.
+    dataset: the dataset whose test images and classes are used.
+    mesh: the run's mesh (built once by its `run`).
+    log: a `ModelLog` that resumes a killed evaluation, or None.
+    **settings: `config_utils.evaluation_settings` of the run's config
+      (a learned lr replaces its 'lr').
   """
-  kwargs = config_utils.eval_kwargs(config.eval)
-  if lr is not None:
-    kwargs["lr"] = lr
   return evaluate_architectures(
     key,
     images,
     labels,
     dataset.test_images,
     dataset.test_labels,
-    model_names=list(config.eval.models),
-    model_options={
-      name: models.options_for(name, config.model.options)
-      for name in config.eval.models
-    },
     num_classes=dataset.num_classes,
-    conv_impl=config.model.conv_impl,
     mesh=mesh,
     log=log,
-    **kwargs,
+    **settings,
   )
 
 
@@ -524,15 +518,17 @@ def run(config, workdir) -> dict:
   lr = chosen.lr if config.use_learned_lr else None
   mesh = sharding.mesh_from_config(config)
   workdir_lib.start(workdir, config)
-  results = evaluate_with_config(
+  settings = config_utils.evaluation_settings(config)
+  if lr is not None:
+    settings["lr"] = lr
+  results = evaluate_on_test_set(
     rng.stream(jax.random.key(config.seed), "eval"),
     chosen.images,
     chosen.labels,
     dataset,
-    config,
     mesh=mesh,
-    lr=lr,
     log=ModelLog(workdir / MODEL_LOG),
+    **settings,
   )
   summary = {
     "synset": str(config.synset),

@@ -38,13 +38,13 @@ def test_every_outer_loop_makes_one_guarded_update():
   config = _config("param=pixels")
   config.distill.update(outer_loop=3, inner_loop=1, max_loss=-1.0)
   plan = distill.make_plan(config)
-  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
   trainable = state.trainable
   objective = distill.OBJECTIVES["gm"]
   step = jax.jit(
-    chex.assert_max_traces(objective.build_step(plan, config, optimizer), n=1)
+    chex.assert_max_traces(objective.build_step(plan, optimizer), n=1)
   )
-  inputs = objective.inputs(plan, config)
+  inputs = objective.inputs(plan)
   state, metrics = step(state, jax.random.key(1), *inputs(0))
   # max_loss < 0 refuses every update: one refusal per outer loop.
   assert int(state.skipped) == 3 and int(state.step) == 1
@@ -69,10 +69,10 @@ def test_soft_labels_are_learned_by_gradient_matching():
   config = _config("param=pixels,budget=same-images")
   config.labels.update(kind="soft", init="onehot", lr=1.0)
   plan = distill.make_plan(config)
-  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
   trainable = state.trainable
   objective = distill.OBJECTIVES["gm"]
-  step = jax.jit(objective.build_step(plan, config, optimizer))
-  new, _ = step(state, jax.random.key(1), *objective.inputs(plan, config)(0))
+  step = jax.jit(objective.build_step(plan, optimizer))
+  new, _ = step(state, jax.random.key(1), *objective.inputs(plan)(0))
   assert not np.allclose(new.trainable["labels"], trainable["labels"])
   chex.assert_tree_all_finite(new.trainable)

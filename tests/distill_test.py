@@ -1,5 +1,7 @@
 """Tests of the distillation loop (lowrank_distill.distill)."""
 
+import copy
+import dataclasses
 import inspect
 import json
 import shutil
@@ -61,12 +63,12 @@ def test_optimizer_groups_use_their_own_learning_rates():
 def test_the_jitted_step_traces_once():
   config = _config()
   plan = distill.make_plan(config)
-  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
   objective = distill.OBJECTIVES["dm"]
   step = jax.jit(
-    chex.assert_max_traces(objective.build_step(plan, config, optimizer), n=1)
+    chex.assert_max_traces(objective.build_step(plan, optimizer), n=1)
   )
-  inputs = objective.inputs(plan, config)
+  inputs = objective.inputs(plan)
   for i in range(3):
     state, metrics = step(state, jax.random.key(i), *inputs(i))
   assert int(state.step) == 3
@@ -107,10 +109,8 @@ def _loss_steps(workdir):
 
 def _final_state(workdir, config):
   plan = distill.make_plan(config)
-  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
-  optimizer = distill.make_optimizer(
-    distill.optimizer_groups(config, trainable)
-  )
+  trainable = distill.initial_trainable(jax.random.key(0), plan)
+  optimizer = distill.make_optimizer(distill.optimizer_groups(plan, trainable))
   abstract = jax.eval_shape(lambda: distill.init_state(trainable, optimizer))
   with checkpoint.Checkpointer(
     workdir / "checkpoints", config=distill.loop._identity_config(config)
@@ -222,3 +222,53 @@ def test_step_builders_take_keywords_that_the_settings_give(name):
   config = {"dm": dm_config, "gm": gm_config, "tm": tm_config}[name]
   settings = objective.settings(config.get_config("runlocal=true"))
   assert set(settings) == keywords
+
+
+def _settings(plan) -> dict:
+  """What the plan resolved besides data and modules, copied."""
+  return copy.deepcopy(
+    {
+      "step": plan.step,
+      "inputs": plan.inputs,
+      "optimizer": plan.optimizer,
+      "evaluation": plan.evaluation,
+      "schedule": dataclasses.asdict(plan.schedule),
+      "init": (plan.image_init, plan.label_init, plan.lr_init),
+    }
+  )
+
+
+def test_after_the_plan_only_the_plan_is_read():
+  # The plan is the config's seam: changing the config after `make_plan`
+  # changes nothing the initial state, optimiser, step or evaluation use.
+  config = tm_config.get_config("runlocal=true,variant=mtt_lss")
+  plan = distill.make_plan(config, check_inputs=False)
+  before = _settings(plan)
+  config.distill.update(lr_images=123.0, lr_lr=7.0, syn_steps=99)
+  config.labels.update(lr=5.0, init="uniform")
+  config.eval.update(epochs=1234)
+  assert _settings(plan) == before
+  trainable = distill.initial_trainable(jax.random.key(0), plan)
+  assert distill.optimizer_groups(plan, trainable) == {
+    "images": (plan.optimizer["images"]),
+    "labels": (plan.optimizer["labels"]),
+    "log_lr": (plan.optimizer["log_lr"]),
+  }
+  assert plan.optimizer["images"][0] != 123.0
+  assert plan.step["syn_steps"] != 99 and plan.evaluation["epochs"] != 1234
+
+
+@pytest.mark.parametrize("name", sorted(distill.OBJECTIVES))
+def test_nothing_after_the_plan_takes_a_config(name):
+  objective = distill.OBJECTIVES[name]
+  after_plan = [
+    objective.make_step,
+    objective.inputs,
+    objective.check_plan,
+    objective.check_mesh,
+    distill.initial_state,
+    distill.initial_trainable,
+    distill.optimizer_groups,
+  ]
+  for fn in after_plan:
+    assert "config" not in inspect.signature(fn).parameters, fn

@@ -82,17 +82,15 @@ def test_the_step_traces_once_and_learns_images_labels_and_lr(buffer_dir):
   # The published lr_lr moves the log-lr by ~1e-6 a step; make it visible.
   config.distill.lr_lr = 100.0
   plan = distill.make_plan(config)
-  trainable = distill.initial_trainable(jax.random.key(0), plan, config)
+  trainable = distill.initial_trainable(jax.random.key(0), plan)
   assert set(trainable) == {"images", "labels", "log_lr"}
-  optimizer = distill.make_optimizer(
-    distill.optimizer_groups(config, trainable)
-  )
+  optimizer = distill.make_optimizer(distill.optimizer_groups(plan, trainable))
   state = distill.init_state(trainable, optimizer)
   objective = distill.OBJECTIVES["tm"]
   step = jax.jit(
-    chex.assert_max_traces(objective.build_step(plan, config, optimizer), n=1)
+    chex.assert_max_traces(objective.build_step(plan, optimizer), n=1)
   )
-  inputs = objective.inputs(plan, config)
+  inputs = objective.inputs(plan)
   for i in range(2):
     state, metrics = step(state, jax.random.key(i), *inputs(i))
   assert int(state.skipped) == 0
@@ -107,8 +105,8 @@ def test_the_step_traces_once_and_learns_images_labels_and_lr(buffer_dir):
 def test_expert_snapshots_are_drawn_reproducibly_by_step(buffer_dir):
   config = _config(buffer_dir, "mtt")
   plan = distill.make_plan(config)
-  a = distill.tm.expert_snapshots(plan, config)
-  b = distill.tm.expert_snapshots(plan, config)
+  a = distill.tm.expert_snapshots(plan)
+  b = distill.tm.expert_snapshots(plan)
   chex.assert_trees_all_equal(a(5), b(5))
   start, target = a(3)
   buffer = experts.open_buffer(buffer_dir)
@@ -132,12 +130,10 @@ def test_the_guard_skips_and_counts_exploding_losses(buffer_dir):
   config = _config(buffer_dir, "mtt")
   config.distill.update(learn_lr=False, lr_student=1e4, max_loss=10.0)
   plan = distill.make_plan(config)
-  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
   objective = distill.OBJECTIVES["tm"]
-  step = jax.jit(objective.build_step(plan, config, optimizer))
-  new, metrics = step(
-    state, jax.random.key(0), *objective.inputs(plan, config)(0)
-  )
+  step = jax.jit(objective.build_step(plan, optimizer))
+  new, metrics = step(state, jax.random.key(0), *objective.inputs(plan)(0))
   assert bool(metrics["skipped"]) and int(new.skipped) == 1
   chex.assert_trees_all_equal(new.trainable, state.trainable)
 
@@ -146,7 +142,7 @@ def test_snapshots_above_the_host_memory_limit_are_refused(buffer_dir):
   config = _config(buffer_dir, "mtt")
   config.experts.max_host_bytes = 1000
   with pytest.raises(ValueError, match="experts.max_host_bytes"):
-    distill.tm.expert_snapshots(distill.make_plan(config), config)
+    distill.tm.expert_snapshots(distill.make_plan(config))
 
 
 def test_a_buffer_of_another_model_is_refused(buffer_dir, tmp_path):

@@ -88,13 +88,11 @@ def steps(plan, config, mesh, *, iterations: int = 2) -> dict:
     mesh 'collectives': whether the compiled step exchanges data.
   """
   objective = distill.OBJECTIVES[config.method]
-  state, optimizer = distill.initial_state(jax.random.key(1), plan, config)
+  state, optimizer = distill.initial_state(jax.random.key(1), plan)
   state = sharding.put(state, mesh)
   trainable = state.trainable
-  step = sharding.jit(
-    objective.build_step(plan, config, optimizer, mesh=mesh), mesh
-  )
-  inputs = objective.inputs(plan, config, mesh)
+  step = sharding.jit(objective.build_step(plan, optimizer, mesh=mesh), mesh)
+  inputs = objective.inputs(plan, mesh)
   out = {"loss": []}
   for i in range(iterations):
     key = sharding.put(jax.random.fold_in(jax.random.key(2), i), mesh)

@@ -99,12 +99,12 @@ def test_the_one_device_step_is_the_unsharded_program():
   config.model.options.update(width=8, depth=1)
   config.distill.dsa_strategy = "crop"
   plan = distill.make_plan(config)
-  state, optimizer = distill.initial_state(jax.random.key(0), plan, config)
-  inputs = distill.objective.real_data(plan, config)(0)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
+  inputs = distill.objective.real_data(plan)(0)
   jaxprs = [
     str(
       jax.make_jaxpr(
-        distill.OBJECTIVES["dm"].build_step(plan, config, optimizer, mesh=m)
+        distill.OBJECTIVES["dm"].build_step(plan, optimizer, mesh=m)
       )(state, jax.random.key(1), *inputs)
     )
     for m in (None, sharding.make_mesh(1))

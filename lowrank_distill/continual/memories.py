@@ -253,44 +253,9 @@ def _plan_coreset(name: str, entry, *, smallest, ipc: int, mesh) -> MemoryPlan:
   )
 
 
-def _plan_trajectory(
-  name: str, entry, *, smallest, ipc: int, mesh
-) -> MemoryPlan:
-  cfg = entry.experts.experts
-  _, needed = distill.tm.snapshot_window(entry.config)
-  if cfg.epochs + 1 < needed:
-    raise ValueError(
-      f"{_memory_field(name, 'experts.experts.epochs')} {cfg.epochs} gives "
-      f"{cfg.epochs + 1} snapshots per expert; the distillation's "
-      f"distill.max_start + distill.expert_epochs needs {needed}"
-    )
-  wanted = entry.config.experts.num_experts
-  if wanted > cfg.num_experts:
-    raise ValueError(
-      f"{_memory_field(name, 'config.experts.num_experts')} {wanted} is "
-      f"more than the {cfg.num_experts} experts each step trains "
-      f"({_memory_field(name, 'experts.experts.num_experts')})"
-    )
-  return _plan_distill(
-    name,
-    entry,
-    smallest=smallest,
-    ipc=ipc,
-    mesh=mesh,
-    check_inputs=False,
-  )
-
-
-def _plan_distill(
-  name: str,
-  entry,
-  *,
-  smallest,
-  ipc: int,
-  mesh,
-  check_inputs: bool = True,
-) -> MemoryPlan:
-  config = entry.config
+def _distill_plan(
+  name: str, config, *, smallest, ipc: int, mesh, check_inputs: bool
+) -> "distill.Plan":
   syn = config.synset
   if syn.ipc != ipc or syn.budget != "same-memory":
     raise ValueError(
@@ -300,18 +265,59 @@ def _plan_distill(
       f"'same-memory'"
     )
   try:
-    distill_plan = distill.make_plan(
+    plan = distill.make_plan(
       config, dataset=smallest, check_inputs=check_inputs
     )
-    distill.OBJECTIVES[config.method].check_mesh(distill_plan, config, mesh)
+    distill.OBJECTIVES[plan.method].check_mesh(plan, mesh)
   except ValueError as e:
     raise ValueError(f"{_memory_field(name, 'config')}: {e}") from e
+  return plan
+
+
+def _memory_plan(kind: str, plan: "distill.Plan") -> MemoryPlan:
   return MemoryPlan(
-    kind=entry.kind,
-    images_per_class=distill_plan.budget.images_per_class,
-    storage_floats=distill_plan.budget.floats_used,
-    classes_per_step=smallest.num_classes,
+    kind=kind,
+    images_per_class=plan.budget.images_per_class,
+    storage_floats=plan.budget.floats_used,
+    classes_per_step=plan.num_classes,
   )
+
+
+def _plan_distill(name: str, entry, *, smallest, ipc: int, mesh) -> MemoryPlan:
+  plan = _distill_plan(
+    name, entry.config, smallest=smallest, ipc=ipc, mesh=mesh, check_inputs=True
+  )
+  return _memory_plan(entry.kind, plan)
+
+
+def _plan_trajectory(
+  name: str, entry, *, smallest, ipc: int, mesh
+) -> MemoryPlan:
+  # Each step trains the buffer the distillation reads: none exists yet.
+  plan = _distill_plan(
+    name,
+    entry.config,
+    smallest=smallest,
+    ipc=ipc,
+    mesh=mesh,
+    check_inputs=False,
+  )
+  cfg = entry.experts.experts
+  _, needed = distill.tm.snapshot_window(plan)
+  if cfg.epochs + 1 < needed:
+    raise ValueError(
+      f"{_memory_field(name, 'experts.experts.epochs')} {cfg.epochs} gives "
+      f"{cfg.epochs + 1} snapshots per expert; the distillation's "
+      f"distill.max_start + distill.expert_epochs needs {needed}"
+    )
+  wanted = plan.inputs["num_experts"]
+  if wanted > cfg.num_experts:
+    raise ValueError(
+      f"{_memory_field(name, 'config.experts.num_experts')} {wanted} is "
+      f"more than the {cfg.num_experts} experts each step trains "
+      f"({_memory_field(name, 'experts.experts.num_experts')})"
+    )
+  return _memory_plan(entry.kind, plan)
 
 
 # ---------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Distillation: the loop and the methods as the loop sees them.
 
   step       the state, its optimiser, the guarded update, the jitted step
-  objective  `Plan` (what a config resolves to) and `Objective` (a method)
+  objective  `Plan` (what a config resolves to: data, budget, model and every
+             setting the run reads after) and `Objective` (a method)
   dm, gm, tm one module per method family (`configs/{dm,gm,tm}.py`)
-  planning   the config seam: validate, plan, registry, initial state
+  planning   the config seam: validate, make_plan, registry; the initial
+             state from the plan
   export     the exported set and its pictures
   loop       `run(config, workdir)`
 

@@ -31,7 +31,7 @@ def check(config) -> None:
       raise ValueError(f"distill.{field} must be > 0, got {cfg[field]}")
 
 
-def check_plan(plan: Plan, config) -> None:
+def check_plan(plan: Plan) -> None:
   if models.uses_batch_norm(plan.model):
     data.check_images_per_class(
       plan.dataset.train_labels,

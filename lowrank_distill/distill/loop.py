@@ -23,16 +23,19 @@ from lowrank_distill.distill.objective import Plan
 from lowrank_distill.parameterize import budget as budget_lib
 
 
-def _evaluate(key, trainable, plan: Plan, config, workdir, mesh) -> dict:
-  results = evaluate.evaluate_with_config(
+def _evaluate(key, trainable, plan: Plan, workdir, mesh) -> dict:
+  settings = dict(plan.evaluation)
+  lr = export_lib.learned_lr(trainable)
+  if lr is not None:
+    settings["lr"] = lr
+  results = evaluate.evaluate_on_test_set(
     key,
     plan.reconstructor.materialize(trainable["images"]),
     export_lib.labels_of(trainable, plan),
     plan.dataset,
-    config,
     mesh=mesh,
-    lr=export_lib.learned_lr(trainable),
     log=evaluate.ModelLog(workdir / evaluate.MODEL_LOG),
+    **settings,
   )
   return {name: r.to_json() for name, r in results.items()}
 
@@ -85,27 +88,25 @@ def run(
   """
   workdir = pathlib.Path(workdir)
   plan = planning.make_plan(config, dataset=dataset)
-  objective = planning.OBJECTIVES[config.method]
+  objective = planning.OBJECTIVES[plan.method]
   mesh = sharding.mesh_from_config(config)
-  objective.check_mesh(plan, config, mesh)
+  objective.check_mesh(plan, mesh)
   check_workdir(workdir, config)
   process_0 = workdir_lib.is_writer()
   if process_0:
     print(budget_lib.budget_table(plan.budget), flush=True)
 
-  root = jax.random.key(config.seed)
-  state, optimizer = planning.initial_state(
-    rng.stream(root, "init"), plan, config
-  )
+  root = jax.random.key(plan.seed)
+  state, optimizer = planning.initial_state(rng.stream(root, "init"), plan)
   state = sharding.put(state, mesh)
   train_step = sharding.jit(
-    objective.build_step(plan, config, optimizer, mesh=mesh),
+    objective.build_step(plan, optimizer, mesh=mesh),
     mesh,
-    compiler_options=models.compiler_options(config.distill.conv_impl),
+    compiler_options=models.compiler_options(plan.conv_impl),
   )
 
   writer = workdir_lib.start(workdir, config)
-  cfg = config.distill
+  schedule = plan.schedule
   with checkpoint.Checkpointer(
     workdir / "checkpoints", config=_identity_config(config)
   ) as ckpt:
@@ -115,17 +116,17 @@ def run(
       logging.info("Resumed from step %d", int(state.step))
       _truncate_metrics(writer, int(state.step))
 
-    inputs = objective.inputs(plan, config, mesh)
+    inputs = objective.inputs(plan, mesh)
     distill_key = rng.stream(root, "distill")
     eval_key = rng.stream(root, "eval")
     start = int(state.step)
     losses, tick = [], time.time()
     progress = tqdm.trange(
       start,
-      cfg.iterations,
+      schedule.iterations,
       initial=start,
-      total=cfg.iterations,
-      desc=f"{config.method}/{config.synset.param}",
+      total=schedule.iterations,
+      desc=f"{plan.method}/{plan.budget.param}",
       disable=not workdir_lib.is_writer(),
     )
     for step in progress:
@@ -133,7 +134,7 @@ def run(
       state, metrics = train_step(state, step_key, *inputs(step))
       losses.append(metrics["loss"])
       done = step + 1
-      if done % cfg.log_every == 0 or done == cfg.iterations:
+      if done % schedule.log_every == 0 or done == schedule.iterations:
         mean_loss = float(jnp.mean(jnp.stack(losses)))
         progress.set_postfix(
           loss=f"{mean_loss:.4g}", skipped=int(state.skipped)
@@ -146,20 +147,21 @@ def run(
         )
         losses, tick = [], time.time()
       if (
-        cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations
+        schedule.eval_every
+        and done % schedule.eval_every == 0
+        and done < schedule.iterations
       ):
         results = _evaluate(
           jax.random.fold_in(eval_key, done),
           state.trainable,
           plan,
-          config,
           workdir,
           mesh,
         )
         writer.write(done, eval=results)
-      if cfg.image_every and done % cfg.image_every == 0:
+      if schedule.image_every and done % schedule.image_every == 0:
         export_lib.save_pictures(workdir, done, state.trainable, plan)
-      if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+      if done % schedule.checkpoint_every == 0 or done == schedule.iterations:
         ckpt.save(done, state)
     ckpt.wait()
 
@@ -169,7 +171,7 @@ def run(
     workdir / "synset",
     state.trainable,
     plan,
-    method=config.method,
+    method=plan.method,
     dataset_config=config.dataset.to_dict(),
   )
   results = {}
@@ -178,14 +180,13 @@ def run(
       jax.random.fold_in(eval_key, final_step),
       state.trainable,
       plan,
-      config,
       workdir,
       mesh,
     )
     writer.write(final_step, eval=results, final=True)
   summary = {
-    "method": config.method,
-    "param": config.synset.param,
+    "method": plan.method,
+    "param": plan.budget.param,
     "budget": dataclasses.asdict(plan.budget),
     "storage_floats": exported.storage_floats,
     "skipped_updates": int(state.skipped),

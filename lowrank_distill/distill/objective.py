@@ -1,9 +1,10 @@
 """What a distillation method is to the loop: the plan and the interface.
 
 `Plan` is what the config resolves to before any compute (dataset, budget,
-reconstructor, model); `Objective` is one method as the loop sees it (its
-step builder, its inputs, its checks). `dm`, `gm` and `tm` each define one;
-`planning.OBJECTIVES` is the registry.
+reconstructor, model, and every setting the run reads after it); `Objective`
+is one method as the loop sees it (its step builder, its inputs, its
+checks). `dm`, `gm` and `tm` each define one; `planning.OBJECTIVES` is the
+registry.
 """
 
 import dataclasses
@@ -20,13 +21,59 @@ from lowrank_distill.parameterize import labels as labels_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-  """What `run` resolved from the config before any compute."""
+class Schedule:
+  """When the loop stops, logs, evaluates, draws and saves (in iterations;
+  0 turns evaluations or pictures off)."""
 
+  iterations: int
+  log_every: int
+  eval_every: int
+  image_every: int
+  checkpoint_every: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What `run` resolved from the config before any compute.
+
+  `planning.make_plan` reads the config once; everything after it (the
+  initial state, the step, its inputs, the loop, evaluations, the export)
+  reads the plan.
+
+  Attributes:
+    method: the objective's name (`planning.OBJECTIVES`).
+    dataset: the loaded dataset.
+    budget: the resolved storage budget (what the set holds).
+    reconstructor: the parameterization (`parameterize.get`).
+    model: the network the step trains or matches with.
+    conv_impl: the convolution implementation of the step's network.
+    seed: the run's seed.
+    step: keyword settings of the objective's `make_step`.
+    inputs: keyword settings of the objective's `inputs` (what the run
+      reads besides the dataset; empty for DM and gradient matching).
+    image_init: 'noise' or 'real': how the images start.
+    label_init: how soft labels start (`labels.LABEL_INITS`).
+    lr_init: the student lr a learned lr starts from.
+    optimizer: trainable group name -> (lr, momentum) of its SGD.
+    evaluation: `config_utils.evaluation_settings`.
+    schedule: the loop's `Schedule`.
+  """
+
+  method: str
   dataset: data.Dataset
   budget: budget_lib.Budget
   reconstructor: Any
   model: Any
+  conv_impl: str
+  seed: int
+  step: dict
+  inputs: dict
+  image_init: str
+  label_init: str
+  lr_init: float
+  optimizer: dict
+  evaluation: dict
+  schedule: Schedule
 
   @property
   def num_classes(self) -> int:
@@ -52,9 +99,8 @@ def syn_targets(trainable: dict, plan: Plan) -> jax.Array:
 InputsFn = Callable[[int], tuple]
 
 
-def real_data(plan: Plan, config, mesh=None) -> InputsFn:
+def real_data(plan: Plan, mesh=None) -> InputsFn:
   """Every step reads (train images, class index), replicated on `mesh`."""
-  del config
   arrays = (
     jnp.asarray(plan.dataset.train_images),
     data.class_index(plan.dataset.train_labels, plan.num_classes),
@@ -63,14 +109,18 @@ def real_data(plan: Plan, config, mesh=None) -> InputsFn:
   return lambda step: arrays
 
 
+def no_settings(config) -> dict:
+  del config
+  return {}
+
+
 def _no_check(*args) -> None:
   del args
 
 
-def _real_batch_check(plan: Plan, config, mesh) -> None:
-  del plan
+def _real_batch_check(plan: Plan, mesh) -> None:
   sharding.check_divisible(
-    config.distill.batch_real,
+    plan.step["batch_real"],
     mesh,
     field="distill.batch_real",
     what="real images of each class",
@@ -81,15 +131,19 @@ def _real_batch_check(plan: Plan, config, mesh) -> None:
 class Objective:
   """A distillation method as the loop sees it.
 
+  Only `settings`, `input_settings`, `check` and `check_inputs` read the
+  config (for `planning`); the rest read the plan they put settings in.
+
   Attributes:
     make_step: (plan, optimizer, *, mesh=None, **settings) -> step(state,
       key, *inputs) -> (state, metrics with 'loss'); `run` jits it once.
       With a mesh, the step splits its parallel axis over the mesh's 'data'
       axis. Its hyperparameters are keywords, never the config.
-    settings: (config) -> the keyword settings of `make_step`: the one
-      place the method reads its `distill` section for the step.
-    inputs: (plan, config, mesh=None) -> inputs(step) -> the arrays step
-      `step` reads after the key (the same real data every step for DM and
+    settings: (config) -> the keyword settings of `make_step` (`Plan.step`):
+      the one place the method reads its `distill` section for the step.
+    input_settings: (config) -> the settings of `inputs` (`Plan.inputs`).
+    inputs: (plan, mesh=None) -> inputs(step) -> the arrays step `step`
+      reads after the key (the same real data every step for DM and
       gradient matching; expert snapshots for trajectory matching), placed
       on the mesh.
     check: (config) -> None; raises on values this objective refuses,
@@ -97,24 +151,25 @@ class Objective:
     check_inputs: (config) -> None; raises, before anything is loaded,
       when the config does not name what the run reads besides the dataset
       (trajectory matching's expert buffer).
-    check_plan: (plan, config) -> None; raises on what only the loaded data
+    check_plan: (plan) -> None; raises on what only the loaded data
       can show, before any compute.
-    check_mesh: (plan, config, mesh) -> None; raises, naming the field, when
-      the split axis does not divide the devices, before any compute.
+    check_mesh: (plan, mesh) -> None; raises, naming the field, when the
+      split axis does not divide the devices, before any compute.
     learns_labels: gives label logits a gradient (soft labels allowed).
     learns_lr: has a student lr to learn (`distill.learn_lr` allowed).
   """
 
   make_step: Callable[..., StepFn]
   settings: Callable[[Any], dict]
+  input_settings: Callable[[Any], dict] = no_settings
   inputs: Callable[..., InputsFn] = real_data
   check: Callable[[Any], None] = _no_check
   check_inputs: Callable[[Any], None] = _no_check
-  check_plan: Callable[[Plan, Any], None] = _no_check
-  check_mesh: Callable[[Plan, Any, Any], None] = _real_batch_check
+  check_plan: Callable[[Plan], None] = _no_check
+  check_mesh: Callable[[Plan, Any], None] = _real_batch_check
   learns_labels: bool = False
   learns_lr: bool = False
 
-  def build_step(self, plan: Plan, config, optimizer, *, mesh=None) -> StepFn:
-    """`make_step` with the settings `config` gives."""
-    return self.make_step(plan, optimizer, mesh=mesh, **self.settings(config))
+  def build_step(self, plan: Plan, optimizer, *, mesh=None) -> StepFn:
+    """`make_step` with the plan's settings."""
+    return self.make_step(plan, optimizer, mesh=mesh, **plan.step)

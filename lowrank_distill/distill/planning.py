@@ -1,9 +1,9 @@
 """The config seam of a distillation: validate, plan, initial state.
 
 Only this module and `loop` read a ConfigDict. `validate` checks names and
-values before anything is loaded; `make_plan` loads the dataset and resolves
-the budget and model; `initial_state` builds the trainable set and its
-optimiser.
+values before anything is loaded; `make_plan` loads the dataset, resolves
+the budget and model and turns every setting the run reads into the plan;
+`initial_state` builds the trainable set and its optimiser from the plan.
 """
 
 import jax
@@ -18,7 +18,7 @@ from lowrank_distill import (
   parameterize,
 )
 from lowrank_distill.distill import dm, gm, tm
-from lowrank_distill.distill.objective import Objective, Plan
+from lowrank_distill.distill.objective import Objective, Plan, Schedule
 from lowrank_distill.distill.step import init_state, make_optimizer
 from lowrank_distill.parameterize import budget as budget_lib
 from lowrank_distill.parameterize import labels as labels_lib
@@ -146,29 +146,52 @@ def make_plan(
     conv_impl=config.distill.conv_impl,
     **models.options_for(config.model.name, config.model.options),
   )
+  objective = OBJECTIVES[config.method]
+  cfg = config.distill
   plan = Plan(
+    method=config.method,
     dataset=dataset,
     budget=budget,
     reconstructor=parameterize.get(syn.param),
     model=model,
+    conv_impl=cfg.conv_impl,
+    seed=config.seed,
+    step=objective.settings(config),
+    inputs=objective.input_settings(config),
+    image_init=syn.init,
+    label_init=config.labels.init,
+    lr_init=cfg.lr_student,
+    optimizer={
+      "images": (cfg.lr_images, cfg.momentum),
+      "labels": (config.labels.lr, config.labels.momentum),
+      "log_lr": (cfg.lr_lr, cfg.momentum),
+    },
+    evaluation=config_utils.evaluation_settings(config),
+    schedule=Schedule(
+      iterations=cfg.iterations,
+      log_every=cfg.log_every,
+      eval_every=cfg.eval_every,
+      image_every=cfg.image_every,
+      checkpoint_every=cfg.checkpoint_every,
+    ),
   )
   if check_inputs:
-    OBJECTIVES[config.method].check_plan(plan, config)
+    objective.check_plan(plan)
   return plan
 
 
-def initial_trainable(key, plan: Plan, config) -> dict:
+def initial_trainable(key, plan: Plan) -> dict:
   """The reconstructor params (and labels / lr) before distillation.
 
   What the set holds (parameterization, rank, mapper sets, images per
-  class, soft labels, a learned lr) is the resolved budget's; the config
-  gives only how to initialise it.
+  class, soft labels, a learned lr) is the resolved budget's; how it starts
+  is the plan's `image_init`, `label_init` and `lr_init`.
   """
   budget = plan.budget
   image_key, real_key, label_key = jax.random.split(key, 3)
   index = data.class_index(plan.dataset.train_labels, plan.num_classes)
   real = None
-  if config.synset.init == "real":
+  if plan.image_init == "real":
     idx = data.sample_per_class(real_key, index, n=plan.images_per_class)
     real = jnp.asarray(plan.dataset.train_images)[idx]
   trainable = {
@@ -177,7 +200,7 @@ def initial_trainable(key, plan: Plan, config) -> dict:
       num_classes=plan.num_classes,
       images_per_class=plan.images_per_class,
       image_shape=plan.dataset.image_shape,
-      method=config.synset.init,
+      method=plan.image_init,
       real_images=real,
       **parameterize.kind_kwargs(
         budget.param, rank=budget.rank, num_sets=budget.num_sets
@@ -189,26 +212,21 @@ def initial_trainable(key, plan: Plan, config) -> dict:
       label_key,
       num_classes=plan.num_classes,
       images_per_class=plan.images_per_class,
-      method=config.labels.init,
+      method=plan.label_init,
     )
   if budget.learn_lr:
-    trainable["log_lr"] = jnp.log(jnp.float32(config.distill.lr_student))
+    trainable["log_lr"] = jnp.log(jnp.float32(plan.lr_init))
   return trainable
 
 
-def initial_state(key, plan: Plan, config):
+def initial_state(key, plan: Plan):
   """(state, optimiser): the trainable set before distillation, its optax
   optimiser (one SGD group per parameter group) and that optimiser's state."""
-  trainable = initial_trainable(key, plan, config)
-  optimizer = make_optimizer(optimizer_groups(config, trainable))
+  trainable = initial_trainable(key, plan)
+  optimizer = make_optimizer(optimizer_groups(plan, trainable))
   return init_state(trainable, optimizer), optimizer
 
 
-def optimizer_groups(config, trainable: dict) -> dict:
-  cfg = config.distill
-  groups = {"images": (cfg.lr_images, cfg.momentum)}
-  if "labels" in trainable:
-    groups["labels"] = (config.labels.lr, config.labels.momentum)
-  if "log_lr" in trainable:
-    groups["log_lr"] = (cfg.lr_lr, cfg.momentum)
-  return groups
+def optimizer_groups(plan: Plan, trainable: dict) -> dict:
+  """(lr, momentum) of each group `trainable` holds."""
+  return {name: plan.optimizer[name] for name in trainable}

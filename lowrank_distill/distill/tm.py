@@ -45,24 +45,44 @@ def check_inputs(config) -> None:
     )
 
 
-def snapshot_window(config) -> tuple[int, int]:
-  """`trajectory_matching.snapshot_window` of a run's config."""
+def input_settings(config) -> dict:
+  """The settings of `expert_snapshots` (`Plan.inputs`) from the config."""
   cfg = config.distill
-  return trajectory_matching.snapshot_window(
+  return dict(
+    path=config.experts.path,
+    num_experts=config.experts.num_experts,
+    max_host_bytes=config.experts.max_host_bytes,
+    model_identity=experts_lib.model_identity(config),
+    seed=config.seed,
+    num_trajectories=cfg.num_trajectories,
+    expert_epochs=cfg.expert_epochs,
     schedule=cfg.start,
+    iterations=cfg.iterations,
     max_start=cfg.max_start,
     delta=cfg.start_delta,
-    expert_epochs=cfg.expert_epochs,
+    window=cfg.start_window,
   )
 
 
-def _buffer(plan: Plan, config):
-  buffer = experts_lib.open_buffer(config.experts.path, field="experts.path")
-  _, needed = snapshot_window(config)
-  wanted = config.experts.num_experts or buffer.num_experts
+def snapshot_window(plan: Plan) -> tuple[int, int]:
+  """`trajectory_matching.snapshot_window` of a run's plan."""
+  feed = plan.inputs
+  return trajectory_matching.snapshot_window(
+    schedule=feed["schedule"],
+    max_start=feed["max_start"],
+    delta=feed["delta"],
+    expert_epochs=feed["expert_epochs"],
+  )
+
+
+def _buffer(plan: Plan):
+  feed = plan.inputs
+  buffer = experts_lib.open_buffer(feed["path"], field="experts.path")
+  _, needed = snapshot_window(plan)
+  wanted = feed["num_experts"] or buffer.num_experts
   experts_lib.check_buffer(
     buffer,
-    experts_lib.buffer_identity(plan.dataset, config),
+    experts_lib.buffer_identity(plan.dataset, model=feed["model_identity"]),
     field="experts.path",
     min_snapshots=needed,
     needed_by="distill.max_start + distill.expert_epochs",
@@ -71,8 +91,8 @@ def _buffer(plan: Plan, config):
   return buffer, wanted
 
 
-def check_plan(plan: Plan, config) -> None:
-  _buffer(plan, config)
+def check_plan(plan: Plan) -> None:
+  _buffer(plan)
 
 
 TRAJECTORIES, MINIBATCH = "trajectories", "minibatch"
@@ -92,13 +112,13 @@ def mesh_split(num_trajectories: int, mesh) -> str | None:
   return TRAJECTORIES if num_trajectories % n == 0 else MINIBATCH
 
 
-def check_mesh(plan: Plan, config, mesh) -> None:
-  if mesh_split(config.distill.num_trajectories, mesh) != MINIBATCH:
+def check_mesh(plan: Plan, mesh) -> None:
+  if mesh_split(plan.step["num_trajectories"], mesh) != MINIBATCH:
     return
   if not models.uses_batch_norm(plan.model):
     return
   num_images = plan.num_classes * plan.images_per_class
-  batch = min(config.distill.batch_syn or num_images, num_images)
+  batch = min(plan.step["batch_syn"] or num_images, num_images)
   n = sharding.data_size(mesh)
   if batch % n:
     raise ValueError(
@@ -111,23 +131,23 @@ def check_mesh(plan: Plan, config, mesh) -> None:
     )
 
 
-def expert_snapshots(plan: Plan, config, mesh=None) -> "ExpertSnapshots":
-  """The run's `ExpertSnapshots` (`Objective.inputs`): the config's seam.
+def expert_snapshots(plan: Plan, mesh=None) -> "ExpertSnapshots":
+  """The run's `ExpertSnapshots` (`Objective.inputs`), from `plan.inputs`.
 
   Reads every expert's epochs `0 .. window - 1` (the latest start plus the
   expert epochs) by slice from the buffer once, refusing more than
   `experts.max_host_bytes`.
   """
-  cfg = config.distill
-  buffer, num_experts = _buffer(plan, config)
-  window, _ = snapshot_window(config)
+  feed = plan.inputs
+  buffer, num_experts = _buffer(plan)
+  window, _ = snapshot_window(plan)
   window = min(window, buffer.num_snapshots)
   snapshot_bytes = sum(
     math.prod(x.shape) * x.dtype.itemsize
     for x in jax.tree.leaves(buffer.abstract_params())
   )
   num_bytes = num_experts * window * snapshot_bytes
-  limit = config.experts.max_host_bytes
+  limit = feed["max_host_bytes"]
   if limit and num_bytes > limit:
     raise ValueError(
       f"experts.num_experts: {num_experts} experts x {window} snapshots "
@@ -138,14 +158,14 @@ def expert_snapshots(plan: Plan, config, mesh=None) -> "ExpertSnapshots":
   trajectories = [buffer.read(e, 0, window) for e in range(num_experts)]
   return ExpertSnapshots(
     jax.tree.map(lambda *x: np.stack(x), *trajectories),
-    seed=config.seed,
-    num_trajectories=cfg.num_trajectories,
-    expert_epochs=cfg.expert_epochs,
-    schedule=cfg.start,
-    iterations=cfg.iterations,
-    max_start=cfg.max_start,
-    delta=cfg.start_delta,
-    window=cfg.start_window,
+    seed=feed["seed"],
+    num_trajectories=feed["num_trajectories"],
+    expert_epochs=feed["expert_epochs"],
+    schedule=feed["schedule"],
+    iterations=feed["iterations"],
+    max_start=feed["max_start"],
+    delta=feed["delta"],
+    window=feed["window"],
     mesh=mesh,
   )
 
@@ -305,6 +325,7 @@ def make_step(
 OBJECTIVE = Objective(
   make_step=make_step,
   settings=settings,
+  input_settings=input_settings,
   inputs=expert_snapshots,
   check=check,
   check_inputs=check_inputs,

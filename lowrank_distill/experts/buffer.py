@@ -78,7 +78,9 @@ def model_identity(config) -> dict:
   }
 
 
-def buffer_identity(dataset: data.Dataset, config) -> dict:
+def buffer_identity(
+  dataset: data.Dataset, config=None, *, model: dict | None = None
+) -> dict:
   """What a buffer is made of, as stored in `buffer.json`.
 
   Args:
@@ -87,22 +89,28 @@ def buffer_identity(dataset: data.Dataset, config) -> dict:
       `seed` and `experts` (num_experts, epochs, lr, ...) when present; a
       distillation config has no expert training fields, which is fine as
       `check_buffer` compares only `dataset` and `model`.
+    model: instead of `config`, the network (`model_identity`) alone: the
+      identity a distillation expects (no training section).
 
   Returns:
     {'dataset': {...}, 'model': {'name', 'options'}, 'training': {...}}.
   """
+  if (config is None) == (model is None):
+    raise TypeError("buffer_identity takes a config or a model identity")
   metadata = dataset.metadata()
   training = {}
-  experts = config.get("experts") or {}
-  for name in TRAINING_KEYS:
-    if name in experts:
-      training[name] = experts[name]
-  if "seed" in config:
-    training["seed"] = config.seed
+  if config is not None:
+    model = model_identity(config)
+    experts = config.get("experts") or {}
+    for name in TRAINING_KEYS:
+      if name in experts:
+        training[name] = experts[name]
+    if "seed" in config:
+      training["seed"] = config.seed
   return identity_lib.to_json_types(
     {
       "dataset": {name: metadata[name] for name in DATASET_KEYS},
-      "model": model_identity(config),
+      "model": model,
       "training": training,
     }
   )
