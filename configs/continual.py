@@ -20,10 +20,11 @@ Each step's memory is built from the new classes' training images alone;
 coresets keep `ipc` real images per class, distillation methods run their
 own full config (`continual.memories.<name>.config`: configs/dm.py for
 dm/lodm, configs/gm.py for dc/lodc/dsa/lodsa, configs/tm.py for
-mtt/lomtt/mtt_lss) at the 'same-memory' budget of `ipc`. Trajectory-matching
-memories first train their experts (`continual.memories.<name>.experts`, a
-configs/experts.py config) on the step's classes; configs/tm.py has settings
-for IPC 1 on digits and MNIST.
+mtt/lomtt/mtt_lss) at the 'same-memory' budget of `ipc` (mtt with its
+config's fixed student lr: a learned one costs a float over it).
+Trajectory-matching memories first train their experts
+(`continual.memories.<name>.experts`, a configs/experts.py config) on the
+step's classes; configs/tm.py has settings for IPC 1 on digits and MNIST.
 A fresh ConvNet-3 with all C outputs trains from scratch on the accumulated
 memory (1000 epochs, DSA) and is tested on the seen classes' test images.
 
@@ -56,14 +57,18 @@ def _coreset(method: str):
   return entry
 
 
-def _matching(config_module, param: str, method_arg: str = ""):
+def _matching(config_module, param: str, **method):
   """A distillation memory from configs/dm.py or configs/gm.py."""
 
   def entry(arg):
-    rank = arg.rank if param == "factors" else 0
     config = config_module.get_config(
-      f"dataset={arg.dataset},ipc={arg.ipc},param={param},rank={rank},"
-      f"iterations={arg.iterations},runlocal={arg.runlocal}{method_arg}"
+      dataset=arg.dataset,
+      ipc=arg.ipc,
+      param=param,
+      rank=arg.rank if param == "factors" else 0,
+      iterations=arg.iterations,
+      runlocal=arg.runlocal,
+      **method,
     )
     # A step's distillation is evaluated only through the continual
     # protocol; mid-run evaluations and pictures would cost time per step.
@@ -78,13 +83,24 @@ def _matching(config_module, param: str, method_arg: str = ""):
 def _tm(variant: str):
   def entry(arg):
     config = tm_config.get_config(
-      f"dataset={arg.dataset},variant={variant},ipc={arg.ipc},"
-      f"iterations={arg.iterations},runlocal={arg.runlocal}"
+      dataset=arg.dataset,
+      variant=variant,
+      ipc=arg.ipc,
+      iterations=arg.iterations,
+      budget="same-memory",
+      runlocal=arg.runlocal,
     )
+    if config.synset.param == "pixels":
+      # Every memory holds the same storage: a learned lr (one float) would
+      # put MTT's `ipc` full images per class over it, so its memory
+      # distils with the config's fixed student lr.
+      config.distill.learn_lr = False
     config.distill.update(eval_every=0, image_every=0)
     experts = experts_config.get_config(
-      f"dataset={arg.dataset},num_experts={arg.num_experts},"
-      f"epochs={arg.expert_epochs},runlocal={arg.runlocal}"
+      dataset=arg.dataset,
+      num_experts=arg.num_experts,
+      epochs=arg.expert_epochs,
+      runlocal=arg.runlocal,
     )
     if not arg.expert_epochs:
       # Enough snapshots for every start epoch the distillation can draw.
@@ -108,19 +124,20 @@ MEMORIES = {
   "forgetting": _coreset("forgetting"),
   "dm": _matching(dm_config, "pixels"),
   "lodm": _matching(dm_config, "factors"),
-  "dc": _matching(gm_config, "pixels", ",method=dc"),
-  "lodc": _matching(gm_config, "factors", ",method=dc"),
-  "dsa": _matching(gm_config, "pixels", ",method=dsa"),
-  "lodsa": _matching(gm_config, "factors", ",method=dsa"),
+  "dc": _matching(gm_config, "pixels", method="dc"),
+  "lodc": _matching(gm_config, "factors", method="dc"),
+  "dsa": _matching(gm_config, "pixels", method="dsa"),
+  "lodsa": _matching(gm_config, "factors", method="dsa"),
   "mtt": _tm("mtt"),
   "lomtt": _tm("lomtt"),
   "mtt_lss": _tm("mtt_lss"),
 }
 
 
-def get_config(arg=None):
+def get_config(arg=None, **values):
   arg = config_utils.parse_arg(
     arg,
+    values,
     dataset="digits",
     methods="random+herding+dm+lodm",
     ipc=10,

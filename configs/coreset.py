@@ -17,9 +17,10 @@ from configs import common
 from lowrank_distill import config_utils
 
 
-def get_config(arg=None):
+def get_config(arg=None, **values):
   arg = config_utils.parse_arg(
     arg,
+    values,
     dataset="digits",
     method="random",
     ipc=1,

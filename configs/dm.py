@@ -40,9 +40,10 @@ RANKS = {
 DEFAULT_RANK = 2
 
 
-def get_config(arg=None):
+def get_config(arg=None, **values):
   arg = config_utils.parse_arg(
     arg,
+    values,
     dataset="digits",
     ipc=1,
     param="factors",

@@ -12,9 +12,9 @@ mean ± std over 5 distilled sets x 20 models, with DSA: 1000 epochs.
 from lowrank_distill import config_utils
 
 
-def get_config(arg=None):
+def get_config(arg=None, **values):
   arg = config_utils.parse_arg(
-    arg, synset="", dsa=True, num_models=5, runlocal=False
+    arg, values, synset="", dsa=True, num_models=5, runlocal=False
   )
   config = config_utils.base_config(
     dataset="", dsa=arg.dsa, runlocal=arg.runlocal

@@ -61,9 +61,10 @@ BATCH_SIZE = {"digits": 32}
 MODEL_OPTIONS = {"digits": {"depth": 2}}
 
 
-def get_config(arg=None):
+def get_config(arg=None, **values):
   arg = config_utils.parse_arg(
     arg,
+    values,
     dataset="digits",
     num_experts=0,
     epochs=0,

@@ -46,9 +46,10 @@ LOOPS = {
 METHODS = ("dc", "dsa")
 
 
-def get_config(arg=None):
+def get_config(arg=None, **values):
   arg = config_utils.parse_arg(
     arg,
+    values,
     dataset="digits",
     method="dsa",
     ipc=1,

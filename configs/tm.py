@@ -126,9 +126,10 @@ def settings(dataset: str, ipc: int, variant: str) -> dict:
   return row
 
 
-def get_config(arg=None):
+def get_config(arg=None, **values):
   arg = config_utils.parse_arg(
     arg,
+    values,
     dataset="digits",
     variant="mtt_lss",
     ipc=1,

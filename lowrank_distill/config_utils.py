@@ -29,19 +29,57 @@ def _convert(name: str, text: str, default):
     ) from None
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """Parses `key=value,...` against `defaults`; unknown keys are errors."""
-  values = dict(defaults)
+def _check_value(name: str, value, default):
+  """`value` as the type of `default` (an int is a float too)."""
+  if isinstance(default, bool):
+    ok = isinstance(value, bool)
+  elif isinstance(default, int | float):
+    ok = isinstance(value, type(default) | int) and not isinstance(value, bool)
+  else:  # a string argument (default '' or None)
+    ok = isinstance(value, str)
+  if not ok:
+    expected = "str" if default is None else type(default).__name__
+    raise ValueError(f"config arg {name}={value!r}: expected {expected}")
+  return float(value) if isinstance(default, float) else value
+
+
+def parse_arg(
+  arg: str | None, values: dict | None = None, /, **defaults
+) -> ml_collections.ConfigDict:
+  """The arguments of a `get_config`, against typed `defaults`.
+
+  Args:
+    arg: `key=value,...` as a launcher's `--config=file.py:arg` gives it.
+    values: the same arguments as Python values (`get_config(ipc=10)`),
+      for code that builds configs; not both.
+    **defaults: every known argument and its default (its type is the
+      argument's).
+
+  Raises:
+    ValueError: an unknown name, or a value of another type.
+  """
+  if arg and values:
+    raise ValueError(
+      f"config arg: give a string ({arg!r}) or keywords ({sorted(values)}), "
+      f"not both"
+    )
+  parsed = dict(defaults)
+  given = {}
   for item in filter(None, (arg or "").split(",")):
     name, sep, text = item.partition("=")
     if not sep:
       raise ValueError(f"config arg {item!r} is not of the form key=value")
+    given[name] = text
+  for name in [*given, *(values or {})]:
     if name not in defaults:
       raise ValueError(
         f"config arg {name!r} is not known; valid: {sorted(defaults)}"
       )
-    values[name] = _convert(name, text, defaults[name])
-  return ml_collections.ConfigDict(values)
+  for name, text in given.items():
+    parsed[name] = _convert(name, text, defaults[name])
+  for name, value in (values or {}).items():
+    parsed[name] = _check_value(name, value, defaults[name])
+  return ml_collections.ConfigDict(parsed)
 
 
 def load_dataset(dataset_config: ml_collections.ConfigDict):

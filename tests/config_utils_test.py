@@ -7,6 +7,7 @@ import re
 import pytest
 
 from lowrank_distill import augment, config_utils, distill
+from lowrank_distill.objectives import trajectory_matching
 
 # Every config file (configs/common.py holds shared settings, no config).
 CONFIGS = sorted(
@@ -30,6 +31,46 @@ def test_parse_arg_converts_to_the_default_types():
 def test_parse_arg_errors_name_the_problem(text, match):
   with pytest.raises(ValueError, match=match):
     config_utils.parse_arg(text, ipc=1)
+
+
+@pytest.mark.parametrize(
+  "values,match",
+  [
+    ({"colour": "red"}, "valid"),
+    ({"ipc": "10"}, "ipc='10': expected int"),
+    ({"ipc": True}, "expected int"),
+    ({"dsa": 1}, "expected bool"),
+    ({"lr": "0.1"}, "expected float"),
+  ],
+)
+def test_keyword_args_are_checked_as_strings_are(values, match):
+  with pytest.raises(ValueError, match=match):
+    config_utils.parse_arg(None, values, ipc=1, dsa=True, lr=0.5)
+
+
+def test_keyword_args_equal_the_string_and_not_both():
+  defaults = dict(ipc=1, dsa=True, lr=0.5, param="factors")
+  text = config_utils.parse_arg("ipc=10,dsa=false,lr=2,param=x", **defaults)
+  values = dict(ipc=10, dsa=False, lr=2, param="x")
+  keywords = config_utils.parse_arg(None, values, **defaults)
+  assert keywords.to_dict() == text.to_dict()
+  assert isinstance(keywords.lr, float)
+  with pytest.raises(ValueError, match="not both"):
+    config_utils.parse_arg("ipc=2", {"ipc": 3}, **defaults)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_get_config_takes_keywords_as_its_string(name):
+  module = importlib.import_module(f"configs.{name}")
+  values = {
+    "evaluate": dict(synset="/tmp/x", num_models=2),
+    "experts": dict(dataset="mnist", epochs=3, runlocal=True),
+    "tm": dict(dataset="mnist", ipc=1, variant="lomtt", runlocal=True),
+  }.get(name, dict(dataset="mnist", ipc=2, runlocal=True))
+  arg = ",".join(f"{k}={v}" for k, v in values.items())
+  assert module.get_config(**values).to_dict() == (
+    module.get_config(arg).to_dict()
+  )
 
 
 def _validator(name):
@@ -123,7 +164,12 @@ def test_default_expert_buffers_cover_the_trajectory_matching_rows(variant):
   for dataset, ipc in sorted(rows):
     buffer = experts.get_config(f"dataset={dataset}").experts
     config = tm.get_config(f"dataset={dataset},ipc={ipc},variant={variant}")
-    _, needed = distill.tm.snapshot_window(config)
+    _, needed = trajectory_matching.snapshot_window(
+      schedule=config.distill.start,
+      max_start=config.distill.max_start,
+      delta=config.distill.start_delta,
+      expert_epochs=config.distill.expert_epochs,
+    )
     assert buffer.epochs + 1 >= needed, (dataset, ipc, buffer.epochs, needed)
     if config.distill.start == "uniform":
       # Every start epoch the run can draw has its target in the buffer.

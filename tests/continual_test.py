@@ -353,7 +353,9 @@ def test_bad_trajectory_memories_are_refused_before_compute(
   assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("name", ["dc", "lodc", "dsa", "lodsa", "lomtt"])
+@pytest.mark.parametrize(
+  "name", ["dc", "lodc", "dsa", "lodsa", "mtt", "lomtt", "mtt_lss"]
+)
 def test_every_distillation_method_plans_at_the_shared_budget(name):
   config = _config(f"methods=random+{name}")
   plan = continual.make_plan(config)
