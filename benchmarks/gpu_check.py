@@ -55,6 +55,8 @@ SUMMARY_PREFIX = "SUMMARY "
 # and experts.
 TEST_MODULES = (
   "tests/models_test.py",
+  "tests/models_conv_test.py",
+  "tests/models_layers_test.py",
   "tests/distribution_matching_test.py",
   "tests/gradient_matching_test.py",
   "tests/trajectory_matching_test.py",

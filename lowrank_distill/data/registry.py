@@ -84,7 +84,7 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
   # Computed once from the train split of `digits.load_digits_split`
-  # (population std); tests/data_test.py recomputes them.
+  # (population std); tests/data_digits_test.py recomputes them.
   "digits": DatasetSpec(
     num_classes=10,
     image_shape=(8, 8, 1),

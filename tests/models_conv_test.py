@@ -1,0 +1,171 @@
+"""Tests of lowrank_distill.models.conv."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from models_helpers import TINY, _assert_close, _normal, _random_variables
+
+from lowrank_distill import models
+
+CONV_CASES = [
+  # (h, w, cin, cout, kernel, stride, padding)
+  (7, 7, 3, 4, 3, 1, 1),
+  (8, 8, 1, 5, 3, 1, 3),
+  (9, 8, 2, 3, 5, 1, 2),
+  (9, 9, 2, 3, 5, 1, 0),
+  (8, 8, 3, 4, 3, 2, 1),
+  (9, 7, 4, 6, 1, 2, 0),
+  (10, 9, 2, 3, 4, (2, 3), ((1, 2), (0, 1))),
+  (6, 6, 3, 2, (2, 3), 1, (1, 0)),
+]
+
+
+def _conv_inputs(h, w, cin, cout, kernel):
+  """Images [2, h, w, cin] and a fan-in-scaled kernel [kh, kw, cin, cout]."""
+  kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+  x = _normal((2, h, w, cin), seed=0)
+  k = _normal((kh, kw, cin, cout), seed=1) / math.sqrt(kh * kw * cin)
+  return x, k
+
+
+@pytest.mark.parametrize("h,w,cin,cout,kernel,stride,padding", CONV_CASES)
+def test_conv_impls_agree_in_values_and_gradients(
+  h, w, cin, cout, kernel, stride, padding
+):
+  x, k = _conv_inputs(h, w, cin, cout, kernel)
+  out_shape = jax.eval_shape(
+    lambda x, k: models.conv2d(
+      x, k, stride=stride, padding=padding, impl="xla"
+    ),
+    x,
+    k,
+  ).shape
+  r = _normal(out_shape, seed=2)
+
+  @jax.jit
+  def run(x, k):
+    def loss(x, k, impl):
+      y = models.conv2d(x, k, stride=stride, padding=padding, impl=impl)
+      return jnp.sum(jnp.sin(y) * r), y
+
+    grad = jax.grad(loss, (0, 1), has_aux=True)
+    return grad(x, k, "xla"), grad(x, k, "im2col")
+
+  (g_xla, y_xla), (g_col, y_col) = run(x, k)
+  _assert_close(y_col, y_xla)
+  _assert_close(g_col, g_xla)
+
+
+@pytest.mark.parametrize("h,w,cin,cout,kernel,stride,padding", CONV_CASES)
+def test_conv_impls_agree_to_second_order(
+  h, w, cin, cout, kernel, stride, padding
+):
+  # Trajectory matching differentiates a kernel gradient (the student's SGD
+  # step) with respect to the images and the kernel.
+  x, k = _conv_inputs(h, w, cin, cout, kernel)
+
+  @jax.jit
+  def run(x, k):
+    def inner(k, x, impl):
+      y = models.conv2d(x, k, stride=stride, padding=padding, impl=impl)
+      return jnp.sum(jnp.sin(y))
+
+    def outer(x, k, impl):
+      step = k - 0.1 * jax.grad(inner)(k, x, impl)
+      return jnp.sum(jnp.cos(step) * k)
+
+    grad = jax.grad(outer, (0, 1))
+    return grad(x, k, "xla"), grad(x, k, "im2col")
+
+  g_xla, g_col = run(x, k)
+  chex.assert_tree_all_finite(g_col)
+  _assert_close(g_col, g_xla)
+
+
+def test_conv2d_matches_a_direct_sum():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(1, 5, 5, 2)).astype(np.float32)
+  k = rng.normal(size=(3, 3, 2, 1)).astype(np.float32)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  expected = np.zeros((1, 3, 3, 1), np.float32)
+  for i in range(3):
+    for j in range(3):
+      patch = xp[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3, :]
+      expected[0, i, j, 0] = np.sum(patch * k[..., 0])
+  for impl in models.CONV_IMPLS:
+    out = models.conv2d(x, k, stride=2, padding=1, impl=impl)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "name,shape", [("convnet", (28, 28, 1)), ("convnet_bn", (8, 8, 1))]
+)
+def test_conv_impls_agree_on_a_whole_convnet(name, shape):
+  make = lambda impl: models.create(
+    name, num_classes=4, image_shape=shape, conv_impl=impl, **TINY
+  )
+  xla, im2col = make("xla"), make("im2col")
+  x = _normal((3, *shape))
+  variables = _random_variables(xla, shape)
+  chex.assert_trees_all_equal_shapes(
+    variables, _random_variables(im2col, shape)
+  )
+
+  def loss(params, x, model):
+    out = model.apply(
+      {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+    )[0]
+    return jnp.sum(jnp.tanh(out))
+
+  @jax.jit
+  def run(variables, x):
+    return [
+      (
+        jax.grad(loss, (0, 1))(variables["params"], x, model),
+        model.apply(variables, x),
+      )
+      for model in (xla, im2col)
+    ]
+
+  (g_xla, y_xla), (g_col, y_col) = run(variables, x)
+  _assert_close(y_col, y_xla)
+  _assert_close(g_col, g_xla)
+
+
+def test_auto_conv_impl_is_im2col_on_cpu():
+  assert jax.default_backend() == "cpu"
+  model = models.create("convnet", num_classes=10, image_shape=(8, 8, 1))
+  assert model.conv_impl == "im2col"
+  assert models.resolve_conv_impl("xla") == "xla"
+
+
+def test_bias_free_strided_conv_init_and_shape():
+  conv = models.Conv(6, 1, stride=2, use_bias=False, impl="im2col")
+  x = jnp.zeros((2, 8, 7, 4))
+  variables = conv.init(jax.random.key(0), x)
+  assert set(variables["params"]) == {"kernel"}
+  chex.assert_shape(variables["params"]["kernel"], (1, 1, 4, 6))
+  assert np.abs(variables["params"]["kernel"]).max() <= 0.5  # 1/sqrt(4)
+  chex.assert_shape(conv.apply(variables, x), (2, 4, 4, 6))
+
+
+def test_compiler_options_only_for_xla_conv_on_cpu():
+  assert models.compiler_options("im2col") is None
+  options = models.compiler_options("xla")
+  assert options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  model = models.create(
+    "convnet", num_classes=3, image_shape=(8, 8, 1), conv_impl="xla", width=4
+  )
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+  variables = model.init(jax.random.key(2), x)
+  fn = lambda v: model.apply(v, x)  # noqa: E731
+  chex.assert_trees_all_close(
+    jax.jit(fn, compiler_options=options)(variables),
+    jax.jit(fn)(variables),
+    rtol=1e-5,
+    atol=1e-6,
+  )
