@@ -33,6 +33,7 @@ CORE = (
   "vgg11_bn",
   "resnet18",
   "resnet18_bn",
+  "resnet18_bn_ap",
   "mlp",
 )
 
@@ -56,6 +57,8 @@ EMBED_DIM = {
   "alexnet": {(28, 28, 1): 3072, (32, 32, 3): 3072, (8, 8, 1): 192},
   "vgg11": {(28, 28, 1): 512, (32, 32, 3): 512},
   "resnet18": {(28, 28, 1): 512, (32, 32, 3): 512, (8, 8, 1): 512},
+  # The whole last map: 3x3x512 (28 -> 14 -> 7 -> 3), 4x4x512, 1x1x512.
+  "resnet18_bn_ap": {(28, 28, 1): 4608, (32, 32, 3): 8192, (8, 8, 1): 512},
   "mlp": {(28, 28, 1): 128, (32, 32, 3): 128, (8, 8, 1): 128},
 }
 
@@ -85,6 +88,7 @@ TORCH_PARAM_COUNTS = {
   "vgg11_bn": {(28, 28, 1): 9229962, (32, 32, 3): 9231114},
   "resnet18": {(28, 28, 1): 11172810, (32, 32, 3): 11173962},
   "resnet18_bn": {(28, 28, 1): 11172810, (32, 32, 3): 11173962},
+  "resnet18_bn_ap": {(28, 28, 1): 11213770, (32, 32, 3): 11250762},
 }
 
 
@@ -136,6 +140,14 @@ def test_parameter_counts_equal_pytorch_reference(name, shape):
   assert _num_params(variables["params"]) == TORCH_PARAM_COUNTS[name][shape]
 
 
+def test_resnet18_bn_ap_has_the_reference_count_on_cifar100():
+  model = models.create(
+    "resnet18_bn_ap", num_classes=100, image_shape=(32, 32, 3)
+  )
+  variables, _ = _abstract_variables(model, (32, 32, 3), batch=1)
+  assert _num_params(variables["params"]) == 11988132
+
+
 @pytest.mark.parametrize(
   "name,shape",
   [
@@ -151,6 +163,7 @@ def test_parameter_counts_equal_pytorch_reference(name, shape):
     ("mlp", (8, 8, 1)),
     ("lenet", (28, 28, 1)),
     ("alexnet", (8, 8, 1)),
+    ("resnet18_bn_ap", (8, 8, 1)),
   ],
 )
 def test_forward_is_finite_and_embed_feeds_the_classifier(name, shape):

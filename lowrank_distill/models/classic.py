@@ -1,4 +1,5 @@
-"""MLP, LeNet, AlexNet, VGG11 and ResNet18 as in the DC/DSA/DM references.
+"""MLP, LeNet, AlexNet, VGG11, ResNet18 (and ResNet18BN_AP) as in the DC/DSA/DM
+references.
 
 Layer for layer the networks of the reference `networks.py` (Zhao et al.),
 used for cross-architecture evaluation. Dense layers infer their input size,
@@ -197,12 +198,18 @@ class VGG11(nn.Module):
 
 
 class BasicBlock(nn.Module):
-  """Two conv3x3 (no bias) with norms and a projection shortcut on change."""
+  """Two conv3x3 (no bias) with norms and a projection shortcut on change.
+
+  `avg_pool_downsample` (the reference's `BasicBlock_AP`): the convs keep
+  stride 1 and a 2x2 average pool downsamples after the first norm and in
+  the shortcut (after its 1x1 conv) instead.
+  """
 
   features: int
   stride: int = 1
   norm: str = "instance"
   conv_impl: str = "xla"
+  avg_pool_downsample: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -217,13 +224,19 @@ class BasicBlock(nn.Module):
         name=name,
       )(y)
 
-    out = conv(x, 3, self.stride, 1, "conv1")
+    pooled = self.avg_pool_downsample and self.stride != 1
+    conv_stride = 1 if self.avg_pool_downsample else self.stride
+    out = conv(x, 3, conv_stride, 1, "conv1")
     out = jax.nn.relu(layers.norm(out, self.norm, train=train, name="norm1"))
+    if pooled:
+      out = layers.pool(out, "avg", window=self.stride)
     out = conv(out, 3, 1, 1, "conv2")
     out = layers.norm(out, self.norm, train=train, name="norm2")
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = conv(x, 1, self.stride, 0, "shortcut_conv")
+      shortcut = conv(x, 1, conv_stride, 0, "shortcut_conv")
+      if pooled:
+        shortcut = layers.pool(shortcut, "avg", window=self.stride)
       shortcut = layers.norm(
         shortcut, self.norm, train=train, name="shortcut_norm"
       )
@@ -234,6 +247,8 @@ class ResNetFeatures(nn.Module):
   stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
   norm: str = "instance"
   conv_impl: str = "xla"
+  # ResNet_AP: average-pool downsampling, and the last map flattened whole.
+  avg_pool_downsample: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -248,8 +263,13 @@ class ResNetFeatures(nn.Module):
           stride=2 if stage > 0 and b == 0 else 1,
           norm=self.norm,
           conv_impl=self.conv_impl,
+          avg_pool_downsample=self.avg_pool_downsample,
           name=f"layer{stage + 1}_{b}",
         )(x, train)
+    if self.avg_pool_downsample:
+      # The reference's final `avg_pool2d(kernel_size=1)` keeps the map:
+      # its classifier reads 3x3x512 on MNIST, 4x4x512 on CIFAR.
+      return _flatten(x)
     if min(x.shape[1:3]) >= 4:
       x = layers.pool(x, "avg", window=4)
     else:
@@ -264,6 +284,10 @@ class ResNet18(nn.Module):
   ReLU, BasicBlock stages [2, 2, 2, 2] at widths 64..512 with strides
   1, 2, 2, 2, 4x4 average pooling, linear 512 -> classes. Norm 'instance'
   (GroupNorm, one group per channel) by default, 'batch' for ResNet18BN.
+  `avg_pool_downsample` gives the references' ResNet18BN_AP (with 'batch'):
+  2x2 average pools instead of strided convs, and the classifier on the
+  whole last map (11,213,770 / 11,250,762 / 11,988,132 parameters on MNIST /
+  CIFAR-10 / CIFAR-100 shapes, as PyTorch counts them).
 
   References:
     He et al., "Deep residual learning for image recognition", CVPR 2016;
@@ -273,13 +297,19 @@ class ResNet18(nn.Module):
   num_classes: int
   norm: str = "instance"
   conv_impl: str = "xla"
+  avg_pool_downsample: bool = False
 
   def setup(self):
-    self.features = ResNetFeatures(norm=self.norm, conv_impl=self.conv_impl)
+    self.features = ResNetFeatures(
+      norm=self.norm,
+      conv_impl=self.conv_impl,
+      avg_pool_downsample=self.avg_pool_downsample,
+    )
     self.classifier = Dense(self.num_classes)
 
   def embed(self, x, train: bool = False):
-    """x: [n, h, w, c] -> [n, 512] (for inputs up to 56x56)."""
+    """x: [n, h, w, c] -> [n, 512] (for inputs up to 56x56); with
+    `avg_pool_downsample`, [n, (h // 8) * (w // 8) * 512]."""
     return self.features(x, train)
 
   def __call__(self, x, train: bool = False):

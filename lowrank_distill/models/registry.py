@@ -53,6 +53,11 @@ _OTHERS = {
   "vgg11_bn": (classic.VGG11, {"norm": "batch"}),
   "resnet18": (classic.ResNet18, {"norm": "instance"}),
   "resnet18_bn": (classic.ResNet18, {"norm": "batch"}),
+  # The reference cross-architecture tables' ResNet18BN_AP.
+  "resnet18_bn_ap": (
+    classic.ResNet18,
+    {"norm": "batch", "avg_pool_downsample": True},
+  ),
 }
 
 # name -> options the name fixes (not settable through `create`).
@@ -207,11 +212,11 @@ def create(
 
 @functools.lru_cache(maxsize=256)
 def _check_image_shape(name, model, image_shape):
-  # Tracing shapes only (no FLOPs); the layers raise on maps that vanish.
+  # Tracing shapes only (no compile: the key too is made inside); the
+  # layers raise on maps that vanish.
   try:
     jax.eval_shape(
-      model.init,
-      jax.random.key(0),
+      lambda x: model.init(jax.random.key(0), x),
       jax.ShapeDtypeStruct((1, *image_shape), jnp.float32),
     )
   except ValueError as e:
