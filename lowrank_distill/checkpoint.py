@@ -60,6 +60,15 @@ class CheckpointError(ValueError):
   """A checkpoint is missing, corrupt, foreign or of another configuration."""
 
 
+class CorruptCheckpointError(CheckpointError):
+  """One of our checkpoints cannot be read (truncated, missing files)."""
+
+
+# A corrupt checkpoint skipped by a resume is moved aside under this prefix
+# (kept for inspection; never read again, never pruned).
+CORRUPT_PREFIX = "corrupt_"
+
+
 class _OrbaxInfoFilter(logging.Filter):
   """Drops Orbax's INFO/DEBUG records; its warnings and errors pass."""
 
@@ -289,7 +298,9 @@ class Checkpointer:
     return sorted(
       entry.name
       for entry in self.directory.iterdir()
-      if entry.name not in steps and _TMP_SUFFIX not in entry.name
+      if entry.name not in steps
+      and _TMP_SUFFIX not in entry.name
+      and not entry.name.startswith(CORRUPT_PREFIX)
     )
 
   def _check_directory(self) -> None:
@@ -311,20 +322,23 @@ class Checkpointer:
         f"no checkpoint for step {step} in {self.directory} (steps present: "
         f"{self.all_steps()})"
       )
-    _require_items(
-      path, (_STEP_METADATA_FILE, STATE_ITEM, CONFIG_ITEM), "checkpoint"
-    )
+    try:
+      _require_items(
+        path, (_STEP_METADATA_FILE, STATE_ITEM, CONFIG_ITEM), "checkpoint"
+      )
+    except CheckpointError as e:
+      raise CorruptCheckpointError(f"checkpoint at {path} is corrupt: {e}")
     try:
       saved = self._manager.restore(
         step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()})
       )[CONFIG_ITEM]
     except Exception as e:  # Any failure here means unreadable.
-      raise CheckpointError(
+      raise CorruptCheckpointError(
         f"checkpoint at {path} is corrupt: cannot read its config "
         f"({_describe(e)})"
       ) from e
     if not isinstance(saved, dict):
-      raise CheckpointError(f"checkpoint at {path} has no config dict")
+      raise CorruptCheckpointError(f"checkpoint at {path} has no config dict")
     if diffs := identity.diff(saved, self.config):
       raise CheckpointError(
         f"checkpoint at {path} was written by another config: "
@@ -440,19 +454,65 @@ class Checkpointer:
       )
       state = _wrap_keys(abstract_state, restored[STATE_ITEM])
     except Exception as e:  # Any failure here means unreadable.
-      raise CheckpointError(
+      raise CorruptCheckpointError(
         f"cannot restore the state from checkpoint {path}: it is corrupt or "
         f"does not match abstract_state ({_describe(e)})"
       ) from e
     return state, dict(restored[METRICS_ITEM] or {})
 
   def restore_or_none(self, abstract_state):
-    """`restore(abstract_state)`, or None when no checkpoint exists yet."""
+    """The newest intact checkpoint's `(state, metrics)`; None if none yet.
+
+    A corrupt checkpoint (a run killed while the disk failed, a truncated
+    file) is reported and skipped: the next older one is restored, and the
+    corrupt ones after it are moved aside (`corrupt_<step>`), so the run
+    saves those steps again. A checkpoint of another config still raises.
+
+    Raises:
+      CheckpointError: another config's checkpoint, or none intact (the
+        newest one's error).
+    """
     self.wait()
     self._check_directory()
-    if self.latest_step() is None:
-      return None
-    return self.restore(abstract_state)
+    corrupt = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        restored = self.restore(abstract_state, step)
+      except CorruptCheckpointError as e:
+        logging.error("Skipping a corrupt checkpoint: %s", e)
+        corrupt.append((step, e))
+        continue
+      if corrupt:
+        self._move_aside([s for s, _ in corrupt])
+        logging.warning(
+          "Resumed from step %d, the newest intact checkpoint in %s; the "
+          "corrupt ones after it (steps %s) were moved aside as %s<step>",
+          step,
+          self.directory,
+          [s for s, _ in corrupt],
+          CORRUPT_PREFIX,
+        )
+      return restored
+    if corrupt:
+      raise CorruptCheckpointError(
+        f"no intact checkpoint in {self.directory}: {corrupt[0][1]}"
+      ) from corrupt[0][1]
+    return None
+
+  def _move_aside(self, steps: list[int]) -> None:
+    if jax.process_index() == 0:
+      for step in steps:
+        target = self.directory / f"{CORRUPT_PREFIX}{step}"
+        n = 1
+        while target.exists():
+          n += 1
+          target = self.directory / f"{CORRUPT_PREFIX}{step}_{n}"
+        self.step_dir(step).rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("checkpoint: corrupt moved aside")
+    self._manager.reload()
 
 
 # ----------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def read_json_lines(path) -> list[dict]:
   if not path.exists():
     return []
   records = []
-  for line in path.read_text().splitlines():
+  for line in path.read_text(errors="replace").splitlines():
     try:
       records.append(json.loads(line))
     except json.JSONDecodeError:
@@ -72,7 +72,16 @@ def read_json_lines(path) -> list[dict]:
 
 
 def read_json(path):
-  return json.loads(pathlib.Path(path).read_text())
+  """The JSON in `path`; a damaged file raises an error naming it."""
+  path = pathlib.Path(path)
+  try:
+    return json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(
+      f"{path} is not readable JSON ({type(e).__name__}: {e}); it is "
+      f"damaged or was not written by lowrank_distill: move it away or use "
+      f"another workdir"
+    ) from None
 
 
 def write_config(workdir, config) -> None:

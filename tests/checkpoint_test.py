@@ -425,3 +425,33 @@ def test_importing_changes_no_logging_and_the_launchers_quiet_orbax(
   assert fresh_python(code).split() == ["False", "1"]
   launcher = pathlib.Path(__file__).resolve().parents[1] / "launch/common.py"
   assert "checkpoint.quiet_orbax_logs()" in launcher.read_text()
+
+
+@pytest.mark.parametrize("relative", ["state/d", "config/metadata"])
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(
+  ckpt_dir, relative
+):
+  with checkpoint.Checkpointer(ckpt_dir, config=CONFIG, max_to_keep=3) as ckpt:
+    for step in (1, 2, 3):
+      ckpt.save(step, make_state(step))
+  _corrupt(ckpt_dir / "3" / relative, "truncate")
+  with checkpoint.Checkpointer(ckpt_dir, config=CONFIG, max_to_keep=3) as ckpt:
+    state, _ = ckpt.restore_or_none(abstract_state())
+    chex.assert_trees_all_equal(state, make_state(2))
+    # The corrupt step is kept aside and saved again by the resumed run.
+    assert ckpt.all_steps() == [1, 2]
+    assert (ckpt_dir / f"{checkpoint.CORRUPT_PREFIX}3").is_dir()
+    assert ckpt.save(3, make_state(3))
+  with checkpoint.Checkpointer(ckpt_dir, config=CONFIG, max_to_keep=3) as ckpt:
+    state, _ = ckpt.restore_or_none(abstract_state())
+    chex.assert_trees_all_equal(state, make_state(3))
+
+
+def test_another_configs_checkpoint_is_not_skipped_as_corrupt(ckpt_dir):
+  with checkpoint.Checkpointer(ckpt_dir, config=CONFIG) as ckpt:
+    ckpt.save(1, make_state(1))
+  other = {**CONFIG, "seed": 1234}
+  with checkpoint.Checkpointer(ckpt_dir, config=other) as ckpt:
+    with pytest.raises(checkpoint.CheckpointError, match="another config"):
+      ckpt.restore_or_none(abstract_state())
+  assert not list(ckpt_dir.glob(f"{checkpoint.CORRUPT_PREFIX}*"))

@@ -47,3 +47,17 @@ def test_start_creates_the_workdir_writes_the_config_and_returns_a_writer(
   writer.write(1, loss=0.5)
   assert [r["loss"] for r in writer.read()] == [0.5]
   assert writer.path == path / "metrics.jsonl"
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b'{"seed": 0'])
+def test_a_damaged_json_file_is_refused_naming_it(tmp_path, content):
+  path = tmp_path / "config.json"
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=f"{path} is not readable JSON"):
+    workdir.read_json(path)
+
+
+def test_binary_garbage_in_a_json_lines_file_is_skipped(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_bytes(b'{"step": 1}\n\xff\xfe garbage\n{"step": 2}\n')
+  assert workdir.read_json_lines(path) == [{"step": 1}, {"step": 2}]
