@@ -163,8 +163,9 @@ def get_config(arg=None, **values):
   )
   config.eval.dsa_strategy = common.dsa_strategy(arg.dataset)
   config.continual = dict(
-    methods=methods,
-    orders=list(range(1 if arg.runlocal else arg.orders)),
+    # Tuples: `--config.continual.methods=random,dm` on the command line.
+    methods=tuple(methods),
+    orders=tuple(range(1 if arg.runlocal else arg.orders)),
     steps=arg.steps,
     ipc=arg.ipc,
     memories={name: MEMORIES[name](arg) for name in methods},

@@ -11,7 +11,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lowrank_distill import checkpoint  # noqa: E402
+from lowrank_distill import checkpoint, config_utils  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -33,12 +33,50 @@ def define_flags(default_config: str) -> None:
   flags.mark_flags_as_required(["workdir"])
 
 
+def load_config():
+  """`--config` with its overrides applied and its lists split
+  (`config_utils.split_comma_lists`), or a UsageError naming the file."""
+  try:
+    config = FLAGS.config
+    config_utils.split_comma_lists(config)
+  except OSError as e:
+    # ml_collections names the flag ("config_config") before the file.
+    attempted = str(e).split("Attempted", 1)[-1].strip()
+    raise app.UsageError(
+      f"--config: cannot load the config file ({attempted})"
+    ) from None
+  return config
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with an unknown `--config.<field>` named."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these, not a flags.Error, for a field the
+    # config does not have.
+    field = str(e).strip("\"'")
+    overrides = [arg for arg in argv[1:] if arg.startswith("--config.")]
+    print(
+      f"FATAL Flags parsing error: --config has no field {field!r} (in one "
+      f"of {overrides}); a run's config.json lists every field",
+      file=sys.stderr,
+    )
+    sys.exit(2)
+
+
+def launch(run) -> None:
+  """`app.run` of `main_for(run)`, with `parse_flags`."""
+  app.run(main_for(run), flags_parser=parse_flags)
+
+
 def main_for(run):
   """An absl main that starts JAX and calls `run(config, workdir)`."""
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = load_config()
     if FLAGS.multihost:
       jax.distributed.initialize()
     logging.info(
@@ -53,6 +91,6 @@ def main_for(run):
       # One log of the run, process 0's; warnings and errors still show.
       logging.set_verbosity(logging.WARNING)
     checkpoint.quiet_orbax_logs()
-    run(FLAGS.config, FLAGS.workdir)
+    run(config, FLAGS.workdir)
 
   return main

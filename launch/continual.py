@@ -6,11 +6,10 @@
 """
 
 import common
-from absl import app
 
 from lowrank_distill import continual
 
 common.define_flags("configs/continual.py")
 
 if __name__ == "__main__":
-  app.run(common.main_for(continual.run))
+  common.launch(continual.run)

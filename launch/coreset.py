@@ -5,11 +5,10 @@ r"""Selects a coreset baseline and evaluates it with the protocol.
 """
 
 import common
-from absl import app
 
 from lowrank_distill import coreset
 
 common.define_flags("configs/coreset.py")
 
 if __name__ == "__main__":
-  app.run(common.main_for(coreset.run))
+  common.launch(coreset.run)

@@ -8,11 +8,10 @@ workdir and config.
 """
 
 import common
-from absl import app
 
 from lowrank_distill import distill
 
 common.define_flags("configs/dm.py")
 
 if __name__ == "__main__":
-  app.run(common.main_for(distill.run))
+  common.launch(distill.run)

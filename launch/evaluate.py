@@ -5,11 +5,10 @@ r"""Evaluates a saved synthetic set (or coreset) given its path.
 """
 
 import common
-from absl import app
 
 from lowrank_distill import evaluate
 
 common.define_flags("configs/evaluate.py")
 
 if __name__ == "__main__":
-  app.run(common.main_for(evaluate.run))
+  common.launch(evaluate.run)

@@ -7,11 +7,10 @@ Restart the same command to resume: saved experts are skipped.
 """
 
 import common
-from absl import app
 
 from lowrank_distill import experts
 
 common.define_flags("configs/experts.py")
 
 if __name__ == "__main__":
-  app.run(common.main_for(experts.run))
+  common.launch(experts.run)

@@ -6,7 +6,7 @@
 
 import ml_collections
 
-from lowrank_distill import augment, data, models
+from lowrank_distill import augment, checks, data, models
 
 EVAL_EPOCHS_WITH_DSA = 1000
 EVAL_EPOCHS_WITHOUT_DSA = 300
@@ -109,7 +109,8 @@ def eval_config(
   """The evaluation protocol of DESIGN 3.8 (DC/DSA reference settings)."""
   config = ml_collections.ConfigDict(
     {
-      "models": ["convnet"],
+      # A tuple: `--config.eval.models=convnet,lenet` on the command line.
+      "models": ("convnet",),
       "num_models": num_models,
       "epochs": EVAL_EPOCHS_WITH_DSA if dsa else EVAL_EPOCHS_WITHOUT_DSA,
       "lr": 0.01,
@@ -186,6 +187,44 @@ def eval_kwargs(config: ml_collections.ConfigDict) -> dict:
     "models_per_batch": config.models_per_batch or None,
     "test_batch_size": config.test_batch_size,
   }
+
+
+# The ranges of the fields every run config has (`checks.check_ranges`);
+# each run adds its own section's.
+COMMON_RANGES = {
+  "seed": checks.Range(low=0, integer=True),
+  "mesh.data": checks.count_or(-1, "every device"),
+  "model.options.width": checks.COUNT,
+  "model.options.depth": checks.COUNT,
+  "eval.num_models": checks.COUNT,
+  "eval.epochs": checks.COUNT,
+  "eval.lr": checks.RATE,
+  "eval.batch_size": checks.COUNT,
+  "eval.momentum": checks.MOMENTUM,
+  "eval.weight_decay": checks.NON_NEGATIVE,
+  "eval.models_per_batch": checks.count_or(0, "all at once"),
+  "eval.test_batch_size": checks.COUNT,
+}
+
+
+def split_comma_lists(config: ml_collections.ConfigDict) -> None:
+  """Splits the comma-separated strings of every tuple field, in place.
+
+  ml_collections overrides a tuple field from `--config.eval.models=a,b`
+  as `('a,b',)` (and from repeated flags as `('a', 'b')`); this turns the
+  first into the second, so either way of writing a list works.
+  """
+  for name, value in list(config.items()):
+    if isinstance(value, ml_collections.ConfigDict):
+      split_comma_lists(value)
+    elif isinstance(value, tuple | list) and any(
+      isinstance(v, str) and "," in v for v in value
+    ):
+      items = []
+      for v in value:
+        parts = v.split(",") if isinstance(v, str) else [v]
+        items += [part.strip() for part in parts if part.strip()]
+      config[name] = type(value)(items)
 
 
 def evaluation_settings(config: ml_collections.ConfigDict) -> dict:

@@ -215,10 +215,21 @@ def select(
   return np.stack([m[np.asarray(p)] for m, p in zip(by_class, picks)])
 
 
+# Every numeric field of a coreset config (`checks.check_ranges`).
+RANGES = {
+  **config_utils.COMMON_RANGES,
+  "coreset.ipc": checks.COUNT,
+  # 0: the feature network of herding / k-center stays at its init.
+  "coreset.train_epochs": checks.Range(low=0, integer=True),
+  "coreset.lr": checks.RATE,
+  "coreset.batch_size": checks.COUNT,
+}
+
+
 def validate(config) -> None:
   """Checks the names and values of a coreset config before any compute."""
   check_method(config.coreset.method)
-  checks.positive_int("coreset.ipc", config.coreset.ipc)
+  checks.check_ranges(config, RANGES)
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names([config.model.name, *config.eval.models])
 

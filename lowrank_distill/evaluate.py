@@ -483,7 +483,22 @@ def validate(config) -> None:
     )
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names(config.eval.models)
-  checks.positive_int("eval.num_models", config.eval.num_models)
+  checks.check_ranges(config, config_utils.COMMON_RANGES)
+
+
+# Fields an evaluation resumed in its workdir may change: where and how
+# fast it runs, not what it computes.
+RESUMABLE_FIELDS = ("mesh", "eval.models_per_batch", "eval.test_batch_size")
+
+
+def check_workdir(workdir, config) -> None:
+  """Refuses a workdir written by another config, before writing anything."""
+  workdir_lib.check_config(
+    workdir,
+    config,
+    resumable_fields=RESUMABLE_FIELDS,
+    what="an evaluation",
+  )
 
 
 def run(config, workdir) -> dict:
@@ -491,13 +506,16 @@ def run(config, workdir) -> dict:
 
   The test set is the one the set was made from (its saved dataset config)
   unless `config.dataset.name` names another. The lr is the learned one when
-  the set has it and `config.use_learned_lr`, else `config.eval.lr`.
+  the set has it and `config.use_learned_lr`, else `config.eval.lr`. A
+  workdir of another config (another set, protocol, ...) is refused, so a
+  finished evaluation is never overwritten; the same config resumes.
 
   Returns:
     The results dictionary written to `<workdir>/results.json`.
   """
   workdir = pathlib.Path(workdir)
   validate(config)
+  check_workdir(workdir, config)
   chosen = synset_lib.load(config.synset)
   dataset_cfg = config_utils.dataset_config(
     **chosen.info.get("dataset_config", {"name": chosen.dataset["name"]})

@@ -232,3 +232,70 @@ def test_coreset_evaluates_with_the_dataset_dsa_strategy():
   config = coreset.get_config("dataset=mnist,dsa=true")
   assert config.eval.dsa_strategy == common.DSA_NO_FLIP
   assert coreset.get_config("dataset=mnist").eval.dsa_strategy == "none"
+
+
+def _numeric_fields(tree, prefix=""):
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      yield from _numeric_fields(value, f"{prefix}{name}.")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+      yield f"{prefix}{name}"
+
+
+def _run_ranges(name):
+  from lowrank_distill import coreset
+  from lowrank_distill.continual import planning as continual_planning
+  from lowrank_distill.experts import loop as experts_loop
+
+  return {
+    "continual": continual_planning.RANGES,
+    "coreset": coreset.RANGES,
+    "evaluate": config_utils.COMMON_RANGES,
+    "experts": experts_loop.RANGES,
+  }.get(name, distill.RANGES)
+
+
+def _fields_without_a_range(config, ranges):
+  from lowrank_distill.continual import memories
+  from lowrank_distill.experts import loop as experts_loop
+
+  missing = []
+  for field in _numeric_fields(config):
+    if not field.startswith("continual.memories."):
+      missing += [] if field in ranges else [field]
+  for name, entry in config.get("continual", {}).get("memories", {}).items():
+    parts = {
+      "": (
+        {k: v for k, v in entry.items() if k not in ("config", "experts")},
+        memories.CORESET_RANGES,
+      ),
+      "config.": (entry.get("config", {}), distill.RANGES),
+      "experts.": (entry.get("experts", {}), experts_loop.RANGES),
+    }
+    for where, (tree, allowed) in parts.items():
+      missing += [
+        f"continual.memories.{name}.{where}{field}"
+        for field in _numeric_fields(tree)
+        if field not in allowed
+      ]
+  return missing
+
+
+def _range_cases():
+  from configs import continual
+
+  every_memory = "methods=" + "+".join(continual.MEMORIES) + ",ipc=1"
+  args = {
+    "evaluate": ["synset=/x", "synset=/x,runlocal=true"],
+    "tm": [f"ipc=1,dataset={d}" for d in ("digits", "mnist", "cifar10")],
+    "continual": [every_memory, every_memory + ",dataset=mnist"],
+  }
+  default = [None, "runlocal=true", "dataset=mnist", "dataset=cifar10"]
+  return [(name, arg) for name in CONFIGS for arg in args.get(name, default)]
+
+
+@pytest.mark.parametrize("name,arg", _range_cases())
+def test_every_numeric_field_of_every_config_has_a_range(name, arg):
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config(arg).to_dict()
+  assert _fields_without_a_range(config, _run_ranges(name)) == []

@@ -272,3 +272,46 @@ def test_nothing_after_the_plan_takes_a_config(name):
   ]
   for fn in after_plan:
     assert "config" not in inspect.signature(fn).parameters, fn
+
+
+def _trainable(plan, **extra):
+  trainable = distill.initial_trainable(jax.random.key(0), plan)
+  return {**trainable, **extra}
+
+
+def test_a_healthy_set_passes_the_result_check_and_skips_warn():
+  plan = distill.make_plan(_config())
+  trainable = _trainable(plan)
+  check = distill.export.check_result
+  assert check(trainable, plan, skipped=0, iterations=10) == []
+  (warning,) = check(trainable, plan, skipped=3, iterations=10)
+  assert "3 of 10 updates (30%)" in warning
+
+
+@pytest.mark.parametrize(
+  "damage,message",
+  [
+    (lambda t: {**t, "log_lr": jnp.float32(-1e3)}, "learned lr is 0.0"),
+    (lambda t: {**t, "log_lr": jnp.float32(jnp.nan)}, "non-finite"),
+    (
+      lambda t: jax.tree.map(lambda x: x.at[0].set(jnp.inf), t),
+      "non-finite values",
+    ),
+    (lambda t: jax.tree.map(lambda x: x * 1e10, t), "far outside the real"),
+  ],
+)
+def test_a_degenerate_set_is_refused_naming_what_collapsed(damage, message):
+  plan = distill.make_plan(_config())
+  trainable = damage(_trainable(plan))
+  with pytest.raises(distill.export.DegenerateResultError, match=message):
+    distill.export.check_result(trainable, plan, skipped=0, iterations=5)
+
+
+def test_a_run_whose_every_update_was_skipped_fails_and_keeps_its_checkpoint(
+  tmp_path,
+):
+  with pytest.raises(distill.export.DegenerateResultError, match="every one"):
+    distill.run(_config(max_loss=1e-30), tmp_path)
+  assert (tmp_path / "checkpoints").is_dir()
+  assert not (tmp_path / "synset").exists()
+  assert not (tmp_path / "results.json").exists()

@@ -296,3 +296,51 @@ def test_cross_architecture_runs_each_model(tiny_images):
     )
     assert results[name].model == name
     np.testing.assert_array_equal(results[name].accuracies, alone.accuracies)
+
+
+def _saved_digit_set(path, *, seed: int):
+  from lowrank_distill import data, synset
+
+  digits = data.load("digits")
+  rng = np.random.default_rng(seed)
+  images = rng.normal(size=(10, *digits.image_shape)).astype(np.float32)
+  synset.save(
+    path,
+    synset.SyntheticSet(
+      images=images,
+      labels=np.arange(10, dtype=np.int32),
+      param="pixels",
+      storage_floats=int(images.size),
+      dataset=digits.metadata(),
+      info={"dataset_config": {"name": "digits"}},
+    ),
+  )
+  return path
+
+
+def _evaluate_config(synset_path, **eval_overrides):
+  from configs import evaluate as evaluate_config
+
+  config = evaluate_config.get_config(f"synset={synset_path},runlocal=true")
+  config.model.options.update(TINY)
+  config.eval.update(epochs=1, num_models=1, **eval_overrides)
+  return config
+
+
+def test_run_resumes_its_own_workdir_and_refuses_another_configs(tmp_path):
+  first = _saved_digit_set(tmp_path / "a", seed=0)
+  second = _saved_digit_set(tmp_path / "b", seed=1)
+  workdir = tmp_path / "eval"
+  summary = evaluate.run(_evaluate_config(first), workdir)
+  assert 0.0 <= summary["results"]["convnet"]["mean"] <= 1.0
+  # The same config with another speed setting resumes and reads back.
+  again = evaluate.run(_evaluate_config(first, test_batch_size=7), workdir)
+  assert again["results"] == summary["results"]
+  files = {p: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  for other in (
+    _evaluate_config(second),
+    _evaluate_config(first, lr=0.5),
+  ):
+    with pytest.raises(Exception, match="another config"):
+      evaluate.run(other, workdir)
+  assert {p: p.read_bytes() for p in files} == files

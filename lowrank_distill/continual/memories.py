@@ -176,10 +176,19 @@ def _memory_field(name: str, field: str = "") -> str:
   return f"continual.memories.{name}" + (f".{field}" if field else "")
 
 
+# The numeric fields of a coreset entry (`checks.check_ranges`).
+CORESET_RANGES = {
+  "train_epochs": checks.Range(low=0, integer=True),
+  "lr": checks.RATE,
+  "batch_size": checks.COUNT,
+}
+
+
 def _validate_coreset(name: str, entry) -> None:
   checks.check_choice(
     _memory_field(name, "method"), entry.method, coreset.METHODS
   )
+  checks.check_ranges(entry, CORESET_RANGES, prefix=_memory_field(name) + ".")
 
 
 def _validate_distill_config(

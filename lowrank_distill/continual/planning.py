@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_distill import augment, config_utils, data, models, sharding
+from lowrank_distill import (
+  augment,
+  checks,
+  config_utils,
+  data,
+  models,
+  sharding,
+)
 from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.continual import memories as memories_lib
 from lowrank_distill.continual import protocol
@@ -28,6 +35,15 @@ RESUMABLE_FIELDS = (
 
 # ---------------------------------------------------------------------------
 # Validation and planning (no compute).
+
+
+# The numeric fields of a continual config outside its memories (each
+# memory's are checked by its kind: `memories.validate_entry`).
+RANGES = {
+  **config_utils.COMMON_RANGES,
+  "continual.ipc": checks.COUNT,
+  "continual.steps": checks.COUNT,
+}
 
 
 def validate(config) -> None:
@@ -54,16 +70,11 @@ def validate(config) -> None:
     raise ValueError(
       f"continual.orders must be distinct seeds >= 0, got {orders}"
     )
-  if isinstance(cfg.ipc, bool) or not isinstance(cfg.ipc, int) or cfg.ipc < 1:
-    raise ValueError(f"continual.ipc must be an integer >= 1, got {cfg.ipc}")
+  checks.check_ranges(config, RANGES)
   if len(config.eval.models) != 1:
     raise ValueError(
       f"eval.models must name one architecture (each step trains it on the "
       f"memory), got {list(config.eval.models)}"
-    )
-  if config.eval.num_models < 1:
-    raise ValueError(
-      f"eval.num_models must be >= 1, got {config.eval.num_models}"
     )
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names([config.model.name, *config.eval.models])

@@ -26,6 +26,7 @@ from lowrank_distill.distill.loop import check_workdir, run
 from lowrank_distill.distill.objective import Objective, Plan, syn_targets
 from lowrank_distill.distill.planning import (
   OBJECTIVES,
+  RANGES,
   RESUMABLE_FIELDS,
   initial_state,
   initial_trainable,
@@ -44,6 +45,7 @@ from lowrank_distill.distill.step import (
 
 __all__ = [
   "OBJECTIVES",
+  "RANGES",
   "RESUMABLE_FIELDS",
   "DistillState",
   "Objective",

@@ -27,6 +27,77 @@ def learned_lr(trainable: dict) -> float | None:
   return None
 
 
+class DegenerateResultError(RuntimeError):
+  """A distillation ended with a set not worth exporting or evaluating."""
+
+
+# Synthetic values this many spans of the real images' range beyond it mean
+# the optimisation diverged: distilled sets do leave the real range (MTT's
+# lr_images of 1e3-1e4 gives values tens of spans out on short runs), but
+# not by orders of magnitude.
+FAR_OUTSIDE_SPANS = 100.0
+# A share of skipped updates above this is logged as a warning.
+WARN_SKIPPED_SHARE = 0.1
+
+
+def check_result(
+  trainable: dict, plan: Plan, *, skipped: int, iterations: int
+) -> list[str]:
+  """Raises `DegenerateResultError` when the distilled set is degenerate.
+
+  Degenerate: every update skipped, non-finite parameters, a learned lr
+  that is not > 0 (also one that underflowed to 0), or images far outside
+  the real images' range (`FAR_OUTSIDE_SPANS`).
+
+  Args:
+    trainable: the distilled trainable dict.
+    plan: the run's plan.
+    skipped: updates the guard refused (`DistillState.skipped`).
+    iterations: updates attempted.
+
+  Returns:
+    Warnings: a large share of skipped updates.
+  """
+  problems = []
+  if iterations and skipped >= iterations:
+    problems.append(
+      f"every one of the {iterations} updates was skipped (non-finite or "
+      f"above distill.max_loss); lower distill.lr_images / distill.lr_lr"
+    )
+  for name, leaf in jax.tree_util.tree_leaves_with_path(trainable):
+    if not np.all(np.isfinite(np.asarray(leaf))):
+      where = jax.tree_util.keystr(name)
+      problems.append(f"the trainable {where} holds non-finite values")
+  lr = learned_lr(trainable)
+  if lr is not None and not (np.isfinite(lr) and lr > 0):
+    problems.append(
+      f"the learned lr is {lr!r}; it collapsed (lower distill.lr_lr)"
+    )
+  if not problems:
+    images = np.asarray(plan.reconstructor.materialize(trainable["images"]))
+    real = plan.dataset.train_images
+    low, high = float(np.min(real)), float(np.max(real))
+    margin = FAR_OUTSIDE_SPANS * (high - low)
+    found_low, found_high = float(images.min()), float(images.max())
+    if found_low < low - margin or found_high > high + margin:
+      problems.append(
+        f"the synthetic images span [{found_low:.3g}, {found_high:.3g}], "
+        f"far outside the real images' [{low:.3g}, {high:.3g}]; the "
+        f"optimisation diverged (lower distill.lr_images)"
+      )
+  if problems:
+    raise DegenerateResultError(
+      "the distilled set is degenerate: " + "; ".join(problems)
+    )
+  warnings = []
+  if iterations and skipped / iterations > WARN_SKIPPED_SHARE:
+    warnings.append(
+      f"{skipped} of {iterations} updates ({100 * skipped / iterations:.0f}%)"
+      f" were skipped (non-finite or above distill.max_loss)"
+    )
+  return warnings
+
+
 def export(
   path, trainable: dict, plan: Plan, *, method: str, dataset_config: dict
 ) -> synset_lib.SyntheticSet:

@@ -166,6 +166,13 @@ def run(
     ckpt.wait()
 
   final_step = int(state.step)
+  # Refused before the export and the evaluation; the checkpoints stay.
+  for warning in export_lib.check_result(
+    state.trainable, plan, skipped=int(state.skipped), iterations=final_step
+  ):
+    logging.warning("%s", warning)
+    if process_0:
+      print(f"warning: {warning}", flush=True)
   export_lib.save_pictures(workdir, final_step, state.trainable, plan)
   exported = export_lib.export(
     workdir / "synset",

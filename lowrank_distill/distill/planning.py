@@ -36,6 +36,46 @@ RESUMABLE_FIELDS = (
 )
 
 
+# Every numeric field a distillation config may hold, with what it allows
+# (`checks.check_ranges`; a test checks that every config's fields have one).
+RANGES = {
+  **config_utils.COMMON_RANGES,
+  "synset.ipc": checks.COUNT,
+  "synset.rank": checks.COUNT,
+  "synset.num_sets": checks.COUNT,
+  # 0 keeps soft labels as initialised (hard labels have no lr).
+  "labels.lr": checks.NON_NEGATIVE,
+  "labels.momentum": checks.MOMENTUM,
+  "distill.iterations": checks.COUNT,
+  "distill.lr_images": checks.RATE,
+  # > 0 when the lr is learned (`validate`); unused otherwise.
+  "distill.lr_lr": checks.NON_NEGATIVE,
+  # The fixed student lr, or where a learned one starts (its log).
+  "distill.lr_student": checks.RATE,
+  "distill.momentum": checks.MOMENTUM,
+  "distill.max_loss": checks.RATE,
+  "distill.log_every": checks.COUNT,
+  "distill.checkpoint_every": checks.COUNT,
+  "distill.eval_every": checks.count_or(0, "off"),
+  "distill.image_every": checks.count_or(0, "off"),
+  "distill.batch_real": checks.COUNT,
+  "distill.classes_in_parallel": checks.COUNT,
+  "distill.outer_loop": checks.COUNT,
+  "distill.inner_loop": checks.Range(low=0, integer=True),
+  "distill.lr_net": checks.RATE,
+  "distill.batch_train": checks.COUNT,
+  "distill.syn_steps": checks.COUNT,
+  "distill.expert_epochs": checks.COUNT,
+  "distill.max_start": checks.COUNT,
+  "distill.batch_syn": checks.count_or(0, "every synthetic image"),
+  "distill.num_trajectories": checks.COUNT,
+  "distill.start_delta": checks.NON_NEGATIVE,
+  "distill.start_window": checks.Range(low=0, integer=True),
+  "experts.num_experts": checks.count_or(0, "every expert of the buffer"),
+  "experts.max_host_bytes": checks.count_or(0, "no limit"),
+}
+
+
 OBJECTIVES: dict[str, Objective] = {
   "dm": dm.OBJECTIVE,
   "gm": gm.OBJECTIVE,
@@ -79,16 +119,13 @@ def validate(config, *, check_inputs: bool = True) -> None:
       f"{learning_objectives('lr')})"
     )
   checks.check_choice("synset.init", config.synset.init, ("noise", "real"))
-  if config.synset.ipc < 1:
-    raise ValueError(f"synset.ipc must be >= 1, got {config.synset.ipc}")
-  if config.distill.iterations < 0:
-    raise ValueError(
-      f"distill.iterations must be >= 0, got {config.distill.iterations}"
-    )
   augment.parse_strategy(config.distill.dsa_strategy)
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names([config.model.name, *config.eval.models])
   OBJECTIVES[config.method].check(config)
+  checks.check_ranges(config, RANGES)
+  if config.distill.learn_lr:
+    checks.check_range("distill.lr_lr", config.distill.lr_lr, checks.RATE)
   if check_inputs:
     OBJECTIVES[config.method].check_inputs(config)
 

@@ -32,6 +32,19 @@ from lowrank_distill.experts import buffer, training
 _RESUMABLE_KEYS = ("training.num_experts",)
 
 
+# Every numeric field of an experts config (`checks.check_ranges`).
+RANGES = {
+  **config_utils.COMMON_RANGES,
+  "experts.num_experts": checks.COUNT,
+  "experts.epochs": checks.COUNT,
+  "experts.experts_in_parallel": checks.COUNT,
+  "experts.batch_size": checks.COUNT,
+  "experts.lr": checks.RATE,
+  "experts.momentum": checks.MOMENTUM,
+  "experts.weight_decay": checks.NON_NEGATIVE,
+}
+
+
 def validate(config) -> None:
   """Checks the names and values of an experts config before any compute."""
   cfg = config.experts
@@ -40,18 +53,7 @@ def validate(config) -> None:
     models.options_for(config.model.name, config.model.options)
   except ValueError as e:
     raise ValueError(f"model.options: {e}") from None
-  for name in ("num_experts", "epochs", "experts_in_parallel", "batch_size"):
-    checks.positive_int(f"experts.{name}", cfg[name])
-  if not cfg.lr > 0:
-    raise ValueError(f"experts.lr must be > 0, got {cfg.lr!r}")
-  if not 0 <= cfg.momentum < 1:
-    raise ValueError(
-      f"experts.momentum must be in [0, 1), got {cfg.momentum!r}"
-    )
-  if not cfg.weight_decay >= 0:
-    raise ValueError(
-      f"experts.weight_decay must be >= 0, got {cfg.weight_decay!r}"
-    )
+  checks.check_ranges(config, RANGES)
   try:
     augment.parse_strategy(cfg.dsa_strategy)
   except ValueError as e:

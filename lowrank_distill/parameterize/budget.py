@@ -20,7 +20,6 @@ References:
 """
 
 import dataclasses
-import functools
 
 import jax
 
@@ -66,26 +65,25 @@ def storage_floats(
   module = registry.get(param)
   shape = tuple(int(d) for d in image_shape)
   kwargs = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
+  # The key is made inside eval_shape: planning compiles nothing.
   tree = {
     "images": jax.eval_shape(
-      functools.partial(
-        module.init,
+      lambda: module.init(
+        jax.random.key(0),
         num_classes=num_classes,
         images_per_class=images_per_class,
         image_shape=shape,
         **kwargs,
-      ),
-      jax.random.key(0),
+      )
     )
   }
   if soft_labels:
     tree["labels"] = jax.eval_shape(
-      functools.partial(
-        labels_lib.init_soft,
+      lambda: labels_lib.init_soft(
+        jax.random.key(0),
         num_classes=num_classes,
         images_per_class=images_per_class,
-      ),
-      jax.random.key(0),
+      )
     )
   if learn_lr:
     tree["log_lr"] = 0.0
