@@ -3,6 +3,16 @@ r"""Evaluates a saved synthetic set or coreset with the protocol (DESIGN 3.8).
   python launch/evaluate.py --workdir=/tmp/eval \
     --config=configs/evaluate.py:synset=/tmp/run/synset,dsa=true
 
+A set released by another codebase (`released=dc_pt|mtt_pt|factors|npz|npy`,
+lowrank_distill/released.py) names its dataset, since the file does not:
+
+  python launch/evaluate.py --workdir=/tmp/eval_released \
+    --config=configs/evaluate.py:released=dc_pt,dataset=mnist,synset=res.pt
+
+with `--config.released.layout`, `.labels` (hard|onehot|probs|logits),
+`.value_range` (normalized|unit|uint8) and `--config.dataset.zca` for what
+the file does not say.
+
 Cross-architecture: add `--config.eval.models=convnet,lenet,alexnet,vgg11`
 (`resnet18`, the `_bn` variants, and `resnet18_bn_ap`, the reference tables'
 ResNet18BN_AP); commas, repeated flags or a tuple all work. The test set
@@ -19,15 +29,28 @@ def get_config(arg=None, **values):
     arg,
     values,
     synset="",
+    released="",
+    dataset="",
     dsa=True,
     num_models=5,
     runlocal=False,
   )
   config = config_utils.base_config(
-    dataset="", dsa=arg.dsa, runlocal=arg.runlocal
+    dataset=arg.dataset, dsa=arg.dsa, runlocal=arg.runlocal
   )
   config.synset = arg.synset
   config.use_learned_lr = True
+  # A set released by another codebase (lowrank_distill/released.py): what
+  # the file does not say. `format` '' reads our own export.
+  config.released = dict(
+    format=arg.released,
+    layout="auto",
+    labels="auto",
+    value_range="normalized",
+    experiment=0,
+    labels_path="",
+    lr_path="",
+  )
   if not arg.runlocal:
     config.eval.num_models = arg.num_models
   return config

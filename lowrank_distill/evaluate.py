@@ -32,6 +32,7 @@ from lowrank_distill import (
   sharding,
   train,
 )
+from lowrank_distill import released as released_lib
 from lowrank_distill import synset as synset_lib
 from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.parameterize import labels as labels_lib
@@ -474,6 +475,21 @@ def evaluate_on_test_set(
   )
 
 
+# Every numeric field of an evaluation config (`checks.check_ranges`).
+RANGES = {
+  **config_utils.COMMON_RANGES,
+  "released.experiment": checks.Range(low=0, integer=True),
+}
+
+
+def released_format(config) -> released_lib.ReleasedFormat | None:
+  """The `ReleasedFormat` of `config.released`; None for our own export."""
+  cfg = config.get("released") or {}
+  if not cfg.get("format"):
+    return None
+  return released_lib.ReleasedFormat(**cfg)
+
+
 def validate(config) -> None:
   """Checks an evaluation config's names and values before anything loads."""
   if not config.synset:
@@ -483,7 +499,28 @@ def validate(config) -> None:
     )
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names(config.eval.models)
-  checks.check_ranges(config, config_utils.COMMON_RANGES)
+  checks.check_ranges(config, RANGES)
+  if (fmt := released_format(config)) is not None:
+    fmt.validate()
+    if not config.dataset.name:
+      raise ValueError(
+        "dataset.name: a released set does not say which dataset it was "
+        "distilled from; name it (configs/evaluate.py:dataset=mnist)"
+      )
+
+
+def _load_set(config):
+  """(the set, the dataset config it is tested on)."""
+  fmt = released_format(config)
+  if fmt is not None:
+    return None, config.dataset
+  chosen = synset_lib.load(config.synset)
+  dataset_cfg = config_utils.dataset_config(
+    **chosen.info.get("dataset_config", {"name": chosen.dataset["name"]})
+  )
+  if config.dataset.name:
+    dataset_cfg = config.dataset
+  return chosen, dataset_cfg
 
 
 # Fields an evaluation resumed in its workdir may change: where and how
@@ -516,13 +553,10 @@ def run(config, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   validate(config)
   check_workdir(workdir, config)
-  chosen = synset_lib.load(config.synset)
-  dataset_cfg = config_utils.dataset_config(
-    **chosen.info.get("dataset_config", {"name": chosen.dataset["name"]})
-  )
-  if config.dataset.name:
-    dataset_cfg = config.dataset
+  chosen, dataset_cfg = _load_set(config)
   dataset = config_utils.load_dataset(dataset_cfg)
+  if chosen is None:
+    chosen = released_lib.load(config.synset, released_format(config), dataset)
   if tuple(chosen.images.shape[1:]) != tuple(dataset.image_shape):
     raise ValueError(
       f"synset {config.synset} has images of shape {chosen.images.shape[1:]}, "

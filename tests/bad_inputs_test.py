@@ -48,6 +48,16 @@ RUNS = {
     lambda: evaluate_config.get_config("synset=/nonexistent/synset"),
     evaluate.run,
   ),
+  "released": (
+    lambda: evaluate_config.get_config(
+      synset=str(
+        REPO / "tests/fixtures/released/res_DM_digits_ConvNet_1ipc.pt"
+      ),
+      released="dc_pt",
+      dataset="digits",
+    ),
+    evaluate.run,
+  ),
   "continual": (
     lambda: continual_config.get_config("runlocal=true,ipc=1,steps=2"),
     continual.run,
@@ -123,6 +133,11 @@ CASES = [
   ("evaluate", "synset", "/nonexistent/synset", "/nonexistent/synset"),
   ("evaluate", "eval.epochs", 0, "eval.epochs must"),
   ("evaluate", "eval.models", ("vgg12",), "vgg12"),
+  # A set released by another codebase.
+  ("released", "released.layout", "chw", "released.layout 'chw' is not"),
+  ("released", "released.experiment", 5, "released.experiment 5: "),
+  ("released", "released.labels", "probs", "released.labels 'probs'"),
+  ("released", "dataset.name", "", "dataset.name: a released set"),
   # Continual learning.
   ("continual", "continual.ipc", 0, "continual.ipc must"),
   ("continual", "continual.steps", 0, "continual.steps must"),

@@ -243,14 +243,14 @@ def _numeric_fields(tree, prefix=""):
 
 
 def _run_ranges(name):
-  from lowrank_distill import coreset
+  from lowrank_distill import coreset, evaluate
   from lowrank_distill.continual import planning as continual_planning
   from lowrank_distill.experts import loop as experts_loop
 
   return {
     "continual": continual_planning.RANGES,
     "coreset": coreset.RANGES,
-    "evaluate": config_utils.COMMON_RANGES,
+    "evaluate": evaluate.RANGES,
     "experts": experts_loop.RANGES,
   }.get(name, distill.RANGES)
 
