@@ -1,4 +1,4 @@
-"""Distilled sets released by other codebases, read into a `SyntheticSet`.
+"""Distilled sets that travel: other codebases' sets in, ours out.
 
 Formats (`FORMATS`):
   dc_pt   the PyTorch reference code of DC / DSA / DM (and the low-rank
@@ -25,6 +25,9 @@ normalisation and ZCA flavour the distillation used. A file that does not
 fit the dataset (shape, classes, channels, value range) is refused with an
 error naming the field, before any compute.
 
+Out: `save_npz` (one self-describing `.npz`, written beside every
+distillation's export) and `save_torch` (the reference code's `.pt` layouts).
+
 Reading `.pt` needs no PyTorch: `read_torch_file` unpickles the zip format
 torch >= 1.6 writes with an unpickler that only rebuilds tensors, dicts and
 lists from the archive's raw storages. Two reasons: the multi-gigabyte torch
@@ -36,6 +39,7 @@ while it is read. The tests check it against files written by PyTorch
 
 import dataclasses
 import io
+import json
 import pathlib
 import pickle
 import zipfile
@@ -43,6 +47,7 @@ import zipfile
 import numpy as np
 
 from lowrank_distill import checks, data
+from lowrank_distill import identity as identity_lib
 from lowrank_distill import synset as synset_lib
 from lowrank_distill.data import zca as zca_lib
 
@@ -271,7 +276,7 @@ def _read_arrays(path) -> dict:
       raise ValueError(f"{path}: expected a dict of tensors")
     return arrays
   with np.load(path, allow_pickle=False) as npz:
-    return dict(npz)
+    return {k: npz[k] for k in npz.files if k != "metadata"}
 
 
 def _read_factors(path, fmt: ReleasedFormat) -> _Raw:
@@ -485,3 +490,93 @@ def load(path, fmt: ReleasedFormat, dataset: data.Dataset):
       "released": {"path": str(path), **dataclasses.asdict(fmt)},
     },
   )
+
+
+# ----------------------------------------------------------------------------
+# Our sets out, for other codebases.
+
+
+def _portable_metadata(synset: synset_lib.SyntheticSet) -> str:
+  return json.dumps(
+    identity_lib.to_json_types(
+      {
+        "format": "lowrank_distill portable set",
+        "layout": "images [n, h, w, c] float32 in the dataset's preprocessed "
+        "space; labels [n] ids or [n, C] logits",
+        "param": synset.param,
+        "storage_floats": synset.storage_floats,
+        "lr": synset.lr,
+        "dataset": synset.dataset,
+        "info": synset.info,
+      }
+    ),
+    indent=1,
+  )
+
+
+def save_npz(path, synset: synset_lib.SyntheticSet) -> None:
+  """Writes `synset` as one `.npz` any numpy reads (and `load` reads back).
+
+  Keys: 'images' [n, h, w, c] float32, 'labels', 'lr' when learned, and
+  'metadata', a JSON string: the dataset's preprocessing and the set's
+  recipe (`distill.export.recipe`: normalisation, ZCA, network, protocol,
+  label form, storage).
+  """
+  arrays = {
+    "images": np.asarray(synset.images, np.float32),
+    "labels": np.asarray(synset.labels),
+    "metadata": np.asarray(_portable_metadata(synset)),
+  }
+  if synset.lr is not None:
+    arrays["lr"] = np.float32(synset.lr)
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, **arrays)
+  tmp.replace(path)
+
+
+TORCH_LAYOUTS = ("dc", "mtt")
+
+
+def save_torch(path, synset: synset_lib.SyntheticSet, *, layout: str = "dc"):
+  """Writes `synset` as the PyTorch reference code saves and loads sets.
+
+  'dc': one file, `{'data': [[images, labels]], 'accs_all_exps': {},
+  'metadata': <JSON>}` with images [n, c, h, w], as DC / DSA / DM's
+  `res_*.pt` (their evaluation reads `data[exp]`). 'mtt': a folder of
+  `images_best.pt`, `labels_best.pt` and, when learned,
+  `learning_rate_best.pt`, as MTT's `eval.py` reads them.
+
+  Needs torch (whoever loads the files runs PyTorch anyway).
+  """
+  checks.check_choice("layout", layout, TORCH_LAYOUTS)
+  try:
+    import torch
+  except ImportError:
+    raise ImportError(
+      "save_torch writes files for PyTorch code and needs torch: pip "
+      "install torch (or the `bench` extra); save_npz needs nothing"
+    ) from None
+  images = torch.from_numpy(
+    np.ascontiguousarray(np.asarray(synset.images).transpose(0, 3, 1, 2))
+  )
+  labels = np.asarray(synset.labels)
+  labels = torch.from_numpy(
+    labels.astype(np.int64) if labels.ndim == 1 else labels.astype(np.float32)
+  )
+  path = pathlib.Path(path)
+  if layout == "dc":
+    torch.save(
+      {
+        "data": [[images, labels]],
+        "accs_all_exps": {},
+        "metadata": _portable_metadata(synset),
+      },
+      path,
+    )
+    return
+  path.mkdir(parents=True, exist_ok=True)
+  torch.save(images, path / "images_best.pt")
+  torch.save(labels, path / "labels_best.pt")
+  if synset.lr is not None:
+    torch.save(torch.tensor(float(synset.lr)), path / "learning_rate_best.pt")

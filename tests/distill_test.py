@@ -100,6 +100,23 @@ def test_run_exports_a_set_that_reloads_and_evaluates(finished_run, tmp_path):
   results = evaluate.run(eval_cfg, tmp_path / "eval")
   assert 0.0 <= results["results"]["convnet"]["mean"] <= 1.0
   assert _loss_steps(run_dir) == [2, 4]
+  # The portable copy beside it describes itself and evaluates the same.
+  with np.load(run_dir / "synset.npz") as portable:
+    metadata = json.loads(str(portable["metadata"]))
+    np.testing.assert_array_equal(portable["images"], exported.images)
+  recipe = metadata["info"]["recipe"]
+  assert recipe["dataset"]["mean"] == list(plan.dataset.mean)
+  assert recipe["distilled_on"]["model"]["class"] == "ConvNet"
+  assert recipe["evaluation"]["dsa_strategy"] == _config().eval.dsa_strategy
+  assert recipe["labels"].startswith("hard") and "table" in recipe["storage"]
+  npz_cfg = evaluate_config.get_config(
+    synset=str(run_dir / "synset.npz"),
+    released="npz",
+    dataset="digits",
+    runlocal=True,
+  )
+  again = evaluate.run(npz_cfg, tmp_path / "eval_npz")
+  assert again["results"] == results["results"]
 
 
 def _loss_steps(workdir):

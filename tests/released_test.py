@@ -221,3 +221,54 @@ def test_evaluate_run_evaluates_a_released_set(tmp_path):
   config.dataset.name = ""
   with pytest.raises(ValueError, match="dataset.name: a released set"):
     evaluate.run(config, tmp_path / "eval2")
+
+
+def _digit_set(digits, *, soft: bool):
+  from lowrank_distill import synset
+
+  labels = np.arange(10)
+  if soft:
+    labels = np.eye(10, dtype=np.float32) * 3.0
+  return synset.SyntheticSet(
+    images=reference_images(digits),
+    labels=labels,
+    param="pixels",
+    storage_floats=640,
+    dataset=digits.metadata(),
+    lr=0.02,
+    info={"method": "dm"},
+  )
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_a_saved_npz_reads_back_with_its_metadata(tmp_path, digits, soft):
+  original = _digit_set(digits, soft=soft)
+  released.save_npz(tmp_path / "set.npz", original)
+  back = _load(
+    tmp_path / "set.npz",
+    digits,
+    format="npz",
+    labels="logits" if soft else "auto",
+  )
+  np.testing.assert_array_equal(back.images, original.images)
+  np.testing.assert_array_equal(back.labels, original.labels)
+  assert back.lr == pytest.approx(0.02)
+  with np.load(tmp_path / "set.npz") as arrays:
+    assert '"method": "dm"' in str(arrays["metadata"])
+
+
+@pytest.mark.skipif(
+  importlib.util.find_spec("torch") is None,
+  reason="save_torch writes files for PyTorch code and needs torch",
+)
+@pytest.mark.parametrize("layout", released.TORCH_LAYOUTS)
+def test_a_set_saved_for_pytorch_reads_back(tmp_path, digits, layout):
+  original = _digit_set(digits, soft=False)
+  path = tmp_path / ("res.pt" if layout == "dc" else "mtt")
+  released.save_torch(path, original, layout=layout)
+  if layout == "mtt":
+    path = path / "images_best.pt"
+  back = _load(path, digits, format=f"{layout}_pt")
+  np.testing.assert_array_equal(back.images, original.images)
+  np.testing.assert_array_equal(back.labels, original.labels)
+  assert back.lr == (None if layout == "dc" else pytest.approx(0.02))

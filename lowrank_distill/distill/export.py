@@ -1,16 +1,20 @@
 """What a distillation leaves: the exported set and its pictures."""
 
 import dataclasses
+import hashlib
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowrank_distill import analysis, parameterize
+from lowrank_distill import analysis, models, parameterize
+from lowrank_distill import identity as identity_lib
+from lowrank_distill import released as released_lib
 from lowrank_distill import synset as synset_lib
 from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.distill.objective import Plan
+from lowrank_distill.parameterize import budget as budget_lib
 from lowrank_distill.parameterize import labels as labels_lib
 
 
@@ -124,11 +128,76 @@ def export(
       "method": method,
       "budget": dataclasses.asdict(plan.budget),
       "dataset_config": dataset_config,
+      "recipe": recipe(plan, trainable),
     },
   )
   # Every process calls the save: Orbax synchronises them and writes once.
   synset_lib.save(path, result, overwrite=True)
+  if workdir_lib.is_writer():
+    released_lib.save_npz(pathlib.Path(path).with_suffix(".npz"), result)
   return result
+
+
+def recipe(plan: Plan, trainable: dict) -> dict:
+  """Everything needed to train on the set elsewhere, as JSON.
+
+  The preprocessing (normalisation constants; the ZCA flavour, regulariser
+  and a SHA-256 of the fitted whitening, refitted on the standardised train
+  split), the network the set was distilled on, the evaluation protocol
+  (augmentation, epochs, lr: the learned one when there is one), the label
+  form and the storage.
+  """
+  dataset = plan.dataset
+  zca = None
+  if dataset.zca is not None:
+    whiten = np.ascontiguousarray(dataset.zca.whiten, np.float32)
+    zca = {
+      "flavour": dataset.zca.flavour,
+      "eps": dataset.zca.eps,
+      "refit": "lowrank_distill.data.zca.fit_zca on the standardised train "
+      "split (data.load with this dataset config)",
+      "whiten_sha256": hashlib.sha256(whiten.tobytes()).hexdigest(),
+    }
+  evaluation = dict(plan.evaluation)
+  lr = learned_lr(trainable)
+  return identity_lib.to_json_types(
+    {
+      "images": "float32 [n, h, w, c] in the dataset's preprocessed space "
+      "(standardised with mean/std, then ZCA when zca is set)",
+      "dataset": {
+        "name": dataset.name,
+        "image_shape": dataset.image_shape,
+        "num_classes": dataset.num_classes,
+        "class_names": dataset.class_names,
+        "standardize": dataset.standardize,
+        "mean": dataset.mean,
+        "std": dataset.std,
+        "zca": zca,
+      },
+      "distilled_on": {
+        "model": models.describe(plan.model),
+        "conv_impl": plan.conv_impl,
+      },
+      "labels": "soft: [n, C] logits, targets = softmax"
+      if "labels" in trainable
+      else "hard: [n] class ids",
+      "evaluation": {
+        "models": evaluation["model_names"],
+        "dsa_strategy": evaluation["dsa_strategy"],
+        "epochs": evaluation["epochs"],
+        "lr": evaluation["lr"] if lr is None else lr,
+        "lr_is_learned": lr is not None,
+        "batch_size": evaluation["batch_size"],
+        "momentum": evaluation["momentum"],
+        "weight_decay": evaluation["weight_decay"],
+        "lr_schedule": "x0.1 at half the epochs",
+      },
+      "storage": {
+        **dataclasses.asdict(plan.budget),
+        "table": budget_lib.budget_table(plan.budget),
+      },
+    }
+  )
 
 
 def save_pictures(workdir: pathlib.Path, step: int, trainable, plan: Plan):

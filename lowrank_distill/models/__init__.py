@@ -41,6 +41,7 @@ from lowrank_distill.models.registry import (
   MODELS,
   check_names,
   create,
+  describe,
   options_for,
   uses_batch_norm,
 )
@@ -67,6 +68,7 @@ __all__ = [
   "compiler_options",
   "conv2d",
   "create",
+  "describe",
   "options_for",
   "resolve_conv_impl",
   "uses_batch_norm",

@@ -1,5 +1,6 @@
 """Model registry: names, validated options, and `create`."""
 
+import dataclasses
 import functools
 import numbers
 from collections.abc import Callable, Iterable, Mapping
@@ -223,6 +224,16 @@ def _check_image_shape(name, model, image_shape):
     raise ValueError(
       f"model {name!r} cannot take images of shape {image_shape}: {e}"
     ) from e
+
+
+def describe(model) -> dict:
+  """A module from `create` as JSON: its class and every option it holds."""
+  fields = {
+    f.name: getattr(model, f.name)
+    for f in dataclasses.fields(model)
+    if f.name not in ("parent", "name")
+  }
+  return {"class": type(model).__name__, **fields}
 
 
 def uses_batch_norm(model) -> bool:
