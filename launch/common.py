@@ -12,6 +12,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from lowrank_distill import checkpoint, config_utils  # noqa: E402
+from lowrank_distill import workdir as workdir_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -29,6 +30,12 @@ def define_flags(default_config: str) -> None:
     False,
     "Call jax.distributed.initialize() (multi-host: run the same command on "
     "every host; the mesh of --config.mesh spans every host's devices).",
+  )
+  flags.DEFINE_string(
+    "wandb_project",
+    None,
+    "Also log the run's metrics to this W&B project (needs wandb); they "
+    "always go to metrics.jsonl and TensorBoard files in the workdir.",
   )
   flags.mark_flags_as_required(["workdir"])
 
@@ -77,6 +84,8 @@ def main_for(run):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = load_config()
+    if FLAGS.wandb_project:
+      workdir_lib.enable_wandb(FLAGS.wandb_project)
     if FLAGS.multihost:
       jax.distributed.initialize()
     logging.info(

@@ -102,8 +102,65 @@ def to_unit_images(images, dataset) -> np.ndarray:
   return np.clip(np.asarray(unit, np.float32), 0.0, 1.0)
 
 
-def save_image_grid(path, images, *, nrow: int, dataset=None) -> pathlib.Path:
-  """Saves [n, h, w, c] images as a grid PNG of `grid_size` pixels.
+def label_grid(
+  picture,
+  *,
+  cell: tuple[int, int],
+  nrow: int,
+  pad: int = 1,
+  row_names=None,
+  captions=None,
+):
+  """An `image_grid` picture with a name left of each row and a caption
+  under each image, as an RGB uint8 array.
+
+  Args:
+    picture: uint8 [H, W, 1|3] from `image_grid`.
+    cell: (h, w) of one (upscaled) image in it.
+    nrow: images per row, as given to `image_grid`.
+    pad: its padding.
+    row_names: one text per row (e.g. the class of a class-major set).
+    captions: one text per image (e.g. a soft label's top class).
+  """
+  from PIL import ImageDraw, ImageFont
+
+  font = ImageFont.load_default()
+  h, w = cell
+  rows = (picture.shape[0] - pad) // (h + pad)
+  cols = (picture.shape[1] - pad) // (w + pad)
+  line = 12
+  left = 6 + max((7 * len(str(n)) for n in row_names or []), default=0)
+  below = line if captions else 0
+  canvas = Image.new(
+    "RGB",
+    (left + picture.shape[1], picture.shape[0] + rows * below),
+    "white",
+  )
+  source = Image.fromarray(
+    picture[..., 0] if picture.shape[-1] == 1 else picture
+  ).convert("RGB")
+  draw = ImageDraw.Draw(canvas)
+  for r in range(rows):
+    # Each row of images, then its captions.
+    top = pad + r * (h + pad)
+    band = source.crop((0, top, source.width, top + h + pad))
+    y = top + r * below
+    canvas.paste(band, (left, y))
+    if row_names is not None and r < len(row_names):
+      draw.text((2, y + h // 2 - line // 2), str(row_names[r]), "black", font)
+    for col in range(cols if captions else 0):
+      i = r * nrow + col
+      if i < len(captions):
+        x = left + pad + col * (w + pad)
+        draw.text((x, y + h + pad), str(captions[i]), "black", font)
+  return np.asarray(canvas)
+
+
+def save_image_grid(
+  path, images, *, nrow: int, dataset=None, row_names=None, captions=None
+) -> pathlib.Path:
+  """Saves [n, h, w, c] images as a grid PNG (`grid_size` pixels when not
+  labelled).
 
   Args:
     path: the PNG to write.
@@ -111,13 +168,32 @@ def save_image_grid(path, images, *, nrow: int, dataset=None) -> pathlib.Path:
       in `dataset`'s preprocessed space (see `to_unit_images`).
     nrow: images per row (e.g. images per class: one class per row).
     dataset: the `Dataset` to de-standardise with, or None.
+    row_names: a text left of each row (`label_grid`), or None.
+    captions: a text under each image, or None.
   """
   images = np.asarray(images)
   if dataset is not None:
     images = to_unit_images(images, dataset)
-  return save_png(
-    path, image_grid(images, nrow=nrow, scale=_auto_scale(images.shape[1]))
-  )
+  scale = _auto_scale(images.shape[1])
+  picture = image_grid(images, nrow=nrow, scale=scale)
+  if row_names is not None or captions is not None:
+    picture = label_grid(
+      picture,
+      cell=(images.shape[1] * scale, images.shape[2] * scale),
+      nrow=max(1, min(nrow, images.shape[0])),
+      row_names=row_names,
+      captions=captions,
+    )
+  return save_png(path, picture)
+
+
+def soft_label_captions(logits, class_names) -> list[str]:
+  """'<top class> <its probability>' for each row of [n, C] label logits."""
+  logits = np.asarray(logits, np.float64)
+  probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+  probs /= probs.sum(axis=1, keepdims=True)
+  top = probs.argmax(axis=1)
+  return [f"{class_names[k]} {probs[i, k]:.2f}" for i, k in enumerate(top)]
 
 
 # ---------------------------------------------------------------------------
@@ -614,3 +690,62 @@ def save_accuracy_plot(path, methods: dict, *, title: str = "") -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   figure.savefig(path)
+
+
+def _series(records, keep) -> dict[str, tuple[list, list]]:
+  """name -> (steps, values) of the numbers in `records` that `keep`s."""
+  out: dict[str, tuple[list, list]] = {}
+
+  def walk(step, tree, prefix):
+    for name, value in tree.items():
+      if isinstance(value, Mapping):
+        walk(step, value, f"{prefix}{name}/")
+      elif isinstance(value, int | float) and not isinstance(value, bool):
+        full = f"{prefix}{name}"
+        if keep(full):
+          steps, values = out.setdefault(full, ([], []))
+          steps.append(step)
+          values.append(float(value))
+
+  for record in records:
+    walk(record["step"], {k: v for k, v in record.items()}, "")
+  return out
+
+
+def save_metrics_plot(path, records) -> pathlib.Path | None:
+  """A run's losses and accuracies against its steps, as one PNG.
+
+  Args:
+    path: the PNG to write.
+    records: `metrics.jsonl`'s records (`workdir.MetricsWriter.read`).
+
+  Returns:
+    The path, or None when the records hold no loss and no accuracy.
+  """
+  panels = {
+    "loss": _series(records, lambda n: n.split("/")[-1].endswith("loss")),
+    "accuracy (%)": _series(
+      records, lambda n: n.endswith("/mean") or n.endswith("accuracy")
+    ),
+  }
+  panels = {name: series for name, series in panels.items() if series}
+  if not panels:
+    return None
+  fig, axes = _figure((560 * len(panels), 420), 100, ncols=len(panels))
+  for ax, (name, series) in zip(axes, panels.items(), strict=True):
+    scale = 100.0 if name.startswith("accuracy") else 1.0
+    for label, (steps, values) in series.items():
+      ax.plot(
+        steps,
+        scale * np.asarray(values),
+        marker="o" if len(steps) < 30 else None,
+        label=label,
+      )
+    ax.set_xlabel("step")
+    ax.set_ylabel(name)
+    if name == "loss" and all(v > 0 for _, vs in series.values() for v in vs):
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  return _save_figure(fig, path, 100)

@@ -263,7 +263,7 @@ def run(config, workdir) -> dict:
     dataset.train_labels, cfg.ipc, field="coreset.ipc"
   )
   mesh = sharding.mesh_from_config(config)
-  workdir_lib.start(workdir, config)
+  writer = workdir_lib.start(workdir, config)
   key = jax.random.key(config.seed)
 
   synset_path = workdir / "synset"
@@ -316,6 +316,7 @@ def run(config, workdir) -> dict:
     "storage_floats": chosen.storage_floats,
     "results": {name: r.to_json() for name, r in results.items()},
   }
+  writer.write(0, eval=summary["results"], final=True)
   workdir_lib.write_json(workdir / "results.json", summary)
   for result in results.values():
     logging.info("coreset %s ipc %d: %s", cfg.method, cfg.ipc, result)

@@ -569,7 +569,7 @@ def run(config, workdir) -> dict:
     )
   lr = chosen.lr if config.use_learned_lr else None
   mesh = sharding.mesh_from_config(config)
-  workdir_lib.start(workdir, config)
+  writer = workdir_lib.start(workdir, config)
   settings = config_utils.evaluation_settings(config)
   if lr is not None:
     settings["lr"] = lr
@@ -590,6 +590,7 @@ def run(config, workdir) -> dict:
     "results": {name: r.to_json() for name, r in results.items()},
   }
   workdir_lib.write_json(workdir / "results.json", summary)
+  writer.write(0, eval=summary["results"], final=True)
   for result in results.values():
     logging.info("%s", result)
   return summary

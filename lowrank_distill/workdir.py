@@ -3,6 +3,8 @@
 Only process 0 writes, so multi-host runs produce one copy of each file.
 """
 
+import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -98,23 +100,126 @@ def start(workdir, config) -> "MetricsWriter":
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   write_config(workdir, config)
-  return MetricsWriter(workdir)
+  return MetricsWriter(workdir, config=config.to_dict())
+
+
+def scalars(metrics: dict, prefix: str = "") -> dict[str, float]:
+  """The numbers of a (nested) metrics record as `a/b/c` -> float."""
+  flat = {}
+  for name, value in metrics.items():
+    if isinstance(value, dict):
+      flat.update(scalars(value, f"{prefix}{name}/"))
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+      flat[f"{prefix}{name}"] = float(value)
+  return flat
+
+
+# Numbers the TensorBoard event files of this process apart.
+_WRITERS = itertools.count()
+
+# W&B, when a launcher was asked for it (`enable_wandb`): the project and
+# run name every MetricsWriter of this process logs to.
+_WANDB: dict = {}
+
+
+def enable_wandb(project: str, **init_kwargs) -> None:
+  """Logs every run's metrics to W&B too (needs `wandb` installed)."""
+  try:
+    import wandb  # noqa: F401
+  except ImportError:
+    raise ImportError(
+      "W&B logging was asked for (--wandb_project) but wandb is not "
+      "installed: pip install wandb"
+    ) from None
+  _WANDB.clear()
+  _WANDB.update(project=project, **init_kwargs)
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to `<workdir>/metrics.jsonl`."""
+  """Appends one JSON object per line to `<workdir>/metrics.jsonl`.
 
-  def __init__(self, workdir):
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+  Each record's numbers also go to TensorBoard event files in
+  `<workdir>/tensorboard` (tensorboardX: no TensorFlow needed), flushed
+  with every record, and to W&B when `enable_wandb` was called. A resumed
+  run writes its steps again: TensorBoard shows the latest value of a step.
+  """
+
+  def __init__(self, workdir, *, config: dict | None = None):
+    self.workdir = pathlib.Path(workdir)
+    self.path = self.workdir / "metrics.jsonl"
+    self._config = config
+    self._tensorboard = None
+    self._wandb = None
+
+  def _sinks(self):
+    if self._tensorboard is None:
+      # tensorboardX's synchronous writer: each record is on disk when
+      # `write` returns (its SummaryWriter queues events in a thread).
+      from tensorboardX import event_file_writer
+
+      folder = self.workdir / "tensorboard"
+      folder.mkdir(parents=True, exist_ok=True)
+      self._tensorboard = event_file_writer.EventsWriter(
+        str(folder / "events"),
+        filename_suffix=f".{os.getpid()}.{next(_WRITERS)}",
+      )
+      if _WANDB:
+        import wandb
+
+        self._wandb = wandb.init(
+          dir=str(self.workdir),
+          config=self._config,
+          resume="allow",
+          id=_wandb_id(self.workdir),
+          **_WANDB,
+        )
+    return self._tensorboard, self._wandb
 
   def write(self, step: int, **metrics) -> None:
     if not is_writer():
       return
     record = {"step": int(step), "time": time.time(), **metrics}
     append_json_lines(self.path, [record])
+    numbers = scalars(metrics)
+    if not numbers:
+      return
+    from tensorboardX.proto import event_pb2, summary_pb2
+
+    tensorboard, wandb_run = self._sinks()
+    tensorboard.write_event(
+      event_pb2.Event(
+        wall_time=record["time"],
+        step=int(step),
+        summary=summary_pb2.Summary(
+          value=[
+            summary_pb2.Summary.Value(tag=name, simple_value=value)
+            for name, value in numbers.items()
+          ]
+        ),
+      )
+    )
+    tensorboard.flush()
+    if wandb_run is not None:
+      wandb_run.log(numbers, step=int(step))
 
   def read(self) -> list[dict]:
     return read_json_lines(self.path)
+
+  def close(self) -> None:
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def _wandb_id(workdir: pathlib.Path) -> str:
+  """One W&B run per workdir, so a resumed run continues its curves."""
+  path = workdir / "wandb_id.txt"
+  if not path.exists():
+    path.write_text(
+      hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:16]
+    )
+  return path.read_text().strip()
 
 
 def check_config(workdir, config, *, resumable_fields, what: str) -> None:

@@ -241,3 +241,49 @@ def test_point_from_summary():
     "mean": 0.5,
     "std": 0.1,
   }
+
+
+def test_a_labelled_grid_keeps_every_image_and_adds_room_for_text(tmp_path):
+  images = np.random.default_rng(0).random((6, 8, 8, 1)).astype(np.float32)
+  plain = analysis.save_image_grid(tmp_path / "a.png", images, nrow=3)
+  names = ["zero", "one"]
+  labelled = analysis.save_image_grid(
+    tmp_path / "b.png",
+    images,
+    nrow=3,
+    row_names=names,
+    captions=[f"c{i}" for i in range(6)],
+  )
+  (w, h), (lw, lh) = _png_size(plain), _png_size(labelled)
+  assert lw > w and lh > h  # a margin for the names, a line per row
+  grid = np.asarray(Image.open(plain))
+  picture = np.asarray(Image.open(labelled).convert("L"))
+  # The second row of images sits under the first row's caption line.
+  cell = 8 * analysis._auto_scale(8) + 1
+  margin, line = lw - w, (lh - h) // 2
+  np.testing.assert_array_equal(
+    picture[cell + line : 2 * cell + line, margin:], grid[cell : 2 * cell]
+  )
+  # Text was drawn left of the images.
+  assert picture[:, : margin - 1].min() < 128
+
+
+def test_soft_label_captions_name_the_top_class_and_its_probability():
+  logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
+  assert analysis.soft_label_captions(logits, ["cat", "dog", "emu"]) == [
+    "cat 0.70",
+    "emu 0.80",
+  ]
+
+
+def test_save_metrics_plot_draws_losses_and_accuracies(tmp_path):
+  records = [
+    {"step": s, "time": 0.0, "loss": 1.0 / s, "skipped": 0} for s in (1, 2, 3)
+  ]
+  records.append({"step": 3, "eval": {"convnet": {"mean": 0.5, "std": 0.1}}})
+  path = analysis.save_metrics_plot(tmp_path / "m.png", records)
+  assert _png_size(path) == (1120, 420)  # two panels
+  only_loss = analysis.save_metrics_plot(tmp_path / "l.png", records[:3])
+  assert _png_size(only_loss) == (560, 420)
+  assert analysis.save_metrics_plot(tmp_path / "n.png", [{"step": 1}]) is None
+  assert not (tmp_path / "n.png").exists()

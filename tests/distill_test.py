@@ -88,6 +88,8 @@ def test_run_exports_a_set_that_reloads_and_evaluates(finished_run, tmp_path):
     assert (run_dir / name).exists(), name
   assert list((run_dir / "images").glob("synset_*.png"))
   assert list((run_dir / "images").glob("factors_*.png"))
+  assert (run_dir / "metrics.png").exists()
+  assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
   exported = synset.load(run_dir / "synset")
   plan = distill.make_plan(_config())
   n = plan.images_per_class * plan.num_classes

@@ -1,5 +1,9 @@
 """Tests of workdir files (lowrank_distill.workdir)."""
 
+import pathlib
+import sys
+import types
+
 import ml_collections
 import pytest
 
@@ -61,3 +65,63 @@ def test_binary_garbage_in_a_json_lines_file_is_skipped(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_bytes(b'{"step": 1}\n\xff\xfe garbage\n{"step": 2}\n')
   assert workdir.read_json_lines(path) == [{"step": 1}, {"step": 2}]
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+  """tag -> [(step, value)] from the TFRecord event files in `folder`."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  found = {}
+  for path in sorted(pathlib.Path(folder).glob("events.out.tfevents.*")):
+    raw = path.read_bytes()
+    while raw:
+      (length,) = struct.unpack("<Q", raw[:8])
+      event = event_pb2.Event.FromString(raw[12 : 12 + length])
+      raw = raw[12 + length + 4 :]
+      for value in event.summary.value:
+        found.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return found
+
+
+def test_metrics_also_go_to_tensorboard_without_tensorflow(tmp_path):
+  writer = workdir.MetricsWriter(tmp_path)
+  writer.write(1, loss=2.5, skipped=0, note="text")
+  writer.write(2, loss=1.5, eval={"convnet": {"mean": 0.5, "accuracies": [1]}})
+  scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+  assert scalars["loss"] == [(1, 2.5), (2, 1.5)]
+  assert scalars["eval/convnet/mean"] == [(2, 0.5)]
+  assert "note" not in scalars and "eval/convnet/accuracies" not in scalars
+  assert [r["step"] for r in writer.read()] == [1, 2]
+
+
+def test_wandb_gets_the_same_numbers_when_asked_for(tmp_path, monkeypatch):
+  calls = []
+
+  class Run:
+    def log(self, numbers, step):
+      calls.append((step, numbers))
+
+    def finish(self):
+      calls.append("finish")
+
+  fake = types.ModuleType("wandb")
+  fake.init = lambda **kwargs: calls.append(kwargs) or Run()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  monkeypatch.setattr(workdir, "_WANDB", {})
+  workdir.enable_wandb("lowrank")
+  writer = workdir.MetricsWriter(tmp_path, config={"seed": 0})
+  writer.write(3, loss=0.25)
+  writer.close()
+  init, logged, finished = calls
+  assert init["project"] == "lowrank" and init["config"] == {"seed": 0}
+  assert logged == (3, {"loss": 0.25}) and finished == "finish"
+  # The same workdir resumes the same W&B run.
+  assert init["id"] == workdir._wandb_id(tmp_path)
+
+
+def test_asking_for_wandb_without_it_is_an_error(monkeypatch):
+  monkeypatch.setitem(sys.modules, "wandb", None)
+  with pytest.raises(ImportError, match="pip install wandb"):
+    workdir.enable_wandb("lowrank")

@@ -186,7 +186,7 @@ def run(config, workdir) -> dict:
   plan = planning.make_plan(config)
   planning.check_workdir(workdir, config)
   print(planning.storage_table(plan), flush=True)
-  workdir_lib.start(workdir, config)
+  writer = workdir_lib.start(workdir, config)
 
   cfg, dataset = config.continual, plan.dataset
   mesh = plan.mesh
@@ -228,6 +228,11 @@ def run(config, workdir) -> dict:
           mesh=mesh,
         )
         evals[name][seed].append(result)
+        # One curve per method and order: accuracy against classes seen.
+        writer.write(
+          int(seen.size),
+          accuracy={name: {f"order_{seed}": result["mean"]}},
+        )
         line = (
           f"order {seed} step {t}/{len(groups)} ({seen.size} classes) "
           f"{name}: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}"

@@ -205,10 +205,16 @@ def save_pictures(workdir: pathlib.Path, step: int, trainable, plan: Plan):
   if not workdir_lib.is_writer():
     return
   images = plan.reconstructor.materialize(trainable["images"])
+  names = plan.dataset.class_names
+  captions = None
+  if "labels" in trainable:
+    captions = analysis.soft_label_captions(trainable["labels"], names)
   analysis.save_image_grid(
     workdir / "images" / f"synset_{step:06d}.png",
     plan.dataset.to_unit_range(np.asarray(images)),
     nrow=plan.images_per_class,
+    row_names=names,
+    captions=captions,
   )
   param = plan.budget.param
   if param != "pixels":

@@ -14,7 +14,15 @@ import jax.numpy as jnp
 import tqdm
 from absl import logging
 
-from lowrank_distill import checkpoint, data, evaluate, models, rng, sharding
+from lowrank_distill import (
+  analysis,
+  checkpoint,
+  data,
+  evaluate,
+  models,
+  rng,
+  sharding,
+)
 from lowrank_distill import identity as identity_lib
 from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.distill import export as export_lib
@@ -202,6 +210,8 @@ def run(
     "results": results,
   }
   workdir_lib.write_json(workdir / "results.json", summary)
+  if process_0:
+    analysis.save_metrics_plot(workdir / "metrics.png", writer.read())
   for name, r in results.items():
     line = (
       f"{name}: {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "

@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from lowrank_distill import (
+  analysis,
   augment,
   checkpoint,
   checks,
@@ -271,5 +272,7 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
     )
   if workdir_lib.is_writer():
     print(line, flush=True)
+    # Per expert (the x axis is the expert's index).
+    analysis.save_metrics_plot(workdir / "metrics.png", writer.read())
   logging.info("%s", line)
   return summary
