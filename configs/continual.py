@@ -33,6 +33,11 @@ following GDumb): CIFAR-100, 20 images per class, 5 and 10 steps, class
 orders from seeds 0..4, reported as accuracy-vs-classes curves (no tables),
 with DM above herding and random at every step and LoDM above DM. Our
 MNIST benchmark (benchmarks/continual_mnist.sh) is a CPU-sized version.
+
+Reached here (docs/RESULTS.md, 2-core CPU; MNIST, 5 steps, IPC 10 storage,
+100 distillation iterations a step, 50 evaluation epochs, 1 model, 1
+order): final accuracy random 87.37, herding 91.32, DM 91.78, LoDM 93.55
+(average over steps 87.83 / 94.48 / 94.20 / 95.26); steps 3-5 took 22 min.
 """
 
 from configs import common
