@@ -38,7 +38,10 @@ flags.DEFINE_integer("steps", 5, "Timed iterations per side (after warm-up).")
 flags.DEFINE_integer("width", 128, "ConvNet width (small for smoke runs).")
 flags.DEFINE_string("torch_device", "cpu", "PyTorch's device: cpu | cuda.")
 flags.DEFINE_integer(
-  "torch_threads", 0, "torch.set_num_threads (0: torch's default)."
+  "cores",
+  1,
+  "CPUs the process runs on, torch on as many threads (sidebyside."
+  "pin_cores): 1 is the primary figure, 2 the two-thread one, 0 every core.",
 )
 flags.DEFINE_string("name", "dm_step", "Name of the SUMMARY line.")
 flags.DEFINE_string("conv_impl", "xla", "Ours: xla | im2col | auto.")
@@ -133,9 +136,9 @@ def make_torch(real, syn, device):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  placement = sidebyside.pin_cores(FLAGS.cores)
+  print(f"placement: {placement}", flush=True)
   device = sidebyside.torch_device(FLAGS.torch_device)
-  if FLAGS.torch_threads:
-    torch.set_num_threads(FLAGS.torch_threads)
   torch.manual_seed(0)
   rng = np.random.default_rng(0)
   c, s, ch = FLAGS.num_classes, FLAGS.size, FLAGS.channels

@@ -29,12 +29,19 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("calls", 2, "Timed calls per side (after one warm-up).")
 flags.DEFINE_string("name", "eval_vmapped", "Name of the SUMMARY line.")
+flags.DEFINE_integer(
+  "cores",
+  1,
+  "CPUs the process runs on (sidebyside.pin_cores): 1 is the primary "
+  "figure, 2 the two-thread one, 0 every core.",
+)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  print(f"placement: {sidebyside.pin_cores(FLAGS.cores)}", flush=True)
   rng = np.random.default_rng(0)
   n = 10 * FLAGS.ipc
   shape = (FLAGS.size, FLAGS.size, 1)

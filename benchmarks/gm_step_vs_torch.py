@@ -36,9 +36,9 @@ Full size (MNIST-like, IPC 10: 10 outer loops x 50 inner epochs):
   python benchmarks/gm_step_vs_torch.py --size=28 --channels=1 --ipc=10 \
     --conv_impl=auto --steps=5
 
-CIFAR-like: `--size=32 --channels=3`. Both sides use every core by
-default; `--torch_threads` pins torch's. Smoke run (about a minute on two
-CPU cores, mostly compiling):
+CIFAR-like: `--size=32 --channels=3`. `--cores` (1, the primary figure,
+by default) pins both sides. Smoke run (about a minute on two CPU cores,
+mostly compiling):
 
   python benchmarks/gm_step_vs_torch.py --width=16 --ipc=2 --outer_loop=2 \
     --inner_loop=1 --batch_real=8 --steps=1
@@ -83,7 +83,10 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("classes_in_parallel", 1, "Ours: classes at once.")
 flags.DEFINE_bool("check", True, "Compare losses on shared weights first.")
 flags.DEFINE_integer(
-  "torch_threads", 0, "torch.set_num_threads (0: torch's default)."
+  "cores",
+  1,
+  "CPUs the process runs on, torch on as many threads (sidebyside."
+  "pin_cores): 1 is the primary figure, 2 the two-thread one, 0 every core.",
 )
 flags.DEFINE_string("torch_device", "cpu", "PyTorch's device: cpu | cuda.")
 flags.DEFINE_string("name", "gm_iteration", "Name of the SUMMARY line.")
@@ -309,9 +312,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   outer_loop, inner_loop = _loops()
+  placement = sidebyside.pin_cores(FLAGS.cores)
+  print(f"placement: {placement}", flush=True)
   device = sidebyside.torch_device(FLAGS.torch_device)
-  if FLAGS.torch_threads:
-    torch.set_num_threads(FLAGS.torch_threads)
   torch.manual_seed(0)
   rng = np.random.default_rng(0)
   c, s, ch = FLAGS.num_classes, FLAGS.size, FLAGS.channels

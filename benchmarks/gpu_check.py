@@ -92,6 +92,11 @@ SPEED = {
     "--num_models=2 --epochs=1 --ipc=1 --size=8 --width=8 --test_size=20 "
     "--calls=1",
   ),
+  "eval_protocol_mnist": (
+    "eval_vs_torch.py",
+    "--epochs=300 --calls=5 --sizes=10,70,170",
+    "--epochs=1 --calls=1 --sizes=10 --width=8 --test_size=50 --check_epochs=1",
+  ),
   "gm_iteration_mnist": (
     "gm_step_vs_torch.py",
     "--size=28 --channels=1 --ipc=10 --batch_real=256 --steps=5",
@@ -241,6 +246,8 @@ def part_b(report: Report, args, deadline: float) -> None:
     ]
     if script != "eval_throughput.py":
       cmd.append(f"--torch_device={torch_device}")
+    # On a GPU host the host side is not what is measured: every core.
+    cmd.append("--cores=0" if torch_device == "cuda" else "--cores=1")
     with open(log, "a") as handle:
       rc, seconds = _run(cmd, log=handle, env=env, deadline=deadline)
     lines = _summaries_in(log, since)

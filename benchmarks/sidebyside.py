@@ -22,6 +22,8 @@ which `benchmarks/gpu_check.py` collects.
 """
 
 import dataclasses
+import os
+import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -31,9 +33,21 @@ SUMMARY_PREFIX = "SUMMARY "
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-  """Seconds per call of one side."""
+  """Seconds per call of one side, and the CPU seconds the process spent.
+
+  `cpu_per_wall` is the process's CPU time over the wall time of this
+  side's calls: 1.00 on one pinned core means nothing waited and nothing
+  ran on a second core; near the pinned core count means all were busy.
+  """
 
   samples: tuple[float, ...]
+  cpu_samples: tuple[float, ...] = ()
+
+  @property
+  def cpu_per_wall(self) -> float | None:
+    if not self.cpu_samples:
+      return None
+    return sum(self.cpu_samples) / sum(self.samples)
 
   @property
   def median(self) -> float:
@@ -44,10 +58,53 @@ class Timing:
     return min(self.samples)
 
   def __str__(self) -> str:
-    return (
+    text = (
       f"median {_seconds(self.median)}, min {_seconds(self.min)} "
-      f"({len(self.samples)} calls)"
+      f"({len(self.samples)} calls"
     )
+    if self.cpu_per_wall is not None:
+      text += f", cpu/wall {self.cpu_per_wall:.2f}"
+    return text + ")"
+
+
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def pin_cores(cores: int) -> str:
+  """Runs this process on its first `cores` CPUs, torch on as many threads.
+
+  The primary CPU figure is `cores=1` (both sides on one core, one thread:
+  what `taskset -c 0` does); `cores=2` the two-thread figure. Call it first
+  in `main`, before JAX or torch computes anything, so that their thread
+  pools start inside the affinity. 0 leaves the process as it is.
+
+  Returns:
+    A description for the benchmark's header line.
+  """
+  if cores < 0:
+    raise ValueError(f"--cores must be >= 0, got {cores}")
+  if cores == 0:
+    return f"all {len(os.sched_getaffinity(0))} cores, default threads"
+  available = sorted(os.sched_getaffinity(0))
+  if cores > len(available):
+    raise ValueError(
+      f"--cores={cores}: this process may use only {len(available)} CPUs"
+    )
+  chosen = available[:cores]
+  os.sched_setaffinity(0, chosen)
+  try:
+    import torch
+
+    torch.set_num_threads(cores)
+    torch.set_num_interop_threads(cores)
+  except ImportError:
+    pass
+  except RuntimeError:
+    # The interop pool is fixed once torch has run something.
+    pass
+  return f"pinned to CPU {chosen} ({cores} thread{'s' * (cores > 1)} a side)"
 
 
 def _seconds(value: float) -> str:
@@ -73,12 +130,14 @@ def alternate(
     for fn in fns.values():
       fn()
   samples = {name: [] for name in fns}
+  cpu = {name: [] for name in fns}
   for _ in range(calls):
     for name, fn in fns.items():
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), _cpu_seconds()
       fn()
       samples[name].append(time.perf_counter() - start)
-  return {name: Timing(tuple(values)) for name, values in samples.items()}
+      cpu[name].append(_cpu_seconds() - start_cpu)
+  return {name: Timing(tuple(samples[name]), tuple(cpu[name])) for name in fns}
 
 
 def torch_device(name: str):

@@ -57,7 +57,7 @@ Full size (CIFAR-10-like, IPC 10 -> 100 images, batch_syn 100):
     --channels=3 --ipc=10 --batch_syn=100 --width=128 --conv_impl=auto \
     --steps=3
 
-Both sides use every core by default; `--torch_threads` pins torch's.
+Both sides run on `--cores` CPUs (1, the primary figure, by default).
 PyTorch's memory grows linearly in N (every step's graph is kept); where it
 outgrows the machine its subprocess is reported as failed and it is not
 timed. Smoke run (a few minutes on two CPU cores, mostly compiling: one
@@ -110,7 +110,10 @@ flags.DEFINE_integer("check_steps", 2, "N of the correctness check.")
 flags.DEFINE_bool("memory", True, "Measure peak memory (subprocesses).")
 flags.DEFINE_bool("timing", True, "Measure time (in this process).")
 flags.DEFINE_integer(
-  "torch_threads", 0, "torch.set_num_threads (0: torch's default)."
+  "cores",
+  1,
+  "CPUs the process runs on, torch on as many threads (sidebyside."
+  "pin_cores): 1 is the primary figure, 2 the two-thread one, 0 every core.",
 )
 flags.DEFINE_enum(
   "side",
@@ -451,9 +454,9 @@ def _verdict(value, limit):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  placement = sidebyside.pin_cores(FLAGS.cores)
+  print(f"placement: {placement}", flush=True)
   device = sidebyside.torch_device(FLAGS.torch_device)
-  if FLAGS.torch_threads:
-    torch.set_num_threads(FLAGS.torch_threads)
   if FLAGS.side:
     measure_memory(FLAGS.side, FLAGS.n, device)
     return

@@ -25,7 +25,7 @@ def test_tiny_part_b_compares_with_pytorch(
   }
   assert set(lines) == set(gpu_check.SPEED), text
   assert "not run in --tiny" in lines["dm_step_cifar"]
-  for name in ("dm_step_mnist", "gm_iteration_mnist"):
+  for name in ("dm_step_mnist", "gm_iteration_mnist", "eval_protocol_mnist"):
     assert "ours/torch median" in lines[name], text
   assert "vmapped" in lines["eval_vmapped"], text
   assert "N=1 ours" in lines["tm_unroll_cifar"], text

@@ -1,0 +1,243 @@
+r"""The evaluation protocol: ours (one model) vs the reference loop in PyTorch.
+
+The reference's `evaluate_synset` in PyTorch, written here: ConvNet-3 (width
+128, instance norm), SGD momentum 0.9, weight decay 5e-4, batch 256, lr 0.01
+x 0.1 after epoch E/2 (a new optimiser, as the reference builds), E + 1
+epochs over the set, then the whole test set. Ours: `evaluate.evaluate_set`
+with one model. Both without DSA: no PyTorch DSA is written here, so the
+figure compares the training loop itself (our DSA's own cost is
+`eval_throughput.py`'s).
+
+First a check that the two loops compute the same training: from the same
+initial weights (ours copied into torch), `--check_epochs` epochs at a
+constant lr on a set of at most one batch (so the data order cannot
+differ), the final weights and loss must agree to float tolerance. Then the
+timing, as every ours-vs-PyTorch figure (`sidebyside.py`: alternating
+calls, median and min, `--cores` pinned), for each of `--sizes` images
+(MNIST-shaped: 10, 70, 170 are IPC 1, LoDM's 7 per class, LoDM's 17).
+
+  python benchmarks/eval_vs_torch.py --epochs=300 --calls=5       # one core
+  python benchmarks/eval_vs_torch.py --epochs=300 --calls=5 --cores=2
+  python benchmarks/eval_vs_torch.py --epochs=2 --calls=1 --sizes=10 \
+    --width=8 --test_size=50 --check_epochs=2                      # smoke
+
+Needs `torch` (the `bench` extra).
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import sidebyside
+import torch
+import torch.nn.functional as F
+import torch_models
+from absl import app, flags
+
+from lowrank_distill import evaluate, models, train
+
+flags.DEFINE_list("sizes", ["10", "70", "170"], "Set sizes (images).")
+flags.DEFINE_integer("epochs", 300, "Protocol epochs E (E + 1 are run).")
+flags.DEFINE_integer("width", 128, "ConvNet width (small for smoke runs).")
+flags.DEFINE_integer("test_size", 10000, "Test images (MNIST: 10,000).")
+flags.DEFINE_integer("calls", 5, "Timed calls per side (after a warm-up).")
+flags.DEFINE_integer("check_epochs", 20, "Epochs of the agreement check.")
+flags.DEFINE_integer(
+  "cores",
+  1,
+  "CPUs the process runs on, torch on as many threads (sidebyside."
+  "pin_cores): 1 is the primary figure, 2 the two-thread one, 0 every core.",
+)
+flags.DEFINE_string("conv_impl", "auto", "Ours: xla | im2col | auto.")
+flags.DEFINE_string("torch_device", "cpu", "PyTorch's device: cpu | cuda.")
+flags.DEFINE_string("name", "eval_protocol", "Name of the SUMMARY line.")
+FLAGS = flags.FLAGS
+
+SHAPE = (28, 28, 1)
+LR, MOMENTUM, WEIGHT_DECAY, BATCH = 0.01, 0.9, 5e-4, 256
+
+
+def _model():
+  return models.create(
+    "convnet",
+    num_classes=10,
+    image_shape=SHAPE,
+    conv_impl=FLAGS.conv_impl,
+    width=FLAGS.width,
+  )
+
+
+def _torch_net(device):
+  net = torch_models.ConvNet(1, 10, im_size=SHAPE[:2], net_width=FLAGS.width)
+  return net.to(device)
+
+
+def _torch_train(net, images, labels, *, epochs, device, decay: bool):
+  """The reference loop: E + 1 epochs of shuffled batches; returns the last
+  epoch's mean loss."""
+  n = images.shape[0]
+
+  def optimizer(lr):
+    return torch.optim.SGD(
+      net.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    )
+
+  opt = optimizer(LR)
+  net.train()
+  loss_sum = 0.0
+  for epoch in range(epochs + 1):
+    if decay and epoch == evaluate.decay_epoch(epochs) + 1:
+      # The reference (lr_schedule = [E // 2 + 1]): after that epoch,
+      # lr x 0.1 and a new SGD (its momentum restarts).
+      opt = optimizer(LR * 0.1)
+    order = torch.randperm(n, device=device)
+    loss_sum = 0.0
+    for start in range(0, n, BATCH):
+      idx = order[start : start + BATCH]
+      loss = F.cross_entropy(net(images[idx]), labels[idx])
+      opt.zero_grad()
+      loss.backward()
+      opt.step()
+      loss_sum += float(loss.detach()) * idx.numel()
+  return loss_sum / n
+
+
+def _torch_test(net, images, labels) -> float:
+  net.eval()
+  correct = 0
+  with torch.no_grad():
+    for start in range(0, images.shape[0], 500):
+      out = net(images[start : start + 500])
+      correct += int((out.argmax(1) == labels[start : start + 500]).sum())
+  return correct / images.shape[0]
+
+
+def check_agreement(device) -> str:
+  """Same init, constant lr, one batch: final loss and weights agree."""
+  rng = np.random.default_rng(1)
+  n = min(50, BATCH)
+  images = rng.normal(size=(n, *SHAPE)).astype(np.float32)
+  labels = np.arange(n) % 10
+  model = _model()
+  variables = train.init_variables(jax.random.key(3), model, SHAPE)
+  epochs = FLAGS.check_epochs
+  ours, record = train.train_epochs(
+    variables,
+    images=jnp.asarray(images),
+    targets=jax.nn.one_hot(labels, 10),
+    model=model,
+    epochs=epochs + 1,
+    lr=LR,
+    batch_size=BATCH,
+    order_key=jax.random.key(0),
+    aug_key=jax.random.key(0),
+    momentum=MOMENTUM,
+    weight_decay=WEIGHT_DECAY,
+  )
+  net = torch_models.from_flax(_torch_net(device), model, variables, images)
+  x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+  y = torch.from_numpy(labels).to(device)
+  theirs_loss = _torch_train(
+    net, x, y, epochs=epochs, device=device, decay=False
+  )
+  ours_loss = float(record.loss[-1])
+  back = torch_models.to_flax(net.cpu(), model, variables, images)
+  diffs = jax.tree.map(
+    lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+    ours["params"],
+    back["params"],
+  )
+  worst = max(jax.tree.leaves(diffs))
+  scale = max(
+    float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(ours)
+  )
+  agree = abs(ours_loss - theirs_loss) <= 1e-3 * max(1.0, abs(ours_loss))
+  agree = agree and worst <= 1e-3 * scale
+  net.to(device)
+  return (
+    f"agreement after {epochs + 1} epochs on {n} images: loss ours "
+    f"{ours_loss:.6f} torch {theirs_loss:.6f}; largest weight difference "
+    f"{worst:.2e} (largest weight {scale:.2f}): "
+    + ("AGREE" if agree else "DISAGREE")
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  placement = sidebyside.pin_cores(FLAGS.cores)
+  device = sidebyside.torch_device(FLAGS.torch_device)
+  torch.manual_seed(0)
+  print(
+    f"evaluation protocol, one model: ConvNet-3 width {FLAGS.width}, E = "
+    f"{FLAGS.epochs} (+1), test {FLAGS.test_size}; {placement}; torch "
+    f"{torch.__version__} ({device}, {torch.get_num_threads()} threads), "
+    f"jax {jax.__version__} ({jax.default_backend()}, conv "
+    f"{FLAGS.conv_impl})",
+    flush=True,
+  )
+  print(check_agreement(device), flush=True)
+  rng = np.random.default_rng(0)
+  test_images = rng.normal(size=(FLAGS.test_size, *SHAPE)).astype(np.float32)
+  test_labels = rng.integers(0, 10, FLAGS.test_size)
+  t_test_x = torch.from_numpy(test_images.transpose(0, 3, 1, 2).copy()).to(
+    device
+  )
+  t_test_y = torch.from_numpy(test_labels).to(device)
+  ratios = []
+  for size in map(int, FLAGS.sizes):
+    images = rng.normal(size=(size, *SHAPE)).astype(np.float32)
+    labels = np.arange(size) % 10
+    t_x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+    t_y = torch.from_numpy(labels).to(device)
+    calls = iter(range(10**9))
+
+    def ours():
+      evaluate.evaluate_set(
+        jax.random.key(next(calls)),
+        images,
+        labels,
+        test_images,
+        test_labels,
+        num_classes=10,
+        num_models=1,
+        models_per_batch=1,
+        epochs=FLAGS.epochs,
+        lr=LR,
+        model_options={"width": FLAGS.width},
+        conv_impl=FLAGS.conv_impl,
+      )
+
+    def theirs():
+      net = _torch_net(device)
+      _torch_train(
+        net, t_x, t_y, epochs=FLAGS.epochs, device=device, decay=True
+      )
+      _torch_test(net, t_test_x, t_test_y)
+      sidebyside.sync(device)
+
+    start = time.perf_counter()
+    times = sidebyside.alternate(
+      {"ours": ours, "torch": theirs}, calls=FLAGS.calls
+    )
+    ratio = times["ours"].median / times["torch"].median
+    ratios.append((size, ratio, times["ours"].min / times["torch"].min))
+    print(
+      f"{size} images: ours {times['ours']}; torch {times['torch']}; "
+      f"ours/torch median {ratio:.2f}x "
+      f"[{time.perf_counter() - start:.0f} s]",
+      flush=True,
+    )
+  sidebyside.summary_line(
+    FLAGS.name,
+    "; ".join(
+      f"{size} images ours/torch median {r:.2f}x (target <= 0.70x), min "
+      f"{m:.2f}x"
+      for size, r, m in ratios
+    ),
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)
