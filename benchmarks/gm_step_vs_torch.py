@@ -363,7 +363,7 @@ def main(argv):
     f"ours {times['ours'].median:.3f} s, torch {times['torch'].median:.3f} s "
     f"(medians of {FLAGS.steps}); ours/torch median "
     + sidebyside.ratio_text(
-      times["ours"].median, times["torch"].median, target=0.7
+      times["ours"].median, times["torch"].median, target=0.8
     )
     + ", min "
     + sidebyside.ratio_text(times["ours"].min, times["torch"].min)

@@ -355,15 +355,16 @@ def _to_nhwc(images: np.ndarray, layout: str, dataset: data.Dataset, path):
   }
   if layout == "auto":
     matching = [name for name, ok in fits.items() if ok]
-    if len(matching) != 1:
+    where = f"dataset {dataset.name!r} ({h}x{w}x{c})"
+    if not matching:
       raise ValueError(
-        f"released.layout: images {images.shape[1:]} fit "
-        f"{matching or 'neither layout'} of dataset {dataset.name!r} "
-        f"({h}x{w}x{c}); set released.layout to 'nchw' or 'nhwc'"
-        if matching
-        else f"released.layout: images {images.shape[1:]} fit neither "
-        f"[c, h, w] nor [h, w, c] of dataset {dataset.name!r} ({h}x{w}x{c}):"
-        f" another image size or channel count"
+        f"released.layout: images {images.shape[1:]} fit neither [c, h, w] "
+        f"nor [h, w, c] of {where}: another image size or channel count"
+      )
+    if len(matching) == 2:
+      raise ValueError(
+        f"released.layout: images {images.shape[1:]} fit both layouts of "
+        f"{where}; set released.layout to 'nchw' or 'nhwc'"
       )
     layout = matching[0]
   if not fits[layout]:
