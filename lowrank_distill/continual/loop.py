@@ -22,7 +22,6 @@ from lowrank_distill import (
   analysis,
   config_utils,
   evaluate,
-  models,
   rng,
 )
 from lowrank_distill import synset as synset_lib
@@ -130,7 +129,10 @@ def _evaluate(key, memories, *, config, dataset, seen, log, mesh) -> dict:
     memories, num_classes=dataset.num_classes
   )
   test_images, test_labels = protocol.seen_test_set(dataset, seen)
-  arch = config.eval.models[0]
+  # One architecture (`planning.validate`), trained with the evaluation key
+  # itself: `evaluate_set`, not `evaluate_architectures`.
+  settings = config_utils.evaluation_settings(config)
+  (arch,) = settings.pop("model_names")
   result = evaluate.evaluate_set(
     key,
     images,
@@ -138,12 +140,11 @@ def _evaluate(key, memories, *, config, dataset, seen, log, mesh) -> dict:
     test_images,
     test_labels,
     model_name=arch,
-    model_options=models.options_for(arch, config.model.options),
+    model_options=settings.pop("model_options")[arch],
     num_classes=dataset.num_classes,
-    conv_impl=config.model.conv_impl,
     mesh=mesh,
     log=log,
-    **config_utils.eval_kwargs(config.eval),
+    **settings,
   )
   return {
     **result.to_json(),
