@@ -183,7 +183,8 @@ class ReleasedFormat:
       reference code saves them), 'unit' ([0, 1]) or 'uint8' ([0, 255]).
     experiment: which experiment of a `dc_pt` file.
     labels_path: the labels of an `mtt_pt` / `npy` file ('': beside it).
-    lr_path: a file holding the learned lr ('': none, or MTT's beside it).
+    lr_path: a file holding the learned lr; it replaces any lr the file
+      holds ('': the file's own, e.g. MTT's learning_rate_best.pt beside it).
   """
 
   format: str
@@ -264,7 +265,7 @@ def _read_mtt(path, fmt: ReleasedFormat) -> _Raw:
       f"labels beside the images as labels_best.pt)"
     )
   labels = read_torch_file(labels_path)
-  lr_path = _beside(path, fmt.lr_path, "learning_rate_best.pt")
+  lr_path = path.with_name("learning_rate_best.pt")
   lr = _read_scalar(lr_path) if lr_path.exists() else None
   return _Raw(np.asarray(images), np.asarray(labels), lr=lr)
 
@@ -292,15 +293,12 @@ def _read_factors(path, fmt: ReleasedFormat) -> _Raw:
     raise ValueError(f"{path}: rank of A {a.shape} != rank of B {b.shape}")
   images = np.einsum("nchr,ncrw->nchw", a, b)
   labels = _pick(arrays, ("labels", "label", "y"), path, "labels")
-  lr = None
-  if fmt.lr_path:
-    lr = _read_scalar(fmt.lr_path)
   # Our factors layout: A [n, h, r, c], B [n, r, w, c] (parameterize.factors).
   params = {
     "a": np.ascontiguousarray(a.transpose(0, 2, 3, 1), np.float32),
     "b": np.ascontiguousarray(b.transpose(0, 2, 3, 1), np.float32),
   }
-  return _Raw(images, labels, lr=lr, params=params)
+  return _Raw(images, labels, params=params)
 
 
 def _read_npz(path, fmt: ReleasedFormat) -> _Raw:
@@ -310,8 +308,6 @@ def _read_npz(path, fmt: ReleasedFormat) -> _Raw:
   lr = None
   if "lr" in arrays:
     lr = float(np.asarray(arrays["lr"]).reshape(()))
-  if fmt.lr_path:
-    lr = _read_scalar(fmt.lr_path)
   return _Raw(images, labels, lr=lr)
 
 
@@ -323,8 +319,7 @@ def _read_npy(path, fmt: ReleasedFormat) -> _Raw:
     )
   images = np.load(path, allow_pickle=False)
   labels = np.load(fmt.labels_path, allow_pickle=False)
-  lr = _read_scalar(fmt.lr_path) if fmt.lr_path else None
-  return _Raw(images, labels, lr=lr)
+  return _Raw(images, labels)
 
 
 FORMATS = {
@@ -467,6 +462,11 @@ def load(path, fmt: ReleasedFormat, dataset: data.Dataset):
   if not path.is_file():
     raise ValueError(f"synset: {path} is not a file")
   raw = FORMATS[fmt.format](path, fmt)
+  if fmt.lr_path:
+    # Given explicitly, it replaces any lr the file itself holds.
+    if not pathlib.Path(fmt.lr_path).is_file():
+      raise ValueError(f"released.lr_path: {fmt.lr_path} is not a file")
+    raw.lr = _read_scalar(fmt.lr_path)
   images = _to_nhwc(np.asarray(raw.images), fmt.layout, dataset, path)
   labels = _labels(
     raw.labels, fmt.labels, dataset.num_classes, images.shape[0], path

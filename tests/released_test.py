@@ -272,3 +272,16 @@ def test_a_set_saved_for_pytorch_reads_back(tmp_path, digits, layout):
   np.testing.assert_array_equal(back.images, original.images)
   np.testing.assert_array_equal(back.labels, original.labels)
   assert back.lr == (None if layout == "dc" else pytest.approx(0.02))
+
+
+def test_an_explicit_lr_file_gives_any_format_its_learned_lr(digits):
+  lr_file = str(FIXTURES / "mtt" / "learning_rate_best.pt")
+  got = _load(
+    FIXTURES / "res_DM_digits_ConvNet_1ipc.pt",
+    digits,
+    format="dc_pt",
+    lr_path=lr_file,
+  )
+  assert got.lr == pytest.approx(0.0123)
+  with pytest.raises(ValueError, match="released.lr_path: .* is not a file"):
+    _load(FIXTURES / "frepo.npz", digits, format="npz", lr_path="/nope.pt")
