@@ -5,7 +5,8 @@ r"""Coreset baselines: random, herding, k-center, forgetting (DESIGN 3.9).
 
 Arguments: dataset (digits|mnist|fashion_mnist|cifar10|...), method
 (random|herding|kcenter|forgetting), ipc, dsa (evaluate with DSA: 1000
-epochs, else 300), runlocal (seconds on a CPU).
+epochs, else 300), runlocal (seconds on a CPU), validation (images per class
+held out of training and evaluated on instead of the test split; 0: none).
 
 Published ConvNet accuracies (Zhao et al., ICLR 2021, Table 1), MNIST:
 random 64.9 (IPC 1) / 95.1 (IPC 10) / 97.9 (IPC 50); herding 89.2 / 93.7 /
@@ -31,9 +32,13 @@ def get_config(arg=None, **values):
     ipc=1,
     dsa=False,
     runlocal=False,
+    validation=0,
   )
   config = config_utils.base_config(
-    dataset=arg.dataset, dsa=arg.dsa, runlocal=arg.runlocal
+    dataset=arg.dataset,
+    dsa=arg.dsa,
+    runlocal=arg.runlocal,
+    validation_per_class=arg.validation,
   )
   if arg.dsa:
     config.eval.dsa_strategy = common.dsa_strategy(arg.dataset)

@@ -6,7 +6,9 @@ r"""Distribution matching: DM (pixels) and LoDM (low-rank factors).
 Arguments: dataset, ipc (the storage budget in full-size images per class),
 param (pixels|factors|mappers), rank (0: the table below), num_sets
 (mappers), budget (same-memory|same-images), iterations (0: the published
-20,000, or the digits setting), runlocal (a few seconds on a CPU).
+20,000, or the digits setting), runlocal (a few seconds on a CPU),
+validation (images per class held out of training and evaluated on instead of
+the test split, for choosing settings; 0: the test split).
 
 Published settings (Zhao & Bilen, WACV 2023, DM): 20,000 iterations, SGD
 momentum 0.5, lr 1.0 on the images, 256 real images per class, init from
@@ -59,9 +61,13 @@ def get_config(arg=None, **values):
     budget="same-memory",
     iterations=0,
     runlocal=False,
+    validation=0,
   )
   config = config_utils.base_config(
-    dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
+    dataset=arg.dataset,
+    dsa=True,
+    runlocal=arg.runlocal,
+    validation_per_class=arg.validation,
   )
   config.method = "dm"
   dsa = common.dsa_strategy(arg.dataset)

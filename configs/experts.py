@@ -9,7 +9,9 @@ experts; a larger `num_experts` adds experts to a finished buffer.
 
 Arguments: dataset (digits|mnist|fashion_mnist|cifar10|cifar100|...),
 num_experts (0: the setting below), epochs (0: the setting below), runlocal
-(seconds on a CPU: ConvNet width 16, depth 2, 2 experts x 2 epochs).
+(seconds on a CPU: ConvNet width 16, depth 2, 2 experts x 2 epochs),
+validation (images per class held out of training; a distillation with the
+same `validation` reads the buffer).
 
 Published settings (Cazenavette et al., CVPR 2022, `buffer.py` of the
 reference code): 100 experts trained for 50 epochs each (51 snapshots),
@@ -69,9 +71,13 @@ def get_config(arg=None, **values):
     num_experts=0,
     epochs=0,
     runlocal=False,
+    validation=0,
   )
   config = config_utils.base_config(
-    dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
+    dataset=arg.dataset,
+    dsa=True,
+    runlocal=arg.runlocal,
+    validation_per_class=arg.validation,
   )
   config.dataset.zca = ZCA.get(arg.dataset, "none")
   if not arg.runlocal:

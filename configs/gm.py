@@ -8,7 +8,9 @@ siamese DSA), ipc (the storage budget in full-size images per class), param
 (pixels|factors|mappers), rank (0: the plugin's table in configs/dm.py),
 num_sets (mappers), budget (same-memory|same-images), distance
 (ours|mse|cos), iterations (0: the published 1,000, or the digits setting),
-runlocal (a few seconds on a CPU).
+runlocal (a few seconds on a CPU), validation (images per class held out of
+training and evaluated on instead of the test split, for choosing settings;
+0: the test split).
 
 Published settings (Zhao et al., ICLR 2021, DC; Zhao & Bilen, ICML 2021,
 DSA): 1,000 iterations; SGD momentum 0.5, lr 0.1 on the synthetic images;
@@ -65,10 +67,14 @@ def get_config(arg=None, **values):
     distance="ours",
     iterations=0,
     runlocal=False,
+    validation=0,
   )
   checks.check_choice("config arg method", arg.method, METHODS)
   config = config_utils.base_config(
-    dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
+    dataset=arg.dataset,
+    dsa=True,
+    runlocal=arg.runlocal,
+    validation_per_class=arg.validation,
   )
   config.method = "gm"
   dsa = common.dsa_strategy(arg.dataset)

@@ -8,8 +8,16 @@ r"""Trajectory matching: MTT (pixels), LoMTT (factors), MTT-LSS (mappers).
 
 Arguments: dataset, variant (mtt|lomtt|mtt_lss), ipc (the storage budget in
 full-size images per class), rank and num_sets (0: the variant's setting),
-budget (same-memory|same-images; empty: the variant's), iterations (0: the
-table's), runlocal.
+budget (same-memory|same-images; empty: same-images for pixels, else
+same-memory), iterations (0: the table's), runlocal, validation (images per
+class held out of training and evaluated on instead of the test split; the
+expert buffer must hold the same out).
+
+Ablations (empty: the variant's): param (pixels|factors|mappers), labels
+(hard|soft), label_init (random|onehot|expert), lr_labels (0: the table's),
+start (uniform|progressive). E.g. MTT-LSS's mappers with hard labels:
+`variant=mtt_lss,labels=hard`; MTT with learnable soft labels:
+`variant=mtt,labels=soft`.
 
 Variants (the model, data and expert buffer are the same for all three):
 - `mtt`: pixels, hard labels, uniform start epochs, learned student lr.
@@ -47,19 +55,18 @@ from configs import common
 from configs import experts as experts_config
 from lowrank_distill import checks, config_utils
 
-# MTT keeps `ipc` full images: with its learned lr (one float) they exceed
-# the same-memory budget by that float, so it counts as same-images.
 VARIANTS = {
-  "mtt": dict(
-    param="pixels", labels="hard", start="uniform", budget="same-images"
-  ),
-  "lomtt": dict(
-    param="factors", labels="hard", start="uniform", budget="same-memory"
-  ),
+  "mtt": dict(param="pixels", labels="hard", start="uniform", label_init=""),
+  "lomtt": dict(param="factors", labels="hard", start="uniform", label_init=""),
   "mtt_lss": dict(
-    param="mappers", labels="soft", start="progressive", budget="same-memory"
+    param="mappers", labels="soft", start="progressive", label_init="random"
   ),
 }
+# Pixels keep `ipc` full images: with a learned lr (one float) they exceed
+# the same-memory budget by that float, so they count as same-images.
+BUDGET_BY_PARAM = {"pixels": "same-images"}
+# Soft labels of a variant that has hard ones start from its classes.
+LABEL_INIT = "onehot"
 
 # (dataset, ipc) -> distillation settings shared by the variants; a variant
 # row (dataset, ipc, variant) overrides fields of it.
@@ -144,12 +151,24 @@ def get_config(arg=None, **values):
     budget="",
     iterations=0,
     runlocal=False,
+    validation=0,
+    param="",
+    labels="",
+    label_init="",
+    lr_labels=0.0,
+    start="",
   )
   checks.check_choice("config arg variant", arg.variant, VARIANTS)
-  variant = VARIANTS[arg.variant]
+  variant = dict(VARIANTS[arg.variant])
+  for name in ("param", "labels", "label_init", "start"):
+    if arg[name]:
+      variant[name] = arg[name]
   row = settings(arg.dataset, arg.ipc, arg.variant)
   config = config_utils.base_config(
-    dataset=arg.dataset, dsa=True, runlocal=arg.runlocal
+    dataset=arg.dataset,
+    dsa=True,
+    runlocal=arg.runlocal,
+    validation_per_class=arg.validation,
   )
   config.dataset.zca = ZCA.get(arg.dataset, "none")
   if not arg.runlocal:
@@ -166,14 +185,14 @@ def get_config(arg=None, **values):
     rank=arg.rank
     or RANK_BY_DATASET.get((arg.dataset, param), RANKS.get(param, 2)),
     num_sets=arg.num_sets or NUM_SETS,
-    budget=arg.budget or variant["budget"],
+    budget=arg.budget or BUDGET_BY_PARAM.get(param, "same-memory"),
     init="real",
   )
   soft = variant["labels"] == "soft"
   config.labels = dict(
     kind=variant["labels"],
-    init="random" if soft else "onehot",
-    lr=row["lr_labels"] if soft else 0.0,
+    init=variant["label_init"] or LABEL_INIT,
+    lr=(arg.lr_labels or row["lr_labels"]) if soft else 0.0,
     momentum=0.5,
   )
   config.experts = ml_collections.ConfigDict(

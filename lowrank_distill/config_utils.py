@@ -97,6 +97,9 @@ def dataset_config(name: str, **overrides) -> ml_collections.ConfigDict:
       "data_dir": "",
       "manual_dir": "",
       "zca": "none",
+      # > 0: evaluate on this many train images per class held out of
+      # training (choosing settings), not on the test split.
+      "validation_per_class": 0,
     }
   )
   config.update(overrides)
@@ -171,6 +174,7 @@ def dataset_kwargs(config: ml_collections.ConfigDict) -> dict:
     "data_dir": _or_none(config.data_dir),
     "manual_dir": _or_none(config.manual_dir),
     "zca": config.zca,
+    "validation_per_class": config.get("validation_per_class", 0),
   }
 
 
@@ -193,6 +197,7 @@ def eval_kwargs(config: ml_collections.ConfigDict) -> dict:
 # each run adds its own section's.
 COMMON_RANGES = {
   "seed": checks.Range(low=0, integer=True),
+  "dataset.validation_per_class": checks.count_or(0, "the test split"),
   "mesh.data": checks.count_or(-1, "every device"),
   "model.options.width": checks.COUNT,
   "model.options.depth": checks.COUNT,
@@ -246,12 +251,23 @@ def evaluation_settings(config: ml_collections.ConfigDict) -> dict:
 
 
 def base_config(
-  *, dataset: str, dsa: bool, runlocal: bool, seed: int = 0
+  *,
+  dataset: str,
+  dsa: bool,
+  runlocal: bool,
+  seed: int = 0,
+  validation_per_class: int = 0,
 ) -> ml_collections.ConfigDict:
-  """Fields every run has: seed, dataset, model, eval, mesh."""
+  """Fields every run has: seed, dataset, model, eval, mesh.
+
+  `validation_per_class` > 0 holds that many train images per class out and
+  evaluates on them instead of the test split (`data.load`).
+  """
   config = ml_collections.ConfigDict()
   config.seed = seed
-  config.dataset = dataset_config(dataset)
+  config.dataset = dataset_config(
+    dataset, validation_per_class=validation_per_class
+  )
   config.model = model_config()
   config.eval = eval_config(dsa=dsa, runlocal=runlocal)
   config.mesh = mesh_config()

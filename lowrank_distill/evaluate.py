@@ -481,12 +481,20 @@ def evaluate_on_test_set(
   Args:
     key: the evaluation key.
     images, labels: the set to train on.
-    dataset: the dataset whose test images and classes are used.
+    dataset: the dataset whose test images and classes are used (its
+      held-out validation images when it was loaded with
+      `validation_per_class`; its `evaluation_split` says which).
     mesh: the run's mesh (built once by its `run`).
     log: a `ModelLog` that resumes a killed evaluation, or None.
     **settings: `config_utils.evaluation_settings` of the run's config
       (a learned lr replaces its 'lr').
   """
+  logging.info(
+    "Evaluating on the %s split of %s (%d images)",
+    dataset.evaluation_split,
+    dataset.name,
+    len(dataset.test_labels),
+  )
   return evaluate_architectures(
     key,
     images,

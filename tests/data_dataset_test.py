@@ -48,3 +48,38 @@ def test_load_with_zca_and_back_to_unit_range(flavour):
   # Fitted on train only: the train split, not test, has zero feature mean.
   flat = ds.train_images.reshape(len(ds.train_images), -1)
   np.testing.assert_allclose(flat.mean(axis=0), 0.0, atol=1e-4)
+
+
+def test_validation_split_holds_out_train_images_per_class():
+  full = data.load("digits")
+  held = data.load("digits", validation_per_class=20)
+  assert held.evaluation_split == "validation"
+  assert full.evaluation_split == "test"
+  np.testing.assert_array_equal(
+    np.bincount(held.test_labels, minlength=10), np.full(10, 20)
+  )
+  assert len(held.train_labels) + 200 == len(full.train_labels)
+
+  # Held-out and kept images together are the train split, none twice.
+  def rows(images):
+    return {row.tobytes() for row in images.reshape(len(images), -1)}
+
+  kept, held_out = rows(held.train_images), rows(held.test_images)
+  assert kept | held_out == rows(full.train_images)
+  assert len(held.train_images) + len(held.test_images) == len(
+    full.train_images
+  )
+  # The same split for every load (it never depends on a run's seed).
+  again = data.load("digits", validation_per_class=20)
+  np.testing.assert_array_equal(again.test_images, held.test_images)
+  meta = held.metadata()
+  assert meta["evaluation_split"] == "validation"
+  assert meta["validation_per_class"] == 20 and meta["num_test"] == 200
+
+
+def test_validation_split_is_refused_when_a_class_would_keep_nothing():
+  smallest = int(np.bincount(data.load("digits").train_labels).min())
+  with pytest.raises(ValueError, match="dataset.validation_per_class"):
+    data.load("digits", validation_per_class=smallest)
+  with pytest.raises(ValueError, match="dataset.validation_per_class"):
+    data.load("digits", validation_per_class=-1)

@@ -173,3 +173,85 @@ def test_a_missing_buffer_names_the_field(tmp_path):
   config.experts.path = str(tmp_path / "nothing")
   with pytest.raises(checkpoint.CheckpointError, match="experts.path"):
     distill.make_plan(config)
+
+
+@pytest.mark.parametrize(
+  "arg, param, labels, init, start, budget",
+  [
+    ("variant=mtt", "pixels", "hard", "onehot", "uniform", "same-images"),
+    ("variant=lomtt", "factors", "hard", "onehot", "uniform", "same-memory"),
+    (
+      "variant=mtt_lss",
+      "mappers",
+      "soft",
+      "random",
+      "progressive",
+      "same-memory",
+    ),
+    # The ablations of MTT-LSS's Table 3 and the ones the issue adds.
+    (
+      "variant=mtt,labels=soft",
+      "pixels",
+      "soft",
+      "onehot",
+      "uniform",
+      "same-images",
+    ),
+    (
+      "variant=mtt,start=progressive",
+      "pixels",
+      "hard",
+      "onehot",
+      "progressive",
+      "same-images",
+    ),
+    (
+      "variant=mtt,param=mappers",
+      "mappers",
+      "hard",
+      "onehot",
+      "uniform",
+      "same-memory",
+    ),
+    (
+      "variant=mtt_lss,labels=hard",
+      "mappers",
+      "hard",
+      "random",
+      "progressive",
+      "same-memory",
+    ),
+    (
+      "variant=mtt_lss,label_init=onehot",
+      "mappers",
+      "soft",
+      "onehot",
+      "progressive",
+      "same-memory",
+    ),
+    (
+      "variant=lomtt,labels=soft",
+      "factors",
+      "soft",
+      "onehot",
+      "uniform",
+      "same-memory",
+    ),
+  ],
+)
+def test_config_ablation_arguments(arg, param, labels, init, start, budget):
+  config = tm_config.get_config(f"dataset=mnist,{arg}")
+  assert config.synset.param == param and config.synset.budget == budget
+  assert config.labels.kind == labels and config.distill.start == start
+  assert config.labels.init == init
+  assert (config.labels.lr > 0) == (labels == "soft")
+  lr = tm_config.get_config(f"dataset=mnist,{arg},lr_labels=5.0").labels.lr
+  assert lr == (5.0 if labels == "soft" else 0.0)
+
+
+def test_config_validation_holds_out_train_images():
+  config = tm_config.get_config("dataset=digits,validation=20")
+  assert config.dataset.validation_per_class == 20
+  assert (
+    tm_config.get_config("dataset=digits").dataset.validation_per_class == 0
+  )

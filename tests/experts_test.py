@@ -331,3 +331,15 @@ def test_configs_hold_the_published_settings():
   mnist = experts_config.get_config("dataset=mnist,num_experts=7")
   assert mnist.experts.num_experts == 7 and mnist.dataset.zca == "none"
   assert "flip" not in mnist.experts.dsa_strategy
+
+
+def test_buffer_identity_names_a_held_out_split_only_when_there_is_one():
+  model = {"name": "convnet", "options": {}}
+  plain = experts.buffer_identity(data.load("digits"), model=model)
+  held = experts.buffer_identity(
+    data.load("digits", validation_per_class=5), model=model
+  )
+  assert "validation_per_class" not in plain["dataset"]
+  assert held["dataset"]["validation_per_class"] == 5
+  diffs = experts.identity_diff(plain, held, sections=("dataset",))
+  assert any("validation_per_class" in d for d in diffs)

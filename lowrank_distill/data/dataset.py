@@ -31,6 +31,10 @@ class Dataset:
     source: `digits`, `tfds`, `idx` or `npz`.
     standardize: whether `mean`/`std` were applied.
     path: the file or folder read (`idx`, `npz`), the tfds data dir, or None.
+    evaluation_split: 'test', or 'validation' when `test_images` are the
+      images held out of the train split (`load(validation_per_class=...)`).
+    validation_per_class: images of each class held out of the train split
+      (0: none; the test split is the dataset's own).
   """
 
   name: str
@@ -47,6 +51,8 @@ class Dataset:
   source: str
   standardize: bool = True
   path: str | None = None
+  evaluation_split: str = "test"
+  validation_per_class: int = 0
 
   def to_unit_range(self, images):
     """Undoes ZCA, then standardisation: images [..., h, w, c] -> ~[0, 1].
@@ -78,6 +84,8 @@ class Dataset:
       "std": list(self.std),
       "zca": None if zca is None else {"flavour": zca.flavour, "eps": zca.eps},
       "class_names": list(self.class_names),
+      "evaluation_split": self.evaluation_split,
+      "validation_per_class": self.validation_per_class,
     }
 
 
@@ -133,6 +141,42 @@ def _check_labels(labels: np.ndarray, num_classes: int, what: str):
   return labels.astype(np.int32)
 
 
+# The held-out split is the same for every run and seed: settings chosen on
+# it never depend on which run drew it.
+VALIDATION_SEED = 0
+
+
+def hold_out(labels: np.ndarray, per_class: int, *, num_classes: int):
+  """Indices of a class-balanced held-out split and of the rest.
+
+  Args:
+    labels: [n] int class ids of the train split.
+    per_class: images held out of each class (>= 1).
+    num_classes: C.
+
+  Returns:
+    (held_out, kept): sorted int index arrays, `per_class * C` held out,
+    drawn per class with the fixed `VALIDATION_SEED`; a class must keep at
+    least one image.
+  """
+  counts = np.bincount(labels, minlength=num_classes)
+  smallest = int(np.argmin(counts))
+  if counts[smallest] <= per_class:
+    raise ValueError(
+      f"dataset.validation_per_class={per_class} leaves class {smallest} "
+      f"(of {counts[smallest]} train images) nothing to train on; valid: "
+      f"0..{counts[smallest] - 1}"
+    )
+  rng = np.random.default_rng(VALIDATION_SEED)
+  held = [
+    rng.permutation(np.flatnonzero(labels == c))[:per_class]
+    for c in range(num_classes)
+  ]
+  held_out = np.sort(np.concatenate(held))
+  kept = np.setdiff1d(np.arange(len(labels)), held_out)
+  return held_out, kept
+
+
 def _preprocess(train_x, test_x, mean, std, *, zca: str):
   """Standardises with `mean`/`std`, then fits ZCA on train, applies to both."""
   shape = (1, 1, 1, -1)
@@ -158,6 +202,7 @@ def load(
   manual_dir: str | os.PathLike | None = None,
   zca: str = "none",
   standardize: bool = True,
+  validation_per_class: int = 0,
 ) -> Dataset:
   """Loads and preprocesses a dataset.
 
@@ -172,11 +217,21 @@ def load(
     zca: `none`, `mtt` (whiten [0, 1] images, no standardisation) or `kip`
       (standardise, then whiten with a trace-relative regulariser).
     standardize: per-channel standardisation (ignored by `zca='mtt'`).
+    validation_per_class: hold this many images of each class out of the
+      train split and evaluate on them instead of the test split (for
+      choosing settings; the same images for every run, `hold_out`). 0:
+      the dataset's own test split.
 
   Returns:
-    The dataset; ZCA is fitted on the train split and applied to both.
+    The dataset; ZCA is fitted on the (remaining) train split and applied to
+    both.
   """
   checks.check_choice("zca flavour", zca, zca_lib.ZCA_FLAVOURS)
+  checks.check_range(
+    "dataset.validation_per_class",
+    validation_per_class,
+    checks.Range(low=0, integer=True),
+  )
   if source is not None:
     checks.check_choice("source", source, registry.SOURCES)
   if source not in ("idx", "npz"):
@@ -202,14 +257,24 @@ def load(
     )
   if spec is not None:
     num_classes, class_names = spec.num_classes, spec.class_names
-    mean, std = spec.mean, spec.std
   else:
     num_classes = int(max(arrays[1].max(), arrays[3].max())) + 1
     class_names = tuple(str(c) for c in range(num_classes))
-    mean = tuple(float(m) for m in train_x.mean(axis=(0, 1, 2), dtype=float))
-    std = tuple(float(s) for s in train_x.std(axis=(0, 1, 2), dtype=float))
   train_y = _check_labels(np.asarray(arrays[1]), num_classes, what)
   test_y = _check_labels(np.asarray(arrays[3]), num_classes, what)
+  evaluation_split = "test"
+  if validation_per_class:
+    held_out, kept = hold_out(
+      train_y, validation_per_class, num_classes=num_classes
+    )
+    train_x, test_x = train_x[kept], train_x[held_out]
+    train_y, test_y = train_y[kept], train_y[held_out]
+    evaluation_split = "validation"
+  if spec is not None:
+    mean, std = spec.mean, spec.std
+  else:
+    mean = tuple(float(m) for m in train_x.mean(axis=(0, 1, 2), dtype=float))
+    std = tuple(float(s) for s in train_x.std(axis=(0, 1, 2), dtype=float))
   standardize = standardize and zca != "mtt"
   if not standardize:
     mean, std = (0.0,) * image_shape[2], (1.0,) * image_shape[2]
@@ -231,4 +296,6 @@ def load(
     source=source,
     standardize=standardize,
     path=origin,
+    evaluation_split=evaluation_split,
+    validation_per_class=int(validation_per_class),
   )

@@ -107,9 +107,14 @@ def buffer_identity(
         training[name] = experts[name]
     if "seed" in config:
       training["seed"] = config.seed
+  dataset_identity = {name: metadata[name] for name in DATASET_KEYS}
+  # Named only when set, so buffers from before the held-out split still
+  # match runs without one.
+  if metadata["validation_per_class"]:
+    dataset_identity["validation_per_class"] = metadata["validation_per_class"]
   return identity_lib.to_json_types(
     {
-      "dataset": {name: metadata[name] for name in DATASET_KEYS},
+      "dataset": dataset_identity,
       "model": model,
       "training": training,
     }
