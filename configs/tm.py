@@ -15,7 +15,8 @@ expert buffer must hold the same out).
 
 Ablations (empty: the variant's): param (pixels|factors|mappers), labels
 (hard|soft), label_init (random|onehot|expert), lr_labels (0: the table's),
-start (uniform|progressive). E.g. MTT-LSS's mappers with hard labels:
+start (uniform|progressive), image_init (real: the images, factors or
+mappers from real images, the default | noise). E.g. MTT-LSS's mappers with hard labels:
 `variant=mtt_lss,labels=hard`; MTT with learnable soft labels:
 `variant=mtt,labels=soft`.
 
@@ -157,6 +158,7 @@ def get_config(arg=None, **values):
     label_init="",
     lr_labels=0.0,
     start="",
+    image_init="real",
   )
   checks.check_choice("config arg variant", arg.variant, VARIANTS)
   variant = dict(VARIANTS[arg.variant])
@@ -186,7 +188,7 @@ def get_config(arg=None, **values):
     or RANK_BY_DATASET.get((arg.dataset, param), RANKS.get(param, 2)),
     num_sets=arg.num_sets or NUM_SETS,
     budget=arg.budget or BUDGET_BY_PARAM.get(param, "same-memory"),
-    init="real",
+    init=arg.image_init,
   )
   soft = variant["labels"] == "soft"
   config.labels = dict(

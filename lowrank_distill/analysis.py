@@ -290,6 +290,75 @@ def singular_values(images) -> np.ndarray:
   return np.linalg.svd(np.transpose(x, (0, 3, 1, 2)), compute_uv=False)
 
 
+def label_statistics(logits, *, images_per_class: int) -> dict[str, float]:
+  """How far learned soft labels are from the classes they started with.
+
+  Args:
+    logits: [n, C] label logits of a class-major set (image `i` belongs to
+      class `i // images_per_class`).
+    images_per_class: k, with n = C * k.
+
+  Returns:
+    {'entropy': mean entropy of `softmax(logits)` in nats (log C is
+    uniform), 'own_class_prob': mean probability of each image's class,
+    'argmax_accuracy': fraction of images whose most likely label is their
+    class}.
+  """
+  x = np.asarray(logits, np.float64)
+  if x.ndim != 2 or x.shape[0] % images_per_class:
+    raise ValueError(
+      f"logits must be [C * images_per_class, C], got {x.shape} with "
+      f"images_per_class={images_per_class}"
+    )
+  x = x - x.max(axis=-1, keepdims=True)
+  probs = np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)
+  own = np.arange(x.shape[0]) // images_per_class
+  entropy = -np.sum(probs * np.log(np.maximum(probs, 1e-30)), axis=-1)
+  return {
+    "entropy": float(entropy.mean()),
+    "own_class_prob": float(probs[np.arange(len(own)), own].mean()),
+    "argmax_accuracy": float(np.mean(probs.argmax(axis=-1) == own)),
+  }
+
+
+def mapper_spectra(params: dict) -> dict[str, np.ndarray]:
+  """Singular values of shared mappers (orthonormal ones give all ones).
+
+  Args:
+    params: {'u': [k, c, h, r], 'v': [k, c, r, w], ...} (`mappers`).
+
+  Returns:
+    {'u': [k, c, r], 'v': [k, c, r]} float64, each row decreasing.
+  """
+  return {
+    name: np.linalg.svd(np.asarray(params[name], np.float64), compute_uv=False)
+    for name in ("u", "v")
+  }
+
+
+def set_statistics(trainable: dict, *, images_per_class: int) -> dict:
+  """What a run logs about its set besides the loss: soft labels'
+  `label_statistics` under 'labels', a learned lr under 'lr', shared
+  mappers' largest and smallest singular values under 'mappers'. Empty for
+  a set of fixed-label images or factors."""
+  stats = {}
+  if "labels" in trainable:
+    stats["labels"] = label_statistics(
+      trainable["labels"], images_per_class=images_per_class
+    )
+  if "log_lr" in trainable:
+    stats["lr"] = float(np.exp(np.asarray(trainable["log_lr"], np.float64)))
+  images = trainable.get("images")
+  if isinstance(images, Mapping) and {"u", "v"} <= set(images):
+    spectra = mapper_spectra(images)
+    stats["mappers"] = {
+      f"{name}_{end}": float(pick(values))
+      for name, values in spectra.items()
+      for end, pick in (("max_sv", np.max), ("min_sv", np.min))
+    }
+  return stats
+
+
 def energy_spectrum(spectra) -> np.ndarray:
   """Mean share of energy per singular value, per channel.
 

@@ -287,3 +287,53 @@ def test_save_metrics_plot_draws_losses_and_accuracies(tmp_path):
   assert _png_size(only_loss) == (560, 420)
   assert analysis.save_metrics_plot(tmp_path / "n.png", [{"step": 1}]) is None
   assert not (tmp_path / "n.png").exists()
+
+
+def test_label_statistics_of_onehot_uniform_and_swapped_labels():
+  onehot = 50.0 * np.eye(3).repeat(2, axis=0)  # 3 classes x 2 images
+  stats = analysis.label_statistics(onehot, images_per_class=2)
+  assert stats["argmax_accuracy"] == 1.0
+  np.testing.assert_allclose(stats["own_class_prob"], 1.0, atol=1e-6)
+  np.testing.assert_allclose(stats["entropy"], 0.0, atol=1e-6)
+  uniform = analysis.label_statistics(np.zeros((6, 3)), images_per_class=2)
+  np.testing.assert_allclose(uniform["entropy"], np.log(3))
+  np.testing.assert_allclose(uniform["own_class_prob"], 1 / 3)
+  swapped = analysis.label_statistics(onehot[::-1], images_per_class=2)
+  # Reversed rows: only class 1's images keep their class.
+  assert swapped["argmax_accuracy"] == pytest.approx(2 / 6)
+  with pytest.raises(ValueError, match="images_per_class"):
+    analysis.label_statistics(np.zeros((5, 3)), images_per_class=2)
+
+
+def test_set_statistics_name_labels_lr_and_mapper_spectra():
+  from lowrank_distill.parameterize import mappers
+
+  params = mappers.init(
+    jax.random.key(0),
+    num_classes=2,
+    images_per_class=2,
+    image_shape=(6, 6, 1),
+    rank=2,
+    num_sets=2,
+  )
+  spectra = analysis.mapper_spectra(params)
+  # Noise init: orthonormal mappers, every singular value 1.
+  np.testing.assert_allclose(spectra["u"], 1.0, rtol=1e-5)
+  assert spectra["v"].shape == (2, 1, 2)
+  trainable = {
+    "images": {**params, "u": 3.0 * params["u"]},
+    "labels": np.zeros((4, 2)),
+    "log_lr": np.log(0.01),
+  }
+  stats = analysis.set_statistics(trainable, images_per_class=2)
+  assert stats["lr"] == pytest.approx(0.01)
+  assert stats["labels"]["entropy"] == pytest.approx(np.log(2))
+  assert stats["mappers"]["u_max_sv"] == pytest.approx(3.0, rel=1e-5)
+  assert stats["mappers"]["v_min_sv"] == pytest.approx(1.0, rel=1e-5)
+  # Fixed-label pixels: nothing to report.
+  assert (
+    analysis.set_statistics(
+      {"images": np.zeros((2, 6, 6, 1))}, images_per_class=1
+    )
+    == {}
+  )

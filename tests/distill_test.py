@@ -203,6 +203,15 @@ def test_soft_labels_are_refused_for_dm():
     distill.validate(config)
 
 
+def test_expert_label_init_is_refused_without_an_expert():
+  from configs import gm as gm_config
+
+  config = gm_config.get_config("runlocal=true")
+  config.labels.update(kind="soft", init="expert")
+  with pytest.raises(ValueError, match=r"labels.init 'expert'.*\['tm'\]"):
+    distill.validate(config)
+
+
 class GuardedUpdateVariantsTest(parameterized.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_guarded_update_applies_finite_and_refuses_bad_updates(self):

@@ -255,3 +255,20 @@ def test_config_validation_holds_out_train_images():
   assert (
     tm_config.get_config("dataset=digits").dataset.validation_per_class == 0
   )
+
+
+def test_expert_label_init_is_the_trained_experts_prediction(buffer_dir):
+  config = _config(buffer_dir, "mtt_lss")
+  config.labels.init = "expert"
+  plan = distill.make_plan(config)
+  trainable = distill.initial_trainable(jax.random.key(0), plan)
+  images = plan.reconstructor.materialize(trainable["images"])
+  buffer = experts.open_buffer(buffer_dir)
+  params = buffer.snapshot(0, buffer.num_snapshots - 1)
+  expected = plan.model.apply({"params": params}, images, train=True)
+  chex.assert_trees_all_close(trainable["labels"], expected, atol=1e-5)
+  # Not the untrained expert's (nor the random init's) logits.
+  first = plan.model.apply(
+    {"params": buffer.snapshot(0, 0)}, images, train=True
+  )
+  assert not np.allclose(trainable["labels"], first, atol=1e-3)

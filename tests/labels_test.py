@@ -65,11 +65,42 @@ def test_onehot_scale():
 
 
 def test_unknown_init_lists_valid_names():
-  with pytest.raises(ValueError, match=r"labels.init.*random.*onehot"):
+  with pytest.raises(ValueError, match=r"labels.init.*random.*onehot.*expert"):
     labels.init_soft(
-      jax.random.key(0), num_classes=2, images_per_class=1, method="expert"
+      jax.random.key(0), num_classes=2, images_per_class=1, method="teacher"
     )
-  assert set(labels.LABEL_INITS) == {"random", "onehot"}
+  assert set(labels.LABEL_INITS) == {"random", "onehot", "expert"}
+
+
+def test_expert_init_takes_the_expert_logits_scaled():
+  logits = np.arange(18, dtype=np.float32).reshape(6, 3)
+  out = labels.init_soft(
+    None,
+    num_classes=3,
+    images_per_class=2,
+    method="expert",
+    expert_logits=logits,
+  )
+  np.testing.assert_array_equal(out, logits)
+  half = labels.init_soft(
+    None,
+    num_classes=3,
+    images_per_class=2,
+    method="expert",
+    expert_logits=logits,
+    scale=0.5,
+  )
+  np.testing.assert_array_equal(half, 0.5 * logits)
+  with pytest.raises(ValueError, match="expert_logits"):
+    labels.init_soft(None, num_classes=3, images_per_class=2, method="expert")
+  with pytest.raises(ValueError, match=r"\[6, 3\]"):
+    labels.init_soft(
+      None,
+      num_classes=3,
+      images_per_class=2,
+      method="expert",
+      expert_logits=logits[:5],
+    )
 
 
 def test_targets():

@@ -152,6 +152,9 @@ def run(
           loss=mean_loss,
           skipped=int(state.skipped),
           seconds_per_step=(time.time() - tick) / len(losses),
+          **analysis.set_statistics(
+            state.trainable, images_per_class=plan.images_per_class
+          ),
         )
         losses, tick = [], time.time()
       if (
@@ -207,6 +210,9 @@ def run(
     "skipped_updates": int(state.skipped),
     "iterations": final_step,
     "lr": exported.lr,
+    "set_statistics": analysis.set_statistics(
+      state.trainable, images_per_class=plan.images_per_class
+    ),
     "results": results,
   }
   workdir_lib.write_json(workdir / "results.json", summary)

@@ -157,6 +157,9 @@ class Objective:
       split axis does not divide the devices, before any compute.
     learns_labels: gives label logits a gradient (soft labels allowed).
     learns_lr: has a student lr to learn (`distill.learn_lr` allowed).
+    expert_logits: (plan, images [n, h, w, c]) -> [n, C] logits of a
+      trained expert the run reads (soft labels' 'expert' init), or None
+      when the objective reads no expert.
   """
 
   make_step: Callable[..., StepFn]
@@ -169,6 +172,7 @@ class Objective:
   check_mesh: Callable[[Plan, Any], None] = _real_batch_check
   learns_labels: bool = False
   learns_lr: bool = False
+  expert_logits: Callable[[Plan, Any], Any] | None = None
 
   def build_step(self, plan: Plan, optimizer, *, mesh=None) -> StepFn:
     """`make_step` with the plan's settings."""

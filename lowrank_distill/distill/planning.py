@@ -112,6 +112,18 @@ def validate(config, *, check_inputs: bool = True) -> None:
         f"logits no gradient; use labels.kind='hard' (objectives that learn "
         f"labels: {learning_objectives('labels')})"
       )
+    if (
+      config.labels.init == "expert"
+      and OBJECTIVES[config.method].expert_logits is None
+    ):
+      with_experts = [
+        name for name, o in OBJECTIVES.items() if o.expert_logits is not None
+      ]
+      raise ValueError(
+        f"labels.init 'expert': objective {config.method!r} reads no expert "
+        f"to predict the labels; use 'random' or 'onehot' (objectives with "
+        f"experts: {with_experts})"
+      )
   if config.distill.learn_lr and not OBJECTIVES[config.method].learns_lr:
     raise ValueError(
       f"distill.learn_lr: objective {config.method!r} has no student lr to "
@@ -245,11 +257,16 @@ def initial_trainable(key, plan: Plan) -> dict:
     )
   }
   if budget.soft_labels:
+    logits = None
+    if plan.label_init == "expert":
+      images = plan.reconstructor.materialize(trainable["images"])
+      logits = OBJECTIVES[plan.method].expert_logits(plan, images)
     trainable["labels"] = labels_lib.init_soft(
       label_key,
       num_classes=plan.num_classes,
       images_per_class=plan.images_per_class,
       method=plan.label_init,
+      expert_logits=logits,
     )
   if budget.learn_lr:
     trainable["log_lr"] = jnp.log(jnp.float32(plan.lr_init))

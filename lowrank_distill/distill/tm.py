@@ -245,6 +245,37 @@ def settings(config) -> dict:
   )
 
 
+def expert_logits(plan: Plan, images) -> jax.Array:
+  """What the buffer's first expert, fully trained, predicts for `images`.
+
+  The labels' 'expert' init (DESIGN 3.4): the logits of expert 0's last
+  snapshot, applied as the student is (a fresh network's non-param
+  variables, training mode).
+
+  Args:
+    plan: the run's plan (its buffer and model).
+    images: [n, h, w, c] the set's initial images.
+
+  Returns:
+    [n, C] float32 logits.
+  """
+  buffer, _ = _buffer(plan)
+  params = buffer.snapshot(0, buffer.num_snapshots - 1)
+  _, state = train.split_variables(
+    train.init_variables(
+      jax.random.key(0), plan.model, plan.dataset.image_shape
+    )
+  )
+  variables = {"params": params, **state}
+  if state:
+    logits, _ = plan.model.apply(
+      variables, images, train=True, mutable=list(state)
+    )
+  else:
+    logits = plan.model.apply(variables, images, train=True)
+  return jnp.asarray(logits, jnp.float32)
+
+
 def make_step(
   plan: Plan,
   optimizer,
@@ -322,4 +353,5 @@ OBJECTIVE = Objective(
   check_mesh=check_mesh,
   learns_labels=True,
   learns_lr=True,
+  expert_logits=expert_logits,
 )

@@ -246,8 +246,9 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
       trained.append(i)
       accuracies.append(accuracy)
       logging.info(
-        "expert %d: test accuracy %.4f, train loss %.4f, %.1f s",
+        "expert %d: %s accuracy %.4f, train loss %.4f, %.1f s",
         i,
+        dataset.evaluation_split,
         accuracy,
         losses[j],
         seconds,
@@ -259,6 +260,8 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
     "trained": trained,
     "skipped": sorted(done & set(range(cfg.num_experts))),
     "mean_test_accuracy": float(np.mean(accuracies)) if accuracies else None,
+    # 'validation': the accuracies are on train images held out of training.
+    "evaluation_split": dataset.evaluation_split,
   }
   line = (
     f"experts: {summary['num_experts']} in {workdir} ({cfg.epochs + 1} "
@@ -267,7 +270,8 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
   )
   if accuracies:
     line += (
-      f"; test accuracy of the new ones {100 * np.mean(accuracies):.2f} ± "
+      f"; {dataset.evaluation_split} accuracy of the new ones "
+      f"{100 * np.mean(accuracies):.2f} ± "
       f"{100 * np.std(accuracies):.2f} %"
     )
   if workdir_lib.is_writer():

@@ -47,22 +47,39 @@ def onehot_scale(num_classes: int, mass: float = ONEHOT_MASS) -> float:
   return math.log(mass * (num_classes - 1) / (1.0 - mass))
 
 
-def _random(key, num_classes, images_per_class, scale):
+def _random(key, num_classes, images_per_class, scale, expert_logits):
+  del expert_logits  # unused
   n = num_classes * images_per_class
   std = 1.0 if scale is None else scale
   return std * jax.random.normal(key, (n, num_classes), jnp.float32)
 
 
-def _onehot(key, num_classes, images_per_class, scale):
-  del key  # deterministic
+def _onehot(key, num_classes, images_per_class, scale, expert_logits):
+  del key, expert_logits  # deterministic
   s = onehot_scale(num_classes) if scale is None else scale
   onehot = jax.nn.one_hot(hard(num_classes, images_per_class), num_classes)
   return s * onehot.astype(jnp.float32)
 
 
-# Soft-label initialisers: (key, num_classes, images_per_class, scale) ->
-# logits [n, num_classes].
-LABEL_INITS = {"random": _random, "onehot": _onehot}
+def _expert(key, num_classes, images_per_class, scale, expert_logits):
+  del key  # deterministic
+  n = num_classes * images_per_class
+  if expert_logits is None:
+    raise ValueError(
+      "labels.init 'expert' needs the logits a trained expert gives the "
+      "set's initial images (expert_logits)"
+    )
+  logits = jnp.asarray(expert_logits, jnp.float32)
+  if logits.shape != (n, num_classes):
+    raise ValueError(
+      f"expert_logits must be [{n}, {num_classes}], got {logits.shape}"
+    )
+  return (1.0 if scale is None else scale) * logits
+
+
+# Soft-label initialisers: (key, num_classes, images_per_class, scale,
+# expert_logits) -> logits [n, num_classes].
+LABEL_INITS = {"random": _random, "onehot": _onehot, "expert": _expert}
 
 
 def init_soft(
@@ -72,6 +89,7 @@ def init_soft(
   images_per_class: int,
   method: str = "random",
   scale: float | None = None,
+  expert_logits=None,
 ) -> jax.Array:
   """Initial learnable label logits.
 
@@ -82,8 +100,11 @@ def init_soft(
     method: 'random': i.i.d. normal logits with std `scale` (default 1.0),
       the MTT-LSS default; 'onehot': `scale` times the one-hot of the hard
       label, default `onehot_scale(C)` so that softmax puts 0.9 of the mass
-      on the image's class whatever C.
+      on the image's class whatever C; 'expert': `scale` (default 1) times
+      `expert_logits`, the logits a trained network gives the set's initial
+      images (DESIGN 3.4: labels from expert predictions).
     scale: see `method`; None for the default.
+    expert_logits: [n, num_classes], for 'expert'.
 
   Returns:
     [n, num_classes] float32 logits, n = num_classes * images_per_class.
@@ -94,7 +115,9 @@ def init_soft(
       f"num_classes and images_per_class must be >= 1, got {num_classes} "
       f"and {images_per_class}"
     )
-  return LABEL_INITS[method](key, num_classes, images_per_class, scale)
+  return LABEL_INITS[method](
+    key, num_classes, images_per_class, scale, expert_logits
+  )
 
 
 def from_logits(logits) -> jax.Array:

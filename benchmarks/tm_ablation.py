@@ -1,0 +1,266 @@
+r"""MTT-LSS's ablation (its Table 3) and the rows that explain it, in one table.
+
+  python benchmarks/tm_ablation.py --dataset=digits --validation=20 \
+    --root=/tmp/lowrank_distill/tm_ablation_digits
+  python benchmarks/tm_ablation.py --dataset=mnist --validation=1000 \
+    --rows=mtt,lss,lss_onehot --iterations=100 --syn_steps=10 \
+    --num_models=3 --source=idx --path=../shared/datasets/mnist
+
+One expert buffer (configs/experts.py's setting for the dataset, holding the
+same validation images out) is trained into `<root>/experts` unless there;
+then every row distils with `launch/distill.py` into `<root>/<row>` and is
+evaluated with the config's protocol. Each step resumes where a killed run
+stopped and a finished row is not run again, so the script can be stopped
+and restarted at will. With `--validation=N` the rows are evaluated on N
+train images per class held out of training (choosing settings); with 0 on
+the test split (report once per final setting).
+
+The table gives, per row: the set's storage and images per class, mean ±
+std over the evaluation models (and each model), the matching loss at the
+start and the end, and for soft labels their entropy (nats; log C is
+uniform), the mean probability of each image's own class and the fraction
+whose most likely label is their class; for mappers the range of their
+singular values (1 at an SVD or noise init). The markdown table goes to
+stdout and `<root>/ablation.md`, every figure to `<root>/ablation.json`.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Row name -> (what it is, configs/tm.py arguments). The first eight are
+# the 2 x 2 x 2 of MTT-LSS's Table 3 (soft labels with its random init,
+# progressive start, low-rank mappers); the others isolate what they mix.
+ROWS = {
+  "mtt": ("MTT", "variant=mtt"),
+  "mtt_soft": ("+ soft labels", "variant=mtt,labels=soft,label_init=random"),
+  "mtt_prog": ("+ progressive start", "variant=mtt,start=progressive"),
+  "mtt_soft_prog": (
+    "+ soft labels + progressive",
+    "variant=mtt,labels=soft,label_init=random,start=progressive",
+  ),
+  "mappers": (
+    "+ low-rank mappers",
+    "variant=mtt_lss,labels=hard,start=uniform",
+  ),
+  "mappers_soft": (
+    "+ mappers + soft labels",
+    "variant=mtt_lss,start=uniform",
+  ),
+  "mappers_prog": ("+ mappers + progressive", "variant=mtt_lss,labels=hard"),
+  "lss": ("MTT-LSS (all three)", "variant=mtt_lss"),
+  "lss_onehot": (
+    "MTT-LSS, labels from one-hot",
+    "variant=mtt_lss,label_init=onehot",
+  ),
+  "lss_expert": (
+    "MTT-LSS, labels from the expert's predictions",
+    "variant=mtt_lss,label_init=expert",
+  ),
+  "lss_noise": (
+    "MTT-LSS, mappers and codes from noise",
+    "variant=mtt_lss,image_init=noise",
+  ),
+  "lss_lr10": ("MTT-LSS, label lr 10", "variant=mtt_lss,lr_labels=10.0"),
+  "lss_lr100": ("MTT-LSS, label lr 100", "variant=mtt_lss,lr_labels=100.0"),
+  "lomtt": ("LoMTT (factors)", "variant=lomtt"),
+  "lomtt_soft": (
+    "LoMTT + soft labels from one-hot",
+    "variant=lomtt,labels=soft,label_init=onehot",
+  ),
+  "lomtt_soft_random": (
+    "LoMTT + soft labels, random init",
+    "variant=lomtt,labels=soft,label_init=random",
+  ),
+}
+
+_DATASET = flags.DEFINE_string("dataset", "digits", "digits, mnist, ...")
+_VALIDATION = flags.DEFINE_integer(
+  "validation", 20, "train images per class held out and evaluated on (0: test)"
+)
+_ROOT = flags.DEFINE_string("root", "", "workdirs (default /tmp/...)")
+_ROWS = flags.DEFINE_list("rows", list(ROWS), f"rows, of {list(ROWS)}")
+_ITERATIONS = flags.DEFINE_integer("iterations", 0, "0: the config's")
+_SYN_STEPS = flags.DEFINE_integer("syn_steps", 0, "0: the config's")
+_NUM_MODELS = flags.DEFINE_integer("num_models", 0, "0: the config's")
+_SEED = flags.DEFINE_integer("seed", 0, "the distillations' seed")
+_SOURCE = flags.DEFINE_string("source", "", "dataset source (e.g. idx)")
+_PATH = flags.DEFINE_string("path", "", "dataset path for idx/npz")
+_REPORT = flags.DEFINE_bool("report", False, "only print the table")
+
+
+def _data_flags() -> list[str]:
+  out = []
+  if _SOURCE.value:
+    out.append(f"--config.dataset.source={_SOURCE.value}")
+  if _PATH.value:
+    out.append(f"--config.dataset.path={_PATH.value}")
+  return out
+
+
+def _run(command: list[str], log: pathlib.Path) -> None:
+  log.parent.mkdir(parents=True, exist_ok=True)
+  with log.open("a") as out:
+    done = subprocess.run(command, cwd=REPO, stdout=out, stderr=out)
+  if done.returncode:
+    raise SystemExit(f"{' '.join(command)} failed; see {log}")
+
+
+def train_experts(root: pathlib.Path) -> pathlib.Path:
+  workdir = root / "experts"
+  arg = f"dataset={_DATASET.value},validation={_VALIDATION.value}"
+  _run(
+    [
+      sys.executable,
+      "launch/experts.py",
+      f"--config=configs/experts.py:{arg}",
+      f"--workdir={workdir}",
+      *_data_flags(),
+    ],
+    root / "experts.log",
+  )
+  return workdir
+
+
+def distil(root: pathlib.Path, name: str, experts: pathlib.Path) -> float:
+  """Runs row `name` unless finished; returns the seconds it took now."""
+  workdir = root / name
+  if (workdir / "results.json").exists():
+    return 0.0
+  arg = (
+    f"dataset={_DATASET.value},validation={_VALIDATION.value},"
+    f"iterations={_ITERATIONS.value},{ROWS[name][1]}"
+  )
+  command = [
+    sys.executable,
+    "launch/distill.py",
+    f"--config=configs/tm.py:{arg}",
+    f"--workdir={workdir}",
+    f"--config.experts.path={experts}",
+    f"--config.seed={_SEED.value}",
+    *_data_flags(),
+  ]
+  if _SYN_STEPS.value:
+    command.append(f"--config.distill.syn_steps={_SYN_STEPS.value}")
+  if _NUM_MODELS.value:
+    command.append(f"--config.eval.num_models={_NUM_MODELS.value}")
+  tick = time.time()
+  _run(command, root / f"{name}.log")
+  return time.time() - tick
+
+
+def _losses(workdir: pathlib.Path) -> list[float]:
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  losses = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if "loss" in record:
+      losses.append(record["loss"])
+  return losses
+
+
+def row_summary(root: pathlib.Path, name: str) -> dict | None:
+  """The row's figures from its workdir, or None before it finished."""
+  workdir = root / name
+  path = workdir / "results.json"
+  if not path.exists():
+    return None
+  results = json.loads(path.read_text())
+  convnet = results["results"].get("convnet", {})
+  stats = results.get("set_statistics", {})
+  budget = results["budget"]
+  losses = _losses(workdir)
+  return {
+    "row": name,
+    "what": ROWS[name][0],
+    "args": ROWS[name][1],
+    "storage_floats": results["storage_floats"],
+    "images_per_class": budget["images_per_class"],
+    "mean": convnet.get("mean"),
+    "std": convnet.get("std"),
+    "accuracies": convnet.get("accuracies", []),
+    "loss_first": losses[0] if losses else None,
+    "loss_last": losses[-1] if losses else None,
+    "lr": results.get("lr"),
+    "labels": stats.get("labels"),
+    "mappers": stats.get("mappers"),
+    "skipped_updates": results["skipped_updates"],
+    "iterations": results["iterations"],
+  }
+
+
+def _fmt(value, spec):
+  return "" if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+  lines = [
+    "| row | storage | img/class | accuracy (%) | per model | loss first -> "
+    "last | label entropy | own-class prob | label argmax = class | mapper "
+    "singular values |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    labels = r["labels"] or {}
+    mappers = r["mappers"]
+    span = (
+      f"{min(mappers['u_min_sv'], mappers['v_min_sv']):.2f}-"
+      f"{max(mappers['u_max_sv'], mappers['v_max_sv']):.2f}"
+      if mappers
+      else ""
+    )
+    accuracy = (
+      f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
+      if r["mean"] is not None
+      else ""
+    )
+    lines.append(
+      f"| {r['what']} (`{r['args']}`) | {r['storage_floats']} | "
+      f"{r['images_per_class']} | {accuracy} | "
+      f"{', '.join(f'{100 * a:.1f}' for a in r['accuracies'])} | "
+      f"{_fmt(r['loss_first'], '.3f')} -> {_fmt(r['loss_last'], '.3f')} | "
+      f"{_fmt(labels.get('entropy'), '.3f')} | "
+      f"{_fmt(labels.get('own_class_prob'), '.2f')} | "
+      f"{_fmt(labels.get('argmax_accuracy'), '.2f')} | {span} |"
+    )
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  unknown = sorted(set(_ROWS.value) - set(ROWS))
+  if unknown:
+    raise app.UsageError(f"--rows: {unknown} not known; valid: {list(ROWS)}")
+  root = pathlib.Path(
+    _ROOT.value
+    or f"/tmp/lowrank_distill/tm_ablation_{_DATASET.value}_v{_VALIDATION.value}"
+  )
+  root.mkdir(parents=True, exist_ok=True)
+  if not _REPORT.value:
+    experts = train_experts(root)
+    for name in _ROWS.value:
+      seconds = distil(root, name, experts)
+      if seconds:
+        print(f"{name}: {seconds:.0f} s", flush=True)
+  rows = [s for name in _ROWS.value if (s := row_summary(root, name))]
+  text = table(rows)
+  (root / "ablation.md").write_text(text + "\n")
+  (root / "ablation.json").write_text(json.dumps(rows, indent=1))
+  split = "validation" if _VALIDATION.value else "test"
+  print(f"{_DATASET.value}, {split} split, {root}")
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
