@@ -104,18 +104,22 @@ def _data_flags() -> list[str]:
   return out
 
 
-def _run(command: list[str], log: pathlib.Path) -> None:
+def _run(command: list[str], log: pathlib.Path) -> str:
+  """Runs `command`, appending its output to `log`; returns '' or, when it
+  failed, the last line of its output (the error)."""
   log.parent.mkdir(parents=True, exist_ok=True)
   with log.open("a") as out:
     done = subprocess.run(command, cwd=REPO, stdout=out, stderr=out)
-  if done.returncode:
-    raise SystemExit(f"{' '.join(command)} failed; see {log}")
+  if not done.returncode:
+    return ""
+  lines = [line for line in log.read_text().splitlines() if line.strip()]
+  return lines[-1] if lines else f"exit status {done.returncode}"
 
 
 def train_experts(root: pathlib.Path) -> pathlib.Path:
   workdir = root / "experts"
   arg = f"dataset={_DATASET.value},validation={_VALIDATION.value}"
-  _run(
+  error = _run(
     [
       sys.executable,
       "launch/experts.py",
@@ -125,13 +129,17 @@ def train_experts(root: pathlib.Path) -> pathlib.Path:
     ],
     root / "experts.log",
   )
+  if error:
+    raise SystemExit(f"the experts failed: {error} ({root / 'experts.log'})")
   return workdir
 
 
 def distil(root: pathlib.Path, name: str, experts: pathlib.Path) -> float:
-  """Runs row `name` unless finished; returns the seconds it took now."""
+  """Runs row `name` unless finished or failed; returns the seconds it took
+  now. A failed run (e.g. a diverged set) leaves `<row>/FAILED` with its
+  error, which the table shows; delete it to try again."""
   workdir = root / name
-  if (workdir / "results.json").exists():
+  if (workdir / "results.json").exists() or (workdir / "FAILED").exists():
     return 0.0
   arg = (
     f"dataset={_DATASET.value},validation={_VALIDATION.value},"
@@ -151,7 +159,11 @@ def distil(root: pathlib.Path, name: str, experts: pathlib.Path) -> float:
   if _NUM_MODELS.value:
     command.append(f"--config.eval.num_models={_NUM_MODELS.value}")
   tick = time.time()
-  _run(command, root / f"{name}.log")
+  error = _run(command, root / f"{name}.log")
+  if error:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "FAILED").write_text(error + "\n")
+    print(f"{name} failed: {error}", flush=True)
   return time.time() - tick
 
 
@@ -174,6 +186,13 @@ def row_summary(root: pathlib.Path, name: str) -> dict | None:
   """The row's figures from its workdir, or None before it finished."""
   workdir = root / name
   path = workdir / "results.json"
+  if (workdir / "FAILED").exists():
+    return {
+      "row": name,
+      "what": ROWS[name][0],
+      "args": ROWS[name][1],
+      "failed": (workdir / "FAILED").read_text().strip(),
+    }
   if not path.exists():
     return None
   results = json.loads(path.read_text())
@@ -212,6 +231,12 @@ def table(rows: list[dict]) -> str:
     "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
+    if "failed" in r:
+      lines.append(
+        f"| {r['what']} (`{r['args']}`) | failed: {r['failed'][-160:]} "
+        "|||||||||"
+      )
+      continue
     labels = r["labels"] or {}
     mappers = r["mappers"]
     span = (
