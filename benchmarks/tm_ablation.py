@@ -19,9 +19,13 @@ The table gives, per row: the set's storage and images per class, mean ±
 std over the evaluation models (and each model), the matching loss at the
 start and the end, and for soft labels their entropy (nats; log C is
 uniform), the mean probability of each image's own class and the fraction
-whose most likely label is their class; for mappers the range of their
-singular values (1 at an SVD or noise init). The markdown table goes to
-stdout and `<root>/ablation.md`, every figure to `<root>/ablation.json`.
+whose most likely label is their class; for every row the fraction whose
+label (argmax) is what the fully trained first expert predicts for the final
+image, and the images each class gets by its labels (how many classes
+learned labels left with none); for mappers the range of their singular
+values (at init: 1 for orthonormal mappers, the cube root of the codes'
+scale when balanced). The markdown table goes to stdout and
+`<root>/ablation.md`, every figure to `<root>/ablation.json`.
 """
 
 import json
@@ -182,6 +186,38 @@ def _losses(workdir: pathlib.Path) -> list[float]:
   return losses
 
 
+def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
+  """(agreement, counts): the fraction of the final set whose label's argmax
+  is what the buffer's first expert, fully trained, predicts for its image
+  (whether labels and images agree; a low-rank image need not look like the
+  class it was initialised from), and how many images each class has by
+  their labels' argmax (learned labels can leave a class with none)."""
+  import jax
+  import numpy as np
+
+  from lowrank_distill import experts as experts_lib
+  from lowrank_distill import models
+  from lowrank_distill import synset as synset_lib
+
+  exported = synset_lib.load(workdir / "synset")
+  buffer = experts_lib.open_buffer(experts)
+  model_identity = buffer.identity["model"]
+  model = models.create(
+    model_identity["name"],
+    num_classes=exported.num_classes,
+    image_shape=tuple(exported.dataset["image_shape"]),
+    **models.options_for(model_identity["name"], model_identity["options"]),
+  )
+  params = buffer.snapshot(0, buffer.num_snapshots - 1)
+  logits = model.apply({"params": params}, exported.images, train=True)
+  predicted = np.asarray(jax.numpy.argmax(logits, -1))
+  labels = np.asarray(exported.labels)
+  if labels.ndim == 2:
+    labels = labels.argmax(-1)
+  counts = np.bincount(labels, minlength=exported.num_classes)
+  return float(np.mean(predicted == labels)), counts.tolist()
+
+
 def row_summary(root: pathlib.Path, name: str) -> dict | None:
   """The row's figures from its workdir, or None before it finished."""
   workdir = root / name
@@ -214,6 +250,12 @@ def row_summary(root: pathlib.Path, name: str) -> dict | None:
     "lr": results.get("lr"),
     "labels": stats.get("labels"),
     "mappers": stats.get("mappers"),
+    **dict(
+      zip(
+        ("expert_agreement", "label_counts"),
+        expert_agreement(workdir, root / "experts"),
+      )
+    ),
     "skipped_updates": results["skipped_updates"],
     "iterations": results["iterations"],
   }
@@ -226,15 +268,16 @@ def _fmt(value, spec):
 def table(rows: list[dict]) -> str:
   lines = [
     "| row | storage | img/class | accuracy (%) | per model | loss first -> "
-    "last | label entropy | own-class prob | label argmax = class | mapper "
-    "singular values |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "last | label entropy | own-class prob | label argmax = class | label "
+    "= expert's prediction | images per class by label (min-max, classes "
+    "with none) | mapper singular values |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     if "failed" in r:
       lines.append(
         f"| {r['what']} (`{r['args']}`) | failed: {r['failed'][-160:]} "
-        "|||||||||"
+        "|||||||||||"
       )
       continue
     labels = r["labels"] or {}
@@ -257,7 +300,10 @@ def table(rows: list[dict]) -> str:
       f"{_fmt(r['loss_first'], '.3f')} -> {_fmt(r['loss_last'], '.3f')} | "
       f"{_fmt(labels.get('entropy'), '.3f')} | "
       f"{_fmt(labels.get('own_class_prob'), '.2f')} | "
-      f"{_fmt(labels.get('argmax_accuracy'), '.2f')} | {span} |"
+      f"{_fmt(labels.get('argmax_accuracy'), '.2f')} | "
+      f"{_fmt(r['expert_agreement'], '.2f')} | "
+      f"{min(r['label_counts'])}-{max(r['label_counts'])}, "
+      f"{r['label_counts'].count(0)} | {span} |"
     )
   return "\n".join(lines)
 
