@@ -77,52 +77,6 @@ def svd_mappers(images, *, rank: int, num_sets: int) -> dict:
   return {"u": jnp.stack(us), "v": jnp.stack(vs), "codes": codes}
 
 
-def balance(params: dict) -> dict:
-  """Spreads each set's scale evenly over its mappers and codes.
-
-  `u @ code @ v` is unchanged when `u`, the codes and `v` are multiplied
-  by factors whose product is 1. With `a`, `b` the RMS singular values of a
-  set's `u` and `v` and `t` its codes', each is rescaled to
-  `(a * t * b) ** (1/3)`, as the plugin's factors share theirs (`sqrt` of
-  the singular values each). Left at orthonormal mappers with the whole
-  scale `t` in the codes, the mappers' gradients are `t` times their scale
-  and the codes' `1 / t` times theirs, so one learning rate moves the
-  shared mappers `t**2` times faster, relatively, than the codes.
-
-  Args:
-    params: {'u': [k, c, h, r], 'v': [k, c, r, w], 'codes': [n, c, r, r]}.
-
-  Returns:
-    The same tree, rescaled per set and channel (a set and channel with an
-    all-zero part is left as it is). Balancing twice changes nothing.
-  """
-  u, v, codes = params["u"], params["v"], params["codes"]
-  num_sets = u.shape[0]
-  sets = set_of(codes.shape[0], num_sets)
-  counts = np.bincount(sets, minlength=num_sets).reshape(-1, 1)
-
-  def rms(x, axis):  # RMS singular value = Frobenius norm / sqrt(rank)
-    return jnp.sqrt(jnp.sum(jnp.square(x), axis=axis) / u.shape[-1])
-
-  a, b = rms(u, (-2, -1)), rms(v, (-2, -1))  # [k, c]
-  energy = jax.ops.segment_sum(
-    jnp.sum(jnp.square(codes), axis=(-2, -1)), sets, num_segments=num_sets
-  )
-  t = jnp.sqrt(energy / (counts * u.shape[-1]))  # [k, c]
-  ok = (a > 0) & (b > 0) & (t > 0)
-  target = jnp.cbrt(a * t * b)
-
-  def factor(scale):
-    return jnp.where(ok, target / jnp.where(ok, scale, 1.0), 1.0)
-
-  return {
-    **params,
-    "u": u * factor(a)[..., None, None],
-    "v": v * factor(b)[..., None, None],
-    "codes": codes * factor(t)[sets][..., None, None],
-  }
-
-
 def init(
   key,
   *,
@@ -146,9 +100,7 @@ def init(
       QR of Gaussian draws) and i.i.d. codes `N(0, h * w / r**2)`, so every
       pixel has expected variance 1 (a pixel sums `r * r` code entries
       weighted by mapper entries of mean square `1 / h` and `1 / w`). 'real'
-      takes the subspaces of `real_images` (see `svd_mappers`). Either way
-      the scale is then spread evenly over mappers and codes (`balance`);
-      the images stay the same.
+      takes the subspaces of `real_images` (see `svd_mappers`).
     real_images: [num_classes, images_per_class, h, w, c] for 'real'.
     rank: r, 1 <= r <= min(h, w).
     num_sets: k, 1 <= k <= num_classes * images_per_class.
@@ -181,7 +133,7 @@ def init(
       images_per_class=images_per_class,
       image_shape=(h, w, c),
     )
-    return balance(svd_mappers(images, rank=rank, num_sets=num_sets))
+    return svd_mappers(images, rank=rank, num_sets=num_sets)
   key_u, key_v, key_codes = jax.random.split(key, 3)
   u = jnp.linalg.qr(
     jax.random.normal(key_u, (num_sets, c, h, rank), jnp.float32)
@@ -191,7 +143,7 @@ def init(
   )[0]
   std = float(np.sqrt(h * w)) / rank
   codes = std * jax.random.normal(key_codes, (n, c, rank, rank), jnp.float32)
-  return balance({"u": u, "v": jnp.swapaxes(v, -1, -2), "codes": codes})
+  return {"u": u, "v": jnp.swapaxes(v, -1, -2), "codes": codes}
 
 
 def materialize(params: dict) -> jax.Array:
