@@ -308,16 +308,10 @@ def test_label_statistics_of_onehot_uniform_and_swapped_labels():
 def test_set_statistics_name_labels_lr_and_mapper_spectra():
   from lowrank_distill.parameterize import mappers
 
-  params = mappers.init(
-    jax.random.key(0),
-    num_classes=2,
-    images_per_class=2,
-    image_shape=(6, 6, 1),
-    rank=2,
-    num_sets=2,
-  )
+  images = jax.random.normal(jax.random.key(0), (4, 6, 6, 1))
+  params = mappers.svd_mappers(images, rank=2, num_sets=2)
   spectra = analysis.mapper_spectra(params)
-  # Noise init: orthonormal mappers, every singular value 1.
+  # The SVD's mappers are orthonormal: every singular value 1.
   np.testing.assert_allclose(spectra["u"], 1.0, rtol=1e-5)
   assert spectra["v"].shape == (2, 1, 2)
   trainable = {
