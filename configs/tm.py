@@ -25,6 +25,12 @@ Variants (the model, data and expert buffer are the same for all three):
 - `lomtt`: the low-rank plugin's factors with the same matching.
 - `mtt_lss`: shared per-set mappers with per-image codes, learnable soft
   labels (random init), the progressive start schedule and the learned lr.
+  Its paper's random labels fight the images' real-image init: the label lr
+  drives each label to a near one-hot at whatever class the early
+  gradients favour, so classes end under- or unrepresented and the result
+  depends on the seed. `label_init=expert` starts the labels from the
+  trained expert's predictions of the initial images instead
+  (docs/RESULTS.md, "Why MTT-LSS loses"; chosen on held-out digits).
 
 Published settings, CIFAR-10 (ConvNet-3, ZCA, experts: 100 x 50 epochs):
 - MTT (Cazenavette et al., CVPR 2022), IPC 1: syn_steps 50, expert_epochs

@@ -327,6 +327,20 @@ def _train_and_test_program(
   return train_and_test
 
 
+def auto_models_per_batch(num_models: int, mesh=None) -> int:
+  """Models to train at once when the config leaves it open.
+
+  On a CPU one model per device along the mesh's 'data' axis: one model's
+  matmuls already fill the cores, and vmapping 10 seeds took 1.36x the
+  time of training them one after another (docs/RESULTS.md, "Evaluation
+  throughput"); on an accelerator all `num_models` at once, where one
+  model does not fill the device. The accuracies do not depend on it.
+  """
+  if jax.default_backend() == "cpu":
+    return min(num_models, sharding.data_size(mesh))
+  return num_models
+
+
 def evaluate_set(
   key,
   images,
@@ -371,7 +385,8 @@ def evaluate_set(
     num_models: K, models trained from K seeds.
     epochs, lr, batch_size, momentum, weight_decay, dsa_strategy: see
       `train_network`; lr may be a learned lr.
-    models_per_batch: models trained in parallel; all of them when None.
+    models_per_batch: models trained in parallel; None: `auto_models_per_batch`
+      (one per device on a CPU, all of them on an accelerator).
     test_batch_size: test images per forward pass.
     conv_impl: convolution implementation for `models.create`.
     mesh: a `sharding` mesh to split the models over; None: one device.
@@ -427,7 +442,7 @@ def evaluate_set(
     )
     correct = _logged_correct(log, fingerprint, num_models)
   missing = np.flatnonzero(correct < 0)
-  chunk = models_per_batch or num_models
+  chunk = models_per_batch or auto_models_per_batch(num_models, mesh)
   for start in range(0, len(missing), chunk):
     indices = missing[start : start + chunk]
     extra = sharding.padded_size(len(indices), mesh) - len(indices)

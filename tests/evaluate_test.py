@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lowrank_distill import evaluate, models, train
+from lowrank_distill import evaluate, models, sharding, train
 
 TINY = {"width": 8, "depth": 1}
 
@@ -70,7 +70,13 @@ def test_evaluate_set_is_independent_of_models_per_batch(tiny_images):
     epochs=2,
   )
   together = evaluate.evaluate_set(
-    jax.random.key(1), images, labels, images, labels, **kwargs
+    jax.random.key(1),
+    images,
+    labels,
+    images,
+    labels,
+    models_per_batch=3,
+    **kwargs,
   )
   one_by_one = evaluate.evaluate_set(
     jax.random.key(1),
@@ -84,6 +90,13 @@ def test_evaluate_set_is_independent_of_models_per_batch(tiny_images):
   chex.assert_shape(together.accuracies, (3,))
   np.testing.assert_allclose(together.accuracies, one_by_one.accuracies)
   assert 0.0 <= together.mean <= 1.0 and together.std >= 0.0
+
+
+def test_models_per_batch_left_open_is_one_per_cpu_device():
+  assert jax.default_backend() == "cpu"
+  assert evaluate.auto_models_per_batch(5) == 1
+  mesh = sharding.make_mesh(data=1)
+  assert evaluate.auto_models_per_batch(5, mesh) == 1
 
 
 def test_repeated_evaluations_reuse_one_compiled_program(

@@ -286,6 +286,8 @@ def check_evaluate(tmp: pathlib.Path) -> dict:
   one = accuracies(None)
   for mesh in meshes():
     np.testing.assert_array_equal(accuracies(mesh), one)
+    # On a CPU, models left open train one per device at a time.
+    assert evaluate.auto_models_per_batch(4, mesh) == min(4, mesh.shape["data"])
   return {"accuracies": one.tolist()}
 
 
