@@ -25,13 +25,14 @@ CPU cores: 1,000 iterations, 128 real images per class, no flip in DSA.
 
 Reached here (docs/RESULTS.md, 2-core CPU, ConvNet-3 with DSA): digits
 LoDM 91.81 ± 1.01 (5 models, ~6 min in all) on the first development
-machine; on session 9's AMD EPYC the same code distils a set with the same
+machine; on session 9's machine the same code distils a set with the same
 losses to the last bit and evaluates it at 89.81 ± 0.89 (all 5 models at
-once) or 89.97 ± 0.53 (one at a time, the CPU default since session 9). MNIST at a CPU budget (400
-iterations, 64 real images per class, 3 models): IPC 1 DM 89.93 ± 0.69,
-LoDM 92.19 ± 0.25 (1.3-3.3 s per iteration; evaluating 3 models 3.5 min on
-10 images, 46 min on 70); IPC 10 (200 iterations) DM 96.34 ± 0.09, LoDM
-97.14 ± 0.08 (1.0-1.2 s per iteration, evaluation 18 / 38 min).
+once) or 89.97 ± 0.53 (one at a time, the CPU default since session 9).
+MNIST at a CPU budget (400 iterations, 64 real images per class, 3
+models): IPC 1 DM 89.93 ± 0.69, LoDM 92.19 ± 0.25 (1.3-3.3 s per
+iteration; evaluating 3 models 3.5 min on 10 images, 46 min on 70); IPC 10
+(200 iterations) DM 96.34 ± 0.09, LoDM 97.14 ± 0.08 (1.0-1.2 s per
+iteration, evaluation 18 / 38 min).
 """
 
 from configs import common
