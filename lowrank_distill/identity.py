@@ -41,18 +41,27 @@ def _covered(name: str, fields: Iterable[str]) -> bool:
   return any(name == f or name.startswith(f + ".") for f in fields)
 
 
+# Fields added to the configs after runs were written, with the value that
+# keeps the old behaviour: at that value a field is left out of the
+# identity, so a run, checkpoint or buffer written before it existed still
+# resumes.
+ADDED_FIELDS = {"dataset.validation_per_class": 0}
+
+
 def identity(config_dict: dict, resumable_fields: Iterable[str] = ()) -> dict:
   """The flattened config without the fields a resumed run may change.
 
   Args:
     config_dict: a config as a (nested) dict.
     resumable_fields: dotted names; each drops itself and its sub-fields.
+      Fields of `ADDED_FIELDS` at their old-behaviour value are dropped too.
   """
   resumable_fields = tuple(resumable_fields)
   return {
     k: v
     for k, v in flatten(config_dict).items()
     if not _covered(k, resumable_fields)
+    and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
   }
 
 
