@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -310,6 +310,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
+  # Reading the exported sets back logs every Orbax step; keep the table.
+  logging.set_verbosity(logging.WARNING)
   unknown = sorted(set(_ROWS.value) - set(ROWS))
   if unknown:
     raise app.UsageError(f"--rows: {unknown} not known; valid: {list(ROWS)}")
