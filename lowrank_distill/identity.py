@@ -42,9 +42,9 @@ def _covered(name: str, fields: Iterable[str]) -> bool:
 
 
 # Fields added to the configs after runs were written, with the value that
-# keeps the old behaviour: at that value a field is left out of the
-# identity, so a run, checkpoint or buffer written before it existed still
-# resumes.
+# keeps the old behaviour: `diff` counts such a field absent on one side and
+# at that value on the other as equal, so a run, checkpoint or buffer
+# written before it existed still resumes.
 ADDED_FIELDS = {"dataset.validation_per_class": 0}
 
 
@@ -54,14 +54,12 @@ def identity(config_dict: dict, resumable_fields: Iterable[str] = ()) -> dict:
   Args:
     config_dict: a config as a (nested) dict.
     resumable_fields: dotted names; each drops itself and its sub-fields.
-      Fields of `ADDED_FIELDS` at their old-behaviour value are dropped too.
   """
   resumable_fields = tuple(resumable_fields)
   return {
     k: v
     for k, v in flatten(config_dict).items()
     if not _covered(k, resumable_fields)
-    and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
   }
 
 
@@ -74,7 +72,8 @@ def diff(
   """Differing fields as `"name saved != current"` strings (dotted names).
 
   Dicts on both sides are compared key by key; anything else (a dict
-  against a value, lists, numbers) as a whole.
+  against a value, lists, numbers) as a whole. A field of `ADDED_FIELDS`
+  absent on one side and at its old-behaviour value on the other is equal.
 
   Args:
     saved, current: (nested) dicts of JSON types.
@@ -102,4 +101,10 @@ def _diff(saved, current, prefix: str, ignore: tuple) -> list[str]:
   name = prefix[:-1]
   if _covered(name, ignore) or saved == current:
     return []
+  if name in ADDED_FIELDS:
+    old = ADDED_FIELDS[name]
+    if (saved is _ABSENT and current == old) or (
+      current is _ABSENT and saved == old
+    ):
+      return []
   return [f"{name} {_fmt(saved)} != {_fmt(current)}"]

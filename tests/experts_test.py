@@ -333,13 +333,18 @@ def test_configs_hold_the_published_settings():
   assert "flip" not in mnist.experts.dsa_strategy
 
 
-def test_buffer_identity_names_a_held_out_split_only_when_there_is_one():
+def test_buffer_identity_names_the_held_out_split_and_old_buffers_match():
   model = {"name": "convnet", "options": {}}
   plain = experts.buffer_identity(data.load("digits"), model=model)
   held = experts.buffer_identity(
     data.load("digits", validation_per_class=5), model=model
   )
-  assert "validation_per_class" not in plain["dataset"]
+  assert plain["dataset"]["validation_per_class"] == 0
   assert held["dataset"]["validation_per_class"] == 5
   diffs = experts.identity_diff(plain, held, sections=("dataset",))
   assert any("validation_per_class" in d for d in diffs)
+  # A buffer written before the field existed matches a run without one.
+  old = {**plain, "dataset": dict(plain["dataset"])}
+  del old["dataset"]["validation_per_class"]
+  assert not experts.identity_diff(old, plain)
+  assert experts.identity_diff(old, held, sections=("dataset",))

@@ -53,6 +53,8 @@ DATASET_KEYS = (
   "mean",
   "std",
   "zca",
+  # Buffers from before it match at 0 (`identity.ADDED_FIELDS`).
+  "validation_per_class",
 )
 TRAINING_KEYS = (
   "num_experts",
@@ -107,14 +109,9 @@ def buffer_identity(
         training[name] = experts[name]
     if "seed" in config:
       training["seed"] = config.seed
-  dataset_identity = {name: metadata[name] for name in DATASET_KEYS}
-  # Named only when set, so buffers from before the held-out split still
-  # match runs without one.
-  if metadata["validation_per_class"]:
-    dataset_identity["validation_per_class"] = metadata["validation_per_class"]
   return identity_lib.to_json_types(
     {
-      "dataset": dataset_identity,
+      "dataset": {name: metadata[name] for name in DATASET_KEYS},
       "model": model,
       "training": training,
     }
