@@ -23,8 +23,7 @@ whose most likely label is their class; for every row the fraction whose
 label (argmax) is what the fully trained first expert predicts for the final
 image, and the images each class gets by its labels (how many classes
 learned labels left with none); for mappers the range of their singular
-values (at init: 1 for orthonormal mappers, the cube root of the codes'
-scale when balanced). The markdown table goes to stdout and
+values (1 at init). The markdown table goes to stdout and
 `<root>/ablation.md`, every figure to `<root>/ablation.json`.
 """
 
@@ -192,12 +191,12 @@ def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
   (whether labels and images agree; a low-rank image need not look like the
   class it was initialised from), and how many images each class has by
   their labels' argmax (learned labels can leave a class with none)."""
-  import jax
   import numpy as np
 
   from lowrank_distill import experts as experts_lib
   from lowrank_distill import models
   from lowrank_distill import synset as synset_lib
+  from lowrank_distill.distill import tm
 
   exported = synset_lib.load(workdir / "synset")
   buffer = experts_lib.open_buffer(experts)
@@ -208,9 +207,10 @@ def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
     image_shape=tuple(exported.dataset["image_shape"]),
     **models.options_for(model_identity["name"], model_identity["options"]),
   )
-  params = buffer.snapshot(0, buffer.num_snapshots - 1)
-  logits = model.apply({"params": params}, exported.images, train=True)
-  predicted = np.asarray(jax.numpy.argmax(logits, -1))
+  logits = tm.final_expert_logits(
+    buffer, model, tuple(exported.dataset["image_shape"]), exported.images
+  )
+  predicted = np.asarray(logits).argmax(-1)
   labels = np.asarray(exported.labels)
   if labels.ndim == 2:
     labels = labels.argmax(-1)

@@ -69,6 +69,18 @@ def epoch_batches(key, num_examples: int, batch_size: int):
   )
 
 
+def train_logits(model, params, state, images):
+  """Logits in train mode: (logits [b, C], new state).
+
+  `state` holds the model's other collections (e.g. BatchNorm statistics,
+  updated as in train mode), possibly empty (then returned as it is).
+  """
+  variables = {"params": params, **state}
+  if state:
+    return model.apply(variables, images, train=True, mutable=list(state))
+  return model.apply(variables, images, train=True), state
+
+
 def masked_cross_entropy(model, params, state, images, targets, mask):
   """Mean cross-entropy over the valid rows of a padded batch, train mode.
 
@@ -85,13 +97,7 @@ def masked_cross_entropy(model, params, state, images, targets, mask):
     (loss, (new_state, correct)), correct [b] bool: the argmax of the logits
     is the argmax of the targets.
   """
-  variables = {"params": params, **state}
-  if state:
-    logits, state = model.apply(
-      variables, images, train=True, mutable=list(state)
-    )
-  else:
-    logits = model.apply(variables, images, train=True)
+  logits, state = train_logits(model, params, state, images)
   losses = labels_lib.soft_cross_entropy(logits, targets)
   correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
   return jnp.sum(losses * mask) / jnp.sum(mask), (state, correct)

@@ -245,35 +245,25 @@ def settings(config) -> dict:
   )
 
 
-def expert_logits(plan: Plan, images) -> jax.Array:
-  """What the buffer's first expert, fully trained, predicts for `images`.
-
-  The labels' 'expert' init (DESIGN 3.4): the logits of expert 0's last
-  snapshot, applied as the student is (a fresh network's non-param
-  variables, training mode).
-
-  Args:
-    plan: the run's plan (its buffer and model).
-    images: [n, h, w, c] the set's initial images.
-
-  Returns:
-    [n, C] float32 logits.
-  """
-  buffer, _ = _buffer(plan)
+def final_expert_logits(buffer, model, image_shape, images) -> jax.Array:
+  """What `buffer`'s first expert, fully trained (its last snapshot),
+  predicts for `images` [n, h, w, c] -> [n, C] float32 logits, applied as
+  the student is (a fresh network's non-param variables, train mode)."""
   params = buffer.snapshot(0, buffer.num_snapshots - 1)
   _, state = train.split_variables(
-    train.init_variables(
-      jax.random.key(0), plan.model, plan.dataset.image_shape
-    )
+    train.init_variables(jax.random.key(0), model, image_shape)
   )
-  variables = {"params": params, **state}
-  if state:
-    logits, _ = plan.model.apply(
-      variables, images, train=True, mutable=list(state)
-    )
-  else:
-    logits = plan.model.apply(variables, images, train=True)
+  logits, _ = train.train_logits(model, params, state, images)
   return jnp.asarray(logits, jnp.float32)
+
+
+def expert_logits(plan: Plan, images) -> jax.Array:
+  """The labels' 'expert' init (DESIGN 3.4): `final_expert_logits` of the
+  run's buffer and model for the set's initial images [n, h, w, c]."""
+  buffer, _ = _buffer(plan)
+  return final_expert_logits(
+    buffer, plan.model, plan.dataset.image_shape, images
+  )
 
 
 def make_step(
