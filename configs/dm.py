@@ -8,7 +8,9 @@ param (pixels|factors|mappers), rank (0: the table below), num_sets
 (mappers), budget (same-memory|same-images), iterations (0: the published
 20,000, or the digits setting), runlocal (a few seconds on a CPU),
 validation (images per class held out of training and evaluated on instead of
-the test split, for choosing settings; 0: the test split).
+the test split, for choosing settings; 0: the test split), formation
+(multi-formation, IDC: every stored image is cut into formation x formation
+blocks, each upsampled to a training image; 1: none).
 
 Published settings (Zhao & Bilen, WACV 2023, DM): 20,000 iterations, SGD
 momentum 0.5, lr 1.0 on the images, 256 real images per class, init from
@@ -66,6 +68,7 @@ def get_config(arg=None, **values):
     iterations=0,
     runlocal=False,
     validation=0,
+    formation=1,
   )
   config = config_utils.base_config(
     dataset=arg.dataset,
@@ -83,6 +86,7 @@ def get_config(arg=None, **values):
     num_sets=arg.num_sets,
     budget=arg.budget,
     init="real",
+    formation=arg.formation,
   )
   config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
   digits = arg.dataset == "digits"

@@ -10,7 +10,9 @@ num_sets (mappers), budget (same-memory|same-images), distance
 (ours|mse|cos), iterations (0: the published 1,000, or the digits setting),
 runlocal (a few seconds on a CPU), validation (images per class held out of
 training and evaluated on instead of the test split, for choosing settings;
-0: the test split).
+0: the test split), formation (multi-formation, IDC: every stored image
+gives formation**2 training images; 1: none; `configs/idc.py` has IDC's own
+matching).
 
 Published settings (Zhao et al., ICLR 2021, DC; Zhao & Bilen, ICML 2021,
 DSA): 1,000 iterations; SGD momentum 0.5, lr 0.1 on the synthetic images;
@@ -68,6 +70,7 @@ def get_config(arg=None, **values):
     iterations=0,
     runlocal=False,
     validation=0,
+    formation=1,
   )
   checks.check_choice("config arg method", arg.method, METHODS)
   config = config_utils.base_config(
@@ -87,6 +90,7 @@ def get_config(arg=None, **values):
     num_sets=arg.num_sets,
     budget=arg.budget,
     init="real",
+    formation=arg.formation,
   )
   config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
   digits = arg.dataset == "digits"
@@ -108,6 +112,12 @@ def get_config(arg=None, **values):
     distance=arg.distance,
     dsa_strategy=dsa if arg.method == "dsa" else "none",
     classes_in_parallel=1,
+    # DC/DSA train the network on the synthetic set with plain SGD between
+    # matchings; `configs/idc.py` trains it on real images (IDC).
+    net_data="synthetic",
+    net_real_per_class=50,
+    net_momentum=0.0,
+    net_weight_decay=0.0,
   )
   if arg.runlocal:
     config.distill.update(config_utils.RUNLOCAL_DISTILL, batch_real=16)

@@ -16,9 +16,10 @@ expert buffer must hold the same out).
 Ablations (empty: the variant's): param (pixels|factors|mappers), labels
 (hard|soft), label_init (random|onehot|expert), lr_labels (0: the table's),
 start (uniform|progressive), image_init (real: the images, factors or
-mappers from real images, the default | noise). E.g. MTT-LSS's mappers
-with hard labels: `variant=mtt_lss,labels=hard`; MTT with learnable soft
-labels: `variant=mtt,labels=soft`.
+mappers from real images, the default | noise), formation (multi-formation,
+IDC: every stored image gives formation**2 training images; 1: none). E.g.
+MTT-LSS's mappers with hard labels: `variant=mtt_lss,labels=hard`; MTT with
+learnable soft labels: `variant=mtt,labels=soft`.
 
 Variants (the model, data and expert buffer are the same for all three):
 - `mtt`: pixels, hard labels, uniform start epochs, learned student lr.
@@ -167,6 +168,7 @@ def get_config(arg=None, **values):
     lr_labels=0.0,
     start="",
     image_init="real",
+    formation=1,
   )
   checks.check_choice("config arg variant", arg.variant, VARIANTS)
   variant = dict(VARIANTS[arg.variant])
@@ -197,6 +199,7 @@ def get_config(arg=None, **values):
     num_sets=arg.num_sets or NUM_SETS,
     budget=arg.budget or BUDGET_BY_PARAM.get(param, "same-memory"),
     init=arg.image_init,
+    formation=arg.formation,
   )
   soft = variant["labels"] == "soft"
   config.labels = dict(

@@ -4,6 +4,7 @@ import importlib
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from lowrank_distill import augment, config_utils, distill
@@ -189,6 +190,32 @@ def test_gradient_matching_config_holds_the_published_settings():
   assert gm.get_config("dataset=mnist,method=dc").distill.dsa_strategy == "none"
 
 
+def test_idc_config_holds_the_reference_settings():
+  from configs import idc
+
+  config = idc.get_config("dataset=mnist,variant=idc")
+  cfg = config.distill
+  assert (config.synset.param, config.synset.formation) == ("pixels", 2)
+  assert (cfg.distance, cfg.net_data, cfg.outer_loop) == ("l1", "real", 100)
+  assert (cfg.net_momentum, cfg.net_weight_decay, cfg.lr_net) == (
+    0.9,
+    5e-4,
+    0.01,
+  )
+  assert cfg.iterations == 500 and cfg.dsa_strategy == "color_crop_cutout"
+  # The reference's 5e-3 * ipc / 10 on [0, 1] pixels, in standardised units.
+  np.testing.assert_allclose(cfg.lr_images, 5e-4 / 0.3081**2)
+  low = idc.get_config("dataset=mnist,variant=loidc_i")
+  assert (low.synset.param, low.synset.formation, low.synset.rank) == (
+    "factors",
+    1,
+    2,
+  )
+  assert idc.get_config("variant=idc,formation=4").synset.formation == 4
+  with pytest.raises(ValueError, match="config arg variant"):
+    idc.get_config("variant=haba")
+
+
 def test_dm_config_holds_the_published_settings():
   from configs import dm
 
@@ -203,8 +230,8 @@ def test_dm_config_holds_the_published_settings():
 def test_configs_import_no_run_module(fresh_python):
   code = (
     "import sys, importlib\n"
-    "for name in ('dm', 'gm', 'tm', 'experts', 'coreset', 'continual', "
-    "'evaluate'):\n"
+    "for name in ('dm', 'gm', 'idc', 'tm', 'experts', 'coreset', "
+    "'continual', 'evaluate'):\n"
     "  importlib.import_module('configs.' + name)\n"
     "runs = ('distill', 'continual', 'experts', 'evaluate', 'coreset', "
     "'checkpoint')\n"

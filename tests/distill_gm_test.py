@@ -3,13 +3,21 @@
 The pure losses are tested in gradient_matching_test.py.
 """
 
+import json
+import pathlib
+import subprocess
+import sys
+
 import chex
 import jax
 import numpy as np
 import pytest
 
 from configs import gm as gm_config
+from configs import idc as idc_config
 from lowrank_distill import distill
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(arg=""):
@@ -76,3 +84,103 @@ def test_soft_labels_are_learned_by_gradient_matching():
   new, _ = step(state, jax.random.key(1), *objective.inputs(plan)(0))
   assert not np.allclose(new.trainable["labels"], trainable["labels"])
   chex.assert_tree_all_finite(new.trainable)
+
+
+# ---------------------------------------------------------------------------
+# IDC's matching (configs/idc.py): the network trains on real images.
+
+
+def _idc_config(arg="variant=idc"):
+  config = idc_config.get_config("runlocal=true," + arg)
+  config.model.options.update(width=8, depth=1)
+  config.eval.update(epochs=1, num_models=1)
+  config.distill.update(iterations=1, checkpoint_every=1)
+  return config
+
+
+def _one_step(config, key=1):
+  plan = distill.make_plan(config)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
+  objective = distill.OBJECTIVES["gm"]
+  chex.clear_trace_counter()
+  step = jax.jit(
+    chex.assert_max_traces(objective.build_step(plan, optimizer), n=1)
+  )
+  inputs = objective.inputs(plan)
+  new, metrics = step(state, jax.random.key(key), *inputs(0))
+  return plan, state, new, metrics
+
+
+def test_idc_matching_updates_the_stored_images_of_a_formed_set():
+  plan, state, new, metrics = _one_step(_idc_config())
+  assert plan.budget.formation == 2 and plan.images_per_class == 4
+  chex.assert_shape(new.trainable["images"]["images"], (10, 8, 8, 1))
+  assert int(new.skipped) == 0 and np.isfinite(float(metrics["loss"]))
+  assert not np.allclose(
+    new.trainable["images"]["images"], state.trainable["images"]["images"]
+  )
+
+
+def test_the_network_trains_on_what_net_data_names():
+  # With the network all but frozen (lr_net 1e-30 leaves every float32
+  # weight as it is) real and synthetic training agree; with it learning,
+  # the second matching sees another network.
+  losses = {}
+  for lr_net in (1e-30, 0.05):
+    for net_data in ("real", "synthetic"):
+      config = _idc_config()
+      config.distill.update(
+        lr_net=lr_net, net_data=net_data, inner_loop=1, outer_loop=2
+      )
+      if net_data == "synthetic":
+        config.distill.update(net_momentum=0.0, net_weight_decay=0.0)
+      _, _, new, _ = _one_step(config)
+      losses[lr_net, net_data] = new.trainable["images"]["images"]
+  chex.assert_trees_all_equal(losses[1e-30, "real"], losses[1e-30, "synthetic"])
+  assert not np.allclose(losses[0.05, "real"], losses[0.05, "synthetic"])
+
+
+def test_net_momentum_is_refused_when_the_network_trains_on_synthetic():
+  config = _config()
+  config.distill.net_momentum = 0.9
+  with pytest.raises(ValueError, match="distill.net_momentum"):
+    distill.validate(config)
+  config = _idc_config()
+  config.distill.net_data = "both"
+  with pytest.raises(ValueError, match="distill.net_data 'both'"):
+    distill.validate(config)
+
+
+def test_a_real_pass_larger_than_a_class_is_refused_before_compute():
+  config = _idc_config()
+  config.distill.net_real_per_class = 10_000
+  with pytest.raises(ValueError, match="distill.net_real_per_class"):
+    distill.make_plan(config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["idc", "loidc"])
+def test_one_iteration_of_each_idc_variant_runs_through_the_launcher(
+  variant, tmp_path
+):
+  workdir = tmp_path / variant
+  command = [
+    sys.executable,
+    "launch/distill.py",
+    f"--config=configs/idc.py:runlocal=true,variant={variant}",
+    f"--workdir={workdir}",
+    "--config.model.options.width=4",
+    "--config.model.options.depth=1",
+    "--config.distill.iterations=1",
+    "--config.eval.epochs=1",
+    "--config.eval.num_models=1",
+  ]
+  done = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["method"] == "gm" and results["iterations"] == 1
+  assert results["param"] == idc_config.VARIANTS[variant]["param"]
+  assert (workdir / "images" / "stored_000001.png").exists()
+  assert "formation" in done.stderr + done.stdout

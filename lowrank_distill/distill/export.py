@@ -216,6 +216,14 @@ def save_pictures(workdir: pathlib.Path, step: int, trainable, plan: Plan):
     row_names=names,
     captions=captions,
   )
+  if plan.budget.formation > 1:
+    stored = plan.reconstructor.stored_images(trainable["images"])
+    analysis.save_image_grid(
+      workdir / "images" / f"stored_{step:06d}.png",
+      plan.dataset.to_unit_range(np.asarray(stored)),
+      nrow=plan.images_per_class // plan.budget.formation**2,
+      row_names=names,
+    )
   param = plan.budget.param
   if param != "pixels":
     analysis.save_components(

@@ -1,18 +1,26 @@
-"""Gradient matching (DC, DSA, LoDC, LoDSA) as the loop sees it.
+"""Gradient matching (DC, DSA, LoDC, LoDSA, IDC's matching) as the loop
+sees it.
+
+Between matchings the network trains on the synthetic set (DC, DSA:
+`distill.net_data='synthetic'`) or on fresh real images (IDC: 'real').
 
 References:
   Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching",
   ICLR 2021; Zhao & Bilen, "Dataset Condensation with Differentiable Siamese
-  Augmentation", ICML 2021.
+  Augmentation", ICML 2021; Kim et al., "Dataset Condensation via
+  Efficient Synthetic-Data Parameterization", ICML 2022 (IDC).
 """
 
 import jax
 import jax.numpy as jnp
 
-from lowrank_distill import data, models, sharding
+from lowrank_distill import checks, data, models, sharding, train
 from lowrank_distill.distill.objective import Objective, Plan, syn_targets
 from lowrank_distill.distill.step import DistillState, StepFn, guarded_update
 from lowrank_distill.objectives import gradient_matching
+
+# What the network trains on between matchings.
+NET_DATA = ("synthetic", "real")
 
 
 def check(config) -> None:
@@ -26,9 +34,24 @@ def check(config) -> None:
       f"--config.distill.outer_loop=10 --config.distill.inner_loop=50 (the "
       f"published table is in configs/gm.py)"
     )
+  checks.check_choice("distill.net_data", cfg.net_data, NET_DATA)
+  if cfg.net_data == "synthetic" and (cfg.net_momentum or cfg.net_weight_decay):
+    raise ValueError(
+      f"distill.net_momentum / distill.net_weight_decay: the network trains "
+      f"on the synthetic set with plain SGD, as DC's reference does; both "
+      f"must be 0 with distill.net_data='synthetic' (got "
+      f"{cfg.net_momentum}, {cfg.net_weight_decay}); they apply to "
+      f"net_data='real' (IDC)"
+    )
 
 
 def check_plan(plan: Plan) -> None:
+  if plan.step["net_data"] == "real":
+    data.check_images_per_class(
+      plan.dataset.train_labels,
+      plan.step["net_real_per_class"],
+      field="distill.net_real_per_class",
+    )
   if models.uses_batch_norm(plan.model):
     data.check_images_per_class(
       plan.dataset.train_labels,
@@ -50,6 +73,10 @@ def settings(config) -> dict:
     dsa_strategy=cfg.dsa_strategy,
     classes_in_parallel=cfg.classes_in_parallel,
     max_loss=cfg.max_loss,
+    net_data=cfg.net_data,
+    net_real_per_class=cfg.net_real_per_class,
+    net_momentum=cfg.net_momentum,
+    net_weight_decay=cfg.net_weight_decay,
   )
 
 
@@ -67,16 +94,23 @@ def make_step(
   dsa_strategy: str,
   classes_in_parallel: int,
   max_loss: float,
+  net_data: str = "synthetic",
+  net_real_per_class: int = 50,
+  net_momentum: float = 0.0,
+  net_weight_decay: float = 0.0,
 ) -> StepFn:
   """One iteration: `outer_loop` synthetic updates on one fresh network.
 
   Per outer loop: (BatchNorm networks: set the running statistics from a
   real batch), match the gradients of a class-balanced real batch and of the
-  synthetic set, update the synthetic set (guarded), then train the network
-  on the synthetic set for `inner_loop` epochs, except after the last outer
-  loop, as the reference does. The reported loss is the mean over outer
-  loops of the summed class distances. With a mesh, the matched real batch
-  [C, m, ...] is split along m.
+  synthetic set, update the synthetic set (guarded), then train the network,
+  except after the last outer loop: on the synthetic set for `inner_loop`
+  epochs of plain SGD (`net_data='synthetic'`, DC and DSA), or for one pass
+  over `net_real_per_class` fresh real images of every class with SGD
+  (`net_momentum`, `net_weight_decay`, its state kept across the
+  iteration's passes; `net_data='real'`, IDC). The reported loss is the
+  mean over outer loops of the summed class distances. With a mesh, the
+  matched real batch [C, m, ...] is split along m.
   """
   model = plan.model
   materialize = plan.reconstructor.materialize
@@ -110,12 +144,37 @@ def make_step(
       dsa_strategy=dsa_strategy,
     )
 
+  net_optimizer = train.sgd(
+    momentum=net_momentum, weight_decay=net_weight_decay
+  )
+
+  def train_on_real(key, variables, opt_state, real_images, class_index):
+    params, net_state = train.split_variables(variables)
+    params, net_state, opt_state = gradient_matching.train_on_real(
+      key,
+      (params, net_state, opt_state),
+      real_images,
+      class_index,
+      model=model,
+      images_per_class=net_real_per_class,
+      lr=lr_net,
+      batch_size=batch_train,
+      dsa_strategy=dsa_strategy,
+      optimizer=net_optimizer,
+    )
+    return {"params": params, **net_state}, opt_state
+
   def step(state: DistillState, key, real_images, class_index):
     net_key, loop_key = jax.random.split(key)
     variables = model.init(net_key, real_images[:1])
+    opt_state = (
+      ()
+      if net_optimizer is None
+      else net_optimizer.init(train.split_variables(variables)[0])
+    )
 
     def outer(carry, index):
-      state, variables = carry
+      state, variables, opt_state = carry
       bn_key, real_key, match_key, inner_key = jax.random.split(
         jax.random.fold_in(loop_key, index), 4
       )
@@ -134,16 +193,25 @@ def make_step(
       state, refused = guarded_update(
         state, loss, grads, optimizer, max_loss=max_loss
       )
-      variables = jax.lax.cond(
-        index < outer_loop - 1,
-        lambda v: train_network(inner_key, v, state.trainable),
-        lambda v: v,
-        variables,
-      )
-      return (state, variables), (loss, refused)
+      if net_data == "real":
+        variables, opt_state = jax.lax.cond(
+          index < outer_loop - 1,
+          lambda v, o: train_on_real(inner_key, v, o, real_images, class_index),
+          lambda v, o: (v, o),
+          variables,
+          opt_state,
+        )
+      else:
+        variables = jax.lax.cond(
+          index < outer_loop - 1,
+          lambda v: train_network(inner_key, v, state.trainable),
+          lambda v: v,
+          variables,
+        )
+      return (state, variables, opt_state), (loss, refused)
 
-    (state, _), (losses, refused) = jax.lax.scan(
-      outer, (state, variables), jnp.arange(outer_loop)
+    (state, _, _), (losses, refused) = jax.lax.scan(
+      outer, (state, variables, opt_state), jnp.arange(outer_loop)
     )
     return state.replace(step=state.step + 1), {
       "loss": jnp.mean(losses),

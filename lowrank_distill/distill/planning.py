@@ -43,6 +43,8 @@ RANGES = {
   "synset.ipc": checks.COUNT,
   "synset.rank": checks.COUNT,
   "synset.num_sets": checks.COUNT,
+  # Training images per stored image: formation**2 (1: none).
+  "synset.formation": checks.COUNT,
   # 0 keeps soft labels as initialised (hard labels have no lr).
   "labels.lr": checks.NON_NEGATIVE,
   "labels.momentum": checks.MOMENTUM,
@@ -63,6 +65,9 @@ RANGES = {
   "distill.outer_loop": checks.COUNT,
   "distill.inner_loop": checks.Range(low=0, integer=True),
   "distill.lr_net": checks.RATE,
+  "distill.net_real_per_class": checks.COUNT,
+  "distill.net_momentum": checks.MOMENTUM,
+  "distill.net_weight_decay": checks.NON_NEGATIVE,
   "distill.batch_train": checks.COUNT,
   "distill.syn_steps": checks.COUNT,
   "distill.expert_epochs": checks.COUNT,
@@ -164,6 +169,7 @@ def make_plan(
     image_shape=dataset.image_shape,
     rank=syn.rank,
     num_sets=syn.num_sets,
+    formation=syn.formation,
   )
   data.check_images_per_class(dataset.train_labels, syn.ipc, field="synset.ipc")
   budget = budget_lib.plan(
@@ -176,6 +182,7 @@ def make_plan(
     num_sets=syn.num_sets,
     soft_labels=config.labels.kind == "soft",
     learn_lr=config.distill.learn_lr,
+    formation=syn.formation,
   )
   data.check_images_per_class(
     dataset.train_labels,
@@ -201,7 +208,9 @@ def make_plan(
     method=config.method,
     dataset=dataset,
     budget=budget,
-    reconstructor=parameterize.get(syn.param),
+    reconstructor=parameterize.reconstructor(
+      syn.param, formation=syn.formation
+    ),
     model=model,
     conv_impl=cfg.conv_impl,
     seed=config.seed,

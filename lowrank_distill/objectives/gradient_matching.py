@@ -6,6 +6,9 @@ References:
   ICLR 2021 (DC).
   Zhao & Bilen, "Dataset Condensation with Differentiable Siamese
   Augmentation", ICML 2021 (DSA).
+  Kim et al., "Dataset Condensation via Efficient Synthetic-Data
+  Parameterization", ICML 2022 (IDC: the 'l1' distance, the network trained
+  on real data between matchings).
 """
 
 import functools
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from lowrank_distill import augment, checks, sharding, train
+from lowrank_distill.data import sampling as data_sampling
 from lowrank_distill.parameterize import labels as labels_lib
 
 PyTree = Any
@@ -74,10 +78,24 @@ def cos(grads_syn: PyTree, grads_real: PyTree) -> jax.Array:
   return _cosine_distance_rows(flat(grads_syn)[None], flat(grads_real)[None])
 
 
+def l1(grads_syn: PyTree, grads_real: PyTree) -> jax.Array:
+  """Sum of absolute differences over the convolution kernels only.
+
+  IDC's default (`metric='l1'`, `bias=False`, `fc=False`): 1-D params
+  (biases, norm affines) and 2-D ones (the classifier) are left out.
+  """
+  total = jnp.float32(0.0)
+  for gs, gr in zip(jax.tree.leaves(grads_syn), jax.tree.leaves(grads_real)):
+    if gs.ndim == 4:
+      total = total + jnp.sum(jnp.abs(gs - gr))
+  return total
+
+
 DISTANCES: dict[str, Callable[[PyTree, PyTree], jax.Array]] = {
   "ours": ours,
   "mse": mse,
   "cos": cos,
+  "l1": l1,
 }
 
 
@@ -232,3 +250,77 @@ def train_on_synthetic(
     dsa_strategy=dsa_strategy,
   )
   return variables
+
+
+def real_draw(key, class_index, *, n: int):
+  """`n` distinct real images of every class and their one-hot targets.
+
+  Returns:
+    (idx [C * n] int32 class-major indices into the training images,
+    targets [C * n, C] float32).
+  """
+  idx = data_sampling.sample_per_class(key, class_index, n=n)
+  num_classes = idx.shape[0]
+  labels = jnp.repeat(jnp.arange(num_classes), n)
+  return idx.reshape(-1), jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+
+
+def train_on_real(
+  key,
+  carry,
+  real_images,
+  class_index,
+  *,
+  model,
+  images_per_class: int,
+  lr: float,
+  batch_size: int,
+  dsa_strategy: str = "none",
+  optimizer=None,
+):
+  """IDC's network update: one pass over a fresh class-balanced real draw.
+
+  As the reference's `train_epoch(..., n_data=500)` between matchings
+  (there 500 images drawn at random; here `images_per_class` of every
+  class): shuffled minibatches, cross-entropy, SGD whose optimiser state
+  (momentum) carries over from the previous update of the same network,
+  per-sample DSA, BatchNorm in train mode. (The reference also applies
+  CutMix in this pass; not done here.)
+
+  Args:
+    key: the draw, the order and the augmentation fold from it.
+    carry: (params, state, opt_state) of the network.
+    real_images: [N, h, w, c] the training images.
+    class_index: `data.ClassIndex` of their labels.
+    model: a Linen module.
+    images_per_class: images of each class in the pass
+      (`distill.net_real_per_class`).
+    lr: the network's lr (`distill.lr_net`).
+    batch_size: minibatch size.
+    dsa_strategy: DSA strategy or 'none'.
+    optimizer: `train.sgd(...)` (None: plain SGD, no state).
+
+  Returns:
+    The carry after the pass.
+  """
+  draw_key, order_key, aug_key = jax.random.split(key, 3)
+  idx, targets = real_draw(draw_key, class_index, n=images_per_class)
+
+  def update(grads, opt_state, params):
+    if optimizer is not None:
+      grads, opt_state = optimizer.update(grads, opt_state, params)
+    return jax.tree.map(lambda p, u: p - lr * u, params, grads), opt_state
+
+  carry, _ = train.sgd_epoch(
+    carry,
+    0,
+    images=real_images[idx],
+    targets=targets,
+    model=model,
+    batch_size=batch_size,
+    order_key=order_key,
+    aug_key=aug_key,
+    dsa_strategy=dsa_strategy,
+    update=update,
+  )
+  return carry

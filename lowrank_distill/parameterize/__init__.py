@@ -10,7 +10,9 @@ with `n = num_classes * images_per_class` images in class-major order (image
 `i` has hard label `i // images_per_class`) and params a dict of float32
 arrays. Kinds: `pixels` (full rank), `factors` (the low-rank plugin, needs
 `rank`) and `mappers` (MTT-LSS shared mappers, needs `rank` and `num_sets`).
-`labels` holds the hard/soft labels, `budget` the storage accounting.
+`formation` adds multi-formation (IDC) to any kind: `reconstructor(name,
+formation=f)`. `labels` holds the hard/soft labels, `budget` the storage
+accounting.
 
 The registry itself (`PARAMETERIZATIONS`, `KIND_ARGS`, `get`, `kind_kwargs`,
 `validate`, `num_floats`) lives in `registry`; this module only re-exports.
@@ -20,6 +22,7 @@ Submodules import their siblings directly, never this package `__init__`.
 from lowrank_distill.parameterize import (
   budget,
   factors,
+  formation,
   labels,
   mappers,
   pixels,
@@ -29,8 +32,10 @@ from lowrank_distill.parameterize.registry import (
   KIND_ARGS,
   PARAMETERIZATIONS,
   get,
+  images_multiple,
   kind_kwargs,
   num_floats,
+  reconstructor,
   validate,
 )
 
@@ -39,12 +44,15 @@ __all__ = [
   "PARAMETERIZATIONS",
   "budget",
   "factors",
+  "formation",
   "get",
+  "images_multiple",
   "kind_kwargs",
   "labels",
   "mappers",
   "num_floats",
   "pixels",
+  "reconstructor",
   "registry",
   "validate",
 ]

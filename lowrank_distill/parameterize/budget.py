@@ -12,6 +12,11 @@ Budgets (`BUDGETS`):
   `floor(ipc * h * w / (r * (h + w)))`: 8x on 32x32 at rank 2.
 - 'same-images': keep `ipc` images per class, whatever they cost.
 
+With multi-formation (`formation` f > 1) every stored image gives `f**2`
+training images: images per class count training images and come in
+multiples of `f**2`; the storage counts the stored images (and a soft
+label per training image).
+
 References:
   Yang et al., "An Efficient Dataset Condensation Plugin and Its Application
   to Continual Learning", NeurIPS 2023 (same-memory / same-images); Kong et
@@ -46,6 +51,7 @@ def storage_floats(
   num_sets: int | None = None,
   soft_labels: bool = False,
   learn_lr: bool = False,
+  formation: int = 1,
 ) -> int:
   """Floats a set costs, from the shapes of `init` alone (no compute).
 
@@ -58,11 +64,13 @@ def storage_floats(
     num_sets: for 'mappers'.
     soft_labels: add `num_classes` logits per image.
     learn_lr: add 1 for the learned student lr.
+    formation: the multi-formation factor (images_per_class a multiple of
+      its square).
 
   Returns:
     The storage in floats, as `registry.num_floats` counts it.
   """
-  module = registry.get(param)
+  module = registry.reconstructor(param, formation=formation)
   shape = tuple(int(d) for d in image_shape)
   kwargs = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
   # The key is made inside eval_shape: planning compiles nothing.
@@ -101,6 +109,7 @@ def images_per_class(
   num_sets: int | None = None,
   soft_labels: bool = False,
   learn_lr: bool = False,
+  formation: int = 1,
 ) -> int:
   """Images per class the budget allows.
 
@@ -114,9 +123,12 @@ def images_per_class(
     num_sets: for 'mappers'.
     soft_labels: whether label logits are stored.
     learn_lr: whether a student lr is stored.
+    formation: the multi-formation factor f; images per class are
+      training images, a multiple of f**2.
 
   Returns:
-    'same-images': `ipc`. 'same-memory': the largest m with
+    'same-images': `ipc` stored images per class, `ipc * f**2` training
+    images. 'same-memory': the largest multiple m of f**2 with
     `storage_floats(m) <= full_rank_floats(ipc)`.
 
   Raises:
@@ -127,13 +139,19 @@ def images_per_class(
   ipc = checks.positive_int("ipc", ipc)
   num_classes = checks.positive_int("num_classes", num_classes)
   registry.validate(
-    param, image_shape=image_shape, rank=rank, num_sets=num_sets
+    param,
+    image_shape=image_shape,
+    rank=rank,
+    num_sets=num_sets,
+    formation=formation,
   )
+  unit = registry.images_multiple(formation)
   if budget == "same-images":
-    return ipc
+    return ipc * unit
 
-  # Storage is affine in images per class: fixed + m * per_class. Mapper
-  # sets need one image each, so measure where every set has one.
+  # Storage is affine in stored images per class (m / unit): fixed +
+  # (m / unit) * per_unit. Mapper sets need one stored image each, so
+  # measure where every set has one.
   def cost(m):
     return storage_floats(
       param,
@@ -144,27 +162,30 @@ def images_per_class(
       num_sets=num_sets,
       soft_labels=soft_labels,
       learn_lr=learn_lr,
+      formation=formation,
     )
 
   sets = num_sets if "num_sets" in registry.KIND_ARGS[param] else 1
-  first = -(-int(sets) // num_classes)  # ceil: every set gets an image
-  per_class = cost(first + 1) - cost(first)
-  fixed = cost(first) - first * per_class
+  first = max(1, -(-int(sets) // num_classes))  # ceil: every set gets one
+  per_unit = cost((first + 1) * unit) - cost(first * unit)
+  fixed = cost(first * unit) - first * per_unit
   allowed = full_rank_floats(
     ipc=ipc, num_classes=num_classes, image_shape=image_shape
   )
-  best = (allowed - fixed) // per_class
-  if best < max(first, 1):
+  best = (allowed - fixed) // per_unit * unit
+  if best < first * unit:
     settings = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
     settings["soft labels"] = bool(soft_labels)
+    if formation > 1:
+      settings["formation"] = formation
     described = ", ".join(f"{k} {v}" for k, v in settings.items())
     raise ValueError(
       f"budget 'same-memory' at ipc {ipc} allows {allowed} floats, too few "
-      f"for {max(first, 1)} image(s) per class of {param!r} ({described}): "
-      f"{fixed} fixed + {per_class} per image per class. Lower the rank, "
-      f"raise ipc, or use budget='same-images'"
+      f"for {first * unit} image(s) per class of {param!r} ({described}): "
+      f"{fixed} fixed + {per_unit} per stored image per class. Lower the "
+      f"rank, raise ipc, or use budget='same-images'"
     )
-  if cost(best) > allowed or cost(best + 1) <= allowed:
+  if cost(best) > allowed or cost(best + unit) <= allowed:
     raise AssertionError(f"storage of {param!r} is not affine in ipc")
   return int(best)
 
@@ -183,10 +204,12 @@ class Budget:
     num_sets: mapper sets, None unless 'mappers'.
     soft_labels: whether label logits are stored.
     learn_lr: whether a student lr is stored.
-    images_per_class: images per class the set holds.
+    images_per_class: (training) images per class the set holds.
     floats_used: the set's storage.
     floats_allowed: the full-rank budget `ipc * classes * h * w * c`
       (a bound only for 'same-memory').
+    formation: the multi-formation factor (1: none); the set stores
+      `images_per_class / formation**2` images per class.
   """
 
   param: str
@@ -201,6 +224,7 @@ class Budget:
   images_per_class: int
   floats_used: int
   floats_allowed: int
+  formation: int = 1
 
   @property
   def num_images(self) -> int:
@@ -223,6 +247,7 @@ def plan(
   num_sets: int | None = None,
   soft_labels: bool = False,
   learn_lr: bool = False,
+  formation: int = 1,
 ) -> Budget:
   """Resolves a budget (see `images_per_class`) into a `Budget`.
 
@@ -239,6 +264,7 @@ def plan(
     num_sets=num_sets,
     soft_labels=soft_labels,
     learn_lr=learn_lr,
+    formation=formation,
   )
   kwargs = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
   shape = tuple(int(d) for d in image_shape)
@@ -260,11 +286,13 @@ def plan(
       image_shape=shape,
       soft_labels=soft_labels,
       learn_lr=learn_lr,
+      formation=formation,
       **kwargs,
     ),
     floats_allowed=full_rank_floats(
       ipc=ipc, num_classes=num_classes, image_shape=shape
     ),
+    formation=int(formation),
   )
 
 
@@ -279,6 +307,7 @@ def budget_table(b: Budget) -> str:
     ("rank", "-" if b.rank is None else str(b.rank)),
     ("sets", "-" if b.num_sets is None else str(b.num_sets)),
     ("labels", labels + (" +lr" if b.learn_lr else "")),
+    *([("formation", str(b.formation))] if b.formation > 1 else []),
     ("ipc", str(b.ipc)),
     ("images/class", str(b.images_per_class)),
     ("total images", str(b.num_images)),

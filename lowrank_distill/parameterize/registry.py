@@ -16,6 +16,7 @@ import numpy as np
 
 from lowrank_distill import checks
 from lowrank_distill.parameterize import factors, mappers, pixels
+from lowrank_distill.parameterize import formation as formation_lib
 
 PARAMETERIZATIONS = {"pixels": pixels, "factors": factors, "mappers": mappers}
 
@@ -33,6 +34,23 @@ def get(name: str):
   return PARAMETERIZATIONS[name]
 
 
+def reconstructor(name: str, *, formation: int = 1):
+  """The reconstructor of kind `name` with multi-formation `formation`.
+
+  At 1, the kind's module itself; above, a `formation.Formed` whose
+  images are the kind's images cut into `formation x formation` blocks.
+  """
+  module = get(name)
+  if formation == 1:
+    return module
+  return formation_lib.Formed(kind=module, factor=formation)
+
+
+def images_multiple(formation: int = 1) -> int:
+  """Images per class come in multiples of this: `formation ** 2`."""
+  return formation * formation
+
+
 def kind_kwargs(name: str, *, rank=None, num_sets=None) -> dict:
   """The kind-specific `init` arguments of `name`, dropping unused ones.
 
@@ -43,7 +61,9 @@ def kind_kwargs(name: str, *, rank=None, num_sets=None) -> dict:
   return {arg: values[arg] for arg in KIND_ARGS[name]}
 
 
-def validate(name: str, *, image_shape, rank=None, num_sets=None) -> None:
+def validate(
+  name: str, *, image_shape, rank=None, num_sets=None, formation=1
+) -> None:
   """Checks a parameterization's settings before anything is built.
 
   Args:
@@ -51,6 +71,7 @@ def validate(name: str, *, image_shape, rank=None, num_sets=None) -> None:
     image_shape: (h, w, c).
     rank: for 'factors' and 'mappers', an integer in 1..min(h, w).
     num_sets: for 'mappers', an integer >= 1.
+    formation: an integer >= 1 dividing h and w (every kind).
 
   Raises:
     ValueError naming the wrong field and what is allowed. Arguments the
@@ -64,6 +85,7 @@ def validate(name: str, *, image_shape, rank=None, num_sets=None) -> None:
     factors.check_rank(rank, shape)
   if "num_sets" in KIND_ARGS[name]:
     mappers.check_num_sets(num_sets)
+  formation_lib.check_factor(formation, shape)
 
 
 def num_floats(tree) -> int:
