@@ -4,9 +4,10 @@ r"""Distribution matching: DM (pixels) and LoDM (low-rank factors).
     --config=configs/dm.py:dataset=mnist,ipc=1,param=factors
 
 Arguments: dataset, ipc (the storage budget in full-size images per class),
-param (pixels|factors|mappers), rank (0: the table below), num_sets
-(mappers), budget (same-memory|same-images), iterations (0: the published
-20,000, or the digits setting), runlocal (a few seconds on a CPU),
+param (pixels|factors|mappers|memories|lowrank_memories), rank (0: the table
+below), num_sets (mappers), num_bases (memories), budget
+(same-memory|same-images), iterations (0: the published 20,000, or the digits
+setting), runlocal (a few seconds on a CPU),
 validation (images per class held out of training and evaluated on instead of
 the test split, for choosing settings; 0: the test split), formation
 (multi-formation, IDC: every stored image is cut into formation x formation
@@ -69,6 +70,7 @@ def get_config(arg=None, **values):
     runlocal=False,
     validation=0,
     formation=1,
+    num_bases=16,
   )
   config = config_utils.base_config(
     dataset=arg.dataset,
@@ -87,6 +89,7 @@ def get_config(arg=None, **values):
     budget=arg.budget,
     init="real",
     formation=arg.formation,
+    num_bases=arg.num_bases,
   )
   config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
   digits = arg.dataset == "digits"

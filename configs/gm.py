@@ -5,14 +5,14 @@ r"""Gradient matching: DC, DSA and their low-rank versions LoDC, LoDSA.
 
 Arguments: dataset, method (dc: no augmentation while matching | dsa:
 siamese DSA), ipc (the storage budget in full-size images per class), param
-(pixels|factors|mappers), rank (0: the plugin's table in configs/dm.py),
-num_sets (mappers), budget (same-memory|same-images), distance
-(ours|mse|cos), iterations (0: the published 1,000, or the digits setting),
-runlocal (a few seconds on a CPU), validation (images per class held out of
-training and evaluated on instead of the test split, for choosing settings;
-0: the test split), formation (multi-formation, IDC: every stored image
-gives formation**2 training images; 1: none; `configs/idc.py` has IDC's own
-matching).
+(pixels|factors|mappers|memories|lowrank_memories), rank (0: the plugin's
+table in configs/dm.py), num_sets (mappers), num_bases (memories), budget
+(same-memory|same-images), distance (ours|mse|cos|l1), iterations (0: the
+published 1,000, or the digits setting), runlocal (a few seconds on a CPU),
+validation (images per class held out of training and evaluated on instead
+of the test split, for choosing settings; 0: the test split), formation
+(multi-formation, IDC: every stored image gives formation**2 training
+images; 1: none; `configs/idc.py` has IDC's own matching).
 
 Published settings (Zhao et al., ICLR 2021, DC; Zhao & Bilen, ICML 2021,
 DSA): 1,000 iterations; SGD momentum 0.5, lr 0.1 on the synthetic images;
@@ -71,6 +71,7 @@ def get_config(arg=None, **values):
     runlocal=False,
     validation=0,
     formation=1,
+    num_bases=16,
   )
   checks.check_choice("config arg method", arg.method, METHODS)
   config = config_utils.base_config(
@@ -91,6 +92,7 @@ def get_config(arg=None, **values):
     budget=arg.budget,
     init="real",
     formation=arg.formation,
+    num_bases=arg.num_bases,
   )
   config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
   digits = arg.dataset == "digits"

@@ -8,12 +8,14 @@ r"""Trajectory matching: MTT (pixels), LoMTT (factors), MTT-LSS (mappers).
 
 Arguments: dataset, variant (mtt|lomtt|mtt_lss), ipc (the storage budget in
 full-size images per class), rank and num_sets (0: the variant's setting),
+num_bases (memories: bases shared by every class),
 budget (same-memory|same-images; empty: same-images for pixels, else
 same-memory), iterations (0: the table's), runlocal, validation (images per
 class held out of training and evaluated on instead of the test split; the
 expert buffer must hold the same out).
 
-Ablations (empty: the variant's): param (pixels|factors|mappers), labels
+Ablations (empty: the variant's): param
+(pixels|factors|mappers|memories|lowrank_memories), labels
 (hard|soft), label_init (random|onehot|expert), lr_labels (0: the table's),
 start (uniform|progressive), image_init (real: the images, factors or
 mappers from real images, the default | noise), formation (multi-formation,
@@ -169,6 +171,7 @@ def get_config(arg=None, **values):
     start="",
     image_init="real",
     formation=1,
+    num_bases=16,
   )
   checks.check_choice("config arg variant", arg.variant, VARIANTS)
   variant = dict(VARIANTS[arg.variant])
@@ -200,6 +203,7 @@ def get_config(arg=None, **values):
     budget=arg.budget or BUDGET_BY_PARAM.get(param, "same-memory"),
     init=arg.image_init,
     formation=arg.formation,
+    num_bases=arg.num_bases,
   )
   soft = variant["labels"] == "soft"
   config.labels = dict(

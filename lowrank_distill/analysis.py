@@ -215,6 +215,8 @@ def rank_one_components(param: str, params: dict, *, max_images: int = 10):
   `a[:, k] b[k, :]` (channel-wise), [max_images * r, h, w, c].
   mappers: for each set, the r*r basis images `u[:, i] v[j, :]` that its codes
   mix, [k * r * r, h, w, c].
+  memories / lowrank_memories: the K bases the addresses mix, [K, h, w, c]
+  (one row).
 
   Returns:
     (components [m, h, w, c] each normalised to [0, 1], items per row).
@@ -228,17 +230,25 @@ def rank_one_components(param: str, params: dict, *, max_images: int = 10):
     comps = np.einsum("schi,scjw->sijhwc", u, v)
     r = u.shape[-1]
     return _normalise(comps.reshape(-1, *comps.shape[3:])), r * r
+  if param == "memories":
+    bases = np.asarray(params["bases"])
+    return _normalise(bases), bases.shape[0]
+  if param == "lowrank_memories":
+    bases = np.einsum("kchr,kcrw->khwc", params["a"], params["b"])
+    return _normalise(bases), bases.shape[0]
   raise ValueError(
-    f"param {param!r} has no low-rank components; valid: factors, mappers"
+    f"param {param!r} has no components to draw; valid: factors, mappers, "
+    f"memories, lowrank_memories"
   )
 
 
 def save_components(path, param: str, params: dict) -> pathlib.Path:
-  """Saves the rank-one components of factors or mappers as a grid PNG.
+  """Saves the components a set is built from as a grid PNG.
 
-  One row per image (factors: its r components) or per mapper set
-  (mappers: its r*r basis images); the size is `grid_size(m, (h, w),
-  nrow=items per row)` for the m components of `rank_one_components`.
+  One row per image (factors: its r components), per mapper set (mappers:
+  its r*r basis images) or of the memories' bases; the size is
+  `grid_size(m, (h, w), nrow=items per row)` for the m components of
+  `rank_one_components`.
   """
   comps, nrow = rank_one_components(param, params)
   return save_png(

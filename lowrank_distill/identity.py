@@ -48,6 +48,7 @@ def _covered(name: str, fields: Iterable[str]) -> bool:
 ADDED_FIELDS = {
   "dataset.validation_per_class": 0,
   "synset.formation": 1,
+  "synset.num_bases": 16,
   "distill.net_data": "synthetic",
   "distill.net_real_per_class": 50,
   "distill.net_momentum": 0.0,

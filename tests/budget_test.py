@@ -185,6 +185,7 @@ def test_same_images_keeps_ipc():
       image_shape=CIFAR,
       rank=8,
       num_sets=4,
+      num_bases=4,
       soft_labels=True,
     )
     assert got == 3

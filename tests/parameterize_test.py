@@ -19,6 +19,8 @@ KINDS = {
   "pixels": {},
   "factors": {"rank": 2},
   "mappers": {"rank": 2, "num_sets": 2},
+  "memories": {"num_bases": 3},
+  "lowrank_memories": {"num_bases": 3, "rank": 2},
 }
 
 
@@ -32,9 +34,8 @@ def _real(num_classes, images_per_class, shape, seed=0):
 def _init(name, shape=(6, 5, 3), num_classes=3, ipc=2, **kwargs):
   """Initialises `name`, dropping rank / num_sets where it takes none."""
   kwargs = {**KINDS[name], **kwargs}
-  unused = set(parameterize.KIND_ARGS["mappers"]) - set(
-    parameterize.KIND_ARGS[name]
-  )
+  every_arg = {arg for args in parameterize.KIND_ARGS.values() for arg in args}
+  unused = every_arg - set(parameterize.KIND_ARGS[name])
   return parameterize.get(name).init(
     jax.random.key(0),
     num_classes=num_classes,
@@ -445,7 +446,13 @@ def test_registry_is_the_one_the_package_exposes():
   for name in REGISTRY_NAMES:
     assert getattr(parameterize, name) is getattr(registry, name), name
   assert parameterize.registry is registry
-  assert set(registry.PARAMETERIZATIONS) == {"pixels", "factors", "mappers"}
+  assert set(registry.PARAMETERIZATIONS) == {
+    "pixels",
+    "factors",
+    "mappers",
+    "memories",
+    "lowrank_memories",
+  }
   for name, module in registry.PARAMETERIZATIONS.items():
     assert getattr(parameterize, name) is module
   for name in parameterize.__all__:
@@ -461,5 +468,7 @@ def test_unknown_name_error_lists_the_valid_names():
     message = str(error.value)
     assert "synset.param 'voxels' is not known" in message
     assert f"valid: {valid}" in message
-  with pytest.raises(ValueError, match=r"'voxels'.*valid: \[.*'mappers'\]"):
+  with pytest.raises(
+    ValueError, match=r"'voxels'.*valid: \[.*'lowrank_memories'\]"
+  ):
     registry.kind_kwargs("voxels", rank=2)

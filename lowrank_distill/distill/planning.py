@@ -43,6 +43,7 @@ RANGES = {
   "synset.ipc": checks.COUNT,
   "synset.rank": checks.COUNT,
   "synset.num_sets": checks.COUNT,
+  "synset.num_bases": checks.COUNT,
   # Training images per stored image: formation**2 (1: none).
   "synset.formation": checks.COUNT,
   # 0 keeps soft labels as initialised (hard labels have no lr).
@@ -169,6 +170,7 @@ def make_plan(
     image_shape=dataset.image_shape,
     rank=syn.rank,
     num_sets=syn.num_sets,
+    num_bases=syn.num_bases,
     formation=syn.formation,
   )
   data.check_images_per_class(dataset.train_labels, syn.ipc, field="synset.ipc")
@@ -180,6 +182,7 @@ def make_plan(
     image_shape=dataset.image_shape,
     rank=syn.rank,
     num_sets=syn.num_sets,
+    num_bases=syn.num_bases,
     soft_labels=config.labels.kind == "soft",
     learn_lr=config.distill.learn_lr,
     formation=syn.formation,
@@ -261,7 +264,10 @@ def initial_trainable(key, plan: Plan) -> dict:
       method=plan.image_init,
       real_images=real,
       **parameterize.kind_kwargs(
-        budget.param, rank=budget.rank, num_sets=budget.num_sets
+        budget.param,
+        rank=budget.rank,
+        num_sets=budget.num_sets,
+        num_bases=budget.num_bases,
       ),
     )
   }

@@ -9,7 +9,10 @@ Every reconstructor module exposes a pure pair:
 with `n = num_classes * images_per_class` images in class-major order (image
 `i` has hard label `i // images_per_class`) and params a dict of float32
 arrays. Kinds: `pixels` (full rank), `factors` (the low-rank plugin, needs
-`rank`) and `mappers` (MTT-LSS shared mappers, needs `rank` and `num_sets`).
+`rank`), `mappers` (MTT-LSS shared mappers, needs `rank` and `num_sets`),
+`memories` (RememberThePast's bases shared by all classes and an address
+per image, needs `num_bases`) and `lowrank_memories` (the same with
+low-rank bases, needs `num_bases` and `rank`).
 `formation` adds multi-formation (IDC) to any kind: `reconstructor(name,
 formation=f)`. `labels` holds the hard/soft labels, `budget` the storage
 accounting.
@@ -24,7 +27,9 @@ from lowrank_distill.parameterize import (
   factors,
   formation,
   labels,
+  lowrank_memories,
   mappers,
+  memories,
   pixels,
   registry,
 )
@@ -49,7 +54,9 @@ __all__ = [
   "images_multiple",
   "kind_kwargs",
   "labels",
+  "lowrank_memories",
   "mappers",
+  "memories",
   "num_floats",
   "pixels",
   "reconstructor",

@@ -49,6 +49,7 @@ def storage_floats(
   image_shape,
   rank: int | None = None,
   num_sets: int | None = None,
+  num_bases: int | None = None,
   soft_labels: bool = False,
   learn_lr: bool = False,
   formation: int = 1,
@@ -62,6 +63,7 @@ def storage_floats(
     image_shape: (h, w, c).
     rank: for 'factors' / 'mappers'.
     num_sets: for 'mappers'.
+    num_bases: for 'memories' / 'lowrank_memories'.
     soft_labels: add `num_classes` logits per image.
     learn_lr: add 1 for the learned student lr.
     formation: the multi-formation factor (images_per_class a multiple of
@@ -72,7 +74,9 @@ def storage_floats(
   """
   module = registry.reconstructor(param, formation=formation)
   shape = tuple(int(d) for d in image_shape)
-  kwargs = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
+  kwargs = registry.kind_kwargs(
+    param, rank=rank, num_sets=num_sets, num_bases=num_bases
+  )
   # The key is made inside eval_shape: planning compiles nothing.
   tree = {
     "images": jax.eval_shape(
@@ -107,6 +111,7 @@ def images_per_class(
   image_shape,
   rank: int | None = None,
   num_sets: int | None = None,
+  num_bases: int | None = None,
   soft_labels: bool = False,
   learn_lr: bool = False,
   formation: int = 1,
@@ -121,6 +126,7 @@ def images_per_class(
     image_shape: (h, w, c).
     rank: for 'factors' / 'mappers'.
     num_sets: for 'mappers'.
+    num_bases: for 'memories' / 'lowrank_memories'.
     soft_labels: whether label logits are stored.
     learn_lr: whether a student lr is stored.
     formation: the multi-formation factor f; images per class are
@@ -143,6 +149,7 @@ def images_per_class(
     image_shape=image_shape,
     rank=rank,
     num_sets=num_sets,
+    num_bases=num_bases,
     formation=formation,
   )
   unit = registry.images_multiple(formation)
@@ -160,6 +167,7 @@ def images_per_class(
       image_shape=image_shape,
       rank=rank,
       num_sets=num_sets,
+      num_bases=num_bases,
       soft_labels=soft_labels,
       learn_lr=learn_lr,
       formation=formation,
@@ -174,7 +182,9 @@ def images_per_class(
   )
   best = (allowed - fixed) // per_unit * unit
   if best < first * unit:
-    settings = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
+    settings = registry.kind_kwargs(
+      param, rank=rank, num_sets=num_sets, num_bases=num_bases
+    )
     settings["soft labels"] = bool(soft_labels)
     if formation > 1:
       settings["formation"] = formation
@@ -202,6 +212,7 @@ class Budget:
     image_shape: (h, w, c).
     rank: the rank, None for pixels.
     num_sets: mapper sets, None unless 'mappers'.
+    num_bases: memory bases, None unless 'memories' / 'lowrank_memories'.
     soft_labels: whether label logits are stored.
     learn_lr: whether a student lr is stored.
     images_per_class: (training) images per class the set holds.
@@ -225,6 +236,7 @@ class Budget:
   floats_used: int
   floats_allowed: int
   formation: int = 1
+  num_bases: int | None = None
 
   @property
   def num_images(self) -> int:
@@ -245,6 +257,7 @@ def plan(
   image_shape,
   rank: int | None = None,
   num_sets: int | None = None,
+  num_bases: int | None = None,
   soft_labels: bool = False,
   learn_lr: bool = False,
   formation: int = 1,
@@ -262,11 +275,14 @@ def plan(
     image_shape=image_shape,
     rank=rank,
     num_sets=num_sets,
+    num_bases=num_bases,
     soft_labels=soft_labels,
     learn_lr=learn_lr,
     formation=formation,
   )
-  kwargs = registry.kind_kwargs(param, rank=rank, num_sets=num_sets)
+  kwargs = registry.kind_kwargs(
+    param, rank=rank, num_sets=num_sets, num_bases=num_bases
+  )
   shape = tuple(int(d) for d in image_shape)
   return Budget(
     param=param,
@@ -293,6 +309,7 @@ def plan(
       ipc=ipc, num_classes=num_classes, image_shape=shape
     ),
     formation=int(formation),
+    num_bases=kwargs.get("num_bases"),
   )
 
 
@@ -306,6 +323,7 @@ def budget_table(b: Budget) -> str:
     ("image", f"{h}x{w}x{c}"),
     ("rank", "-" if b.rank is None else str(b.rank)),
     ("sets", "-" if b.num_sets is None else str(b.num_sets)),
+    *([("bases", str(b.num_bases))] if b.num_bases is not None else []),
     ("labels", labels + (" +lr" if b.learn_lr else "")),
     *([("formation", str(b.formation))] if b.formation > 1 else []),
     ("ipc", str(b.ipc)),

@@ -15,16 +15,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from lowrank_distill import checks
-from lowrank_distill.parameterize import factors, mappers, pixels
+from lowrank_distill.parameterize import (
+  factors,
+  lowrank_memories,
+  mappers,
+  memories,
+  pixels,
+)
 from lowrank_distill.parameterize import formation as formation_lib
 
-PARAMETERIZATIONS = {"pixels": pixels, "factors": factors, "mappers": mappers}
+PARAMETERIZATIONS = {
+  "pixels": pixels,
+  "factors": factors,
+  "mappers": mappers,
+  "memories": memories,
+  "lowrank_memories": lowrank_memories,
+}
 
 # The kind-specific keyword arguments of each kind's `init`.
 KIND_ARGS = {
   "pixels": (),
   "factors": ("rank",),
   "mappers": ("rank", "num_sets"),
+  "memories": ("num_bases",),
+  "lowrank_memories": ("num_bases", "rank"),
 }
 
 
@@ -51,26 +65,34 @@ def images_multiple(formation: int = 1) -> int:
   return formation * formation
 
 
-def kind_kwargs(name: str, *, rank=None, num_sets=None) -> dict:
+def kind_kwargs(name: str, *, rank=None, num_sets=None, num_bases=None) -> dict:
   """The kind-specific `init` arguments of `name`, dropping unused ones.
 
   `kind_kwargs('factors', rank=2, num_sets=4) == {'rank': 2}`.
   """
   get(name)
-  values = {"rank": rank, "num_sets": num_sets}
+  values = {"rank": rank, "num_sets": num_sets, "num_bases": num_bases}
   return {arg: values[arg] for arg in KIND_ARGS[name]}
 
 
 def validate(
-  name: str, *, image_shape, rank=None, num_sets=None, formation=1
+  name: str,
+  *,
+  image_shape,
+  rank=None,
+  num_sets=None,
+  num_bases=None,
+  formation=1,
 ) -> None:
   """Checks a parameterization's settings before anything is built.
 
   Args:
     name: a key of PARAMETERIZATIONS.
     image_shape: (h, w, c).
-    rank: for 'factors' and 'mappers', an integer in 1..min(h, w).
+    rank: for 'factors', 'mappers' and 'lowrank_memories', an integer in
+      1..min(h, w).
     num_sets: for 'mappers', an integer >= 1.
+    num_bases: for 'memories' and 'lowrank_memories', an integer >= 1.
     formation: an integer >= 1 dividing h and w (every kind).
 
   Raises:
@@ -85,6 +107,8 @@ def validate(
     factors.check_rank(rank, shape)
   if "num_sets" in KIND_ARGS[name]:
     mappers.check_num_sets(num_sets)
+  if "num_bases" in KIND_ARGS[name]:
+    memories.check_num_bases(num_bases)
   formation_lib.check_factor(formation, shape)
 
 
