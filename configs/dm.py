@@ -4,8 +4,9 @@ r"""Distribution matching: DM (pixels) and LoDM (low-rank factors).
     --config=configs/dm.py:dataset=mnist,ipc=1,param=factors
 
 Arguments: dataset, ipc (the storage budget in full-size images per class),
-param (pixels|factors|mappers|memories|lowrank_memories), rank (0: the table
-below), num_sets (mappers), num_bases (memories), budget
+param (pixels|factors|mappers|memories|lowrank_memories|hallucinators|
+lowrank_hallucinators), rank (0: the table below), num_sets (mappers),
+num_bases (memories), num_hallucinators (hallucinators), budget
 (same-memory|same-images), iterations (0: the published 20,000, or the digits
 setting), runlocal (a few seconds on a CPU),
 validation (images per class held out of training and evaluated on instead of
@@ -71,6 +72,7 @@ def get_config(arg=None, **values):
     validation=0,
     formation=1,
     num_bases=16,
+    num_hallucinators=5,
   )
   config = config_utils.base_config(
     dataset=arg.dataset,
@@ -90,6 +92,7 @@ def get_config(arg=None, **values):
     init="real",
     formation=arg.formation,
     num_bases=arg.num_bases,
+    num_hallucinators=arg.num_hallucinators,
   )
   config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
   digits = arg.dataset == "digits"

@@ -5,8 +5,10 @@ r"""Gradient matching: DC, DSA and their low-rank versions LoDC, LoDSA.
 
 Arguments: dataset, method (dc: no augmentation while matching | dsa:
 siamese DSA), ipc (the storage budget in full-size images per class), param
-(pixels|factors|mappers|memories|lowrank_memories), rank (0: the plugin's
-table in configs/dm.py), num_sets (mappers), num_bases (memories), budget
+(pixels|factors|mappers|memories|lowrank_memories|hallucinators|
+lowrank_hallucinators), rank (0: the plugin's table in configs/dm.py),
+num_sets (mappers), num_bases (memories), num_hallucinators
+(hallucinators), budget
 (same-memory|same-images), distance (ours|mse|cos|l1), iterations (0: the
 published 1,000, or the digits setting), runlocal (a few seconds on a CPU),
 validation (images per class held out of training and evaluated on instead
@@ -72,6 +74,7 @@ def get_config(arg=None, **values):
     validation=0,
     formation=1,
     num_bases=16,
+    num_hallucinators=5,
   )
   checks.check_choice("config arg method", arg.method, METHODS)
   config = config_utils.base_config(
@@ -93,6 +96,7 @@ def get_config(arg=None, **values):
     init="real",
     formation=arg.formation,
     num_bases=arg.num_bases,
+    num_hallucinators=arg.num_hallucinators,
   )
   config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
   digits = arg.dataset == "digits"

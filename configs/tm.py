@@ -8,14 +8,16 @@ r"""Trajectory matching: MTT (pixels), LoMTT (factors), MTT-LSS (mappers).
 
 Arguments: dataset, variant (mtt|lomtt|mtt_lss), ipc (the storage budget in
 full-size images per class), rank and num_sets (0: the variant's setting),
-num_bases (memories: bases shared by every class),
+num_bases (memories: bases shared by every class), num_hallucinators
+(hallucinators: images per basis),
 budget (same-memory|same-images; empty: same-images for pixels, else
 same-memory), iterations (0: the table's), runlocal, validation (images per
 class held out of training and evaluated on instead of the test split; the
 expert buffer must hold the same out).
 
 Ablations (empty: the variant's): param
-(pixels|factors|mappers|memories|lowrank_memories), labels
+(pixels|factors|mappers|memories|lowrank_memories|hallucinators|
+lowrank_hallucinators), labels
 (hard|soft), label_init (random|onehot|expert), lr_labels (0: the table's),
 start (uniform|progressive), image_init (real: the images, factors or
 mappers from real images, the default | noise), formation (multi-formation,
@@ -172,6 +174,7 @@ def get_config(arg=None, **values):
     image_init="real",
     formation=1,
     num_bases=16,
+    num_hallucinators=5,
   )
   checks.check_choice("config arg variant", arg.variant, VARIANTS)
   variant = dict(VARIANTS[arg.variant])
@@ -204,6 +207,7 @@ def get_config(arg=None, **values):
     init=arg.image_init,
     formation=arg.formation,
     num_bases=arg.num_bases,
+    num_hallucinators=arg.num_hallucinators,
   )
   soft = variant["labels"] == "soft"
   config.labels = dict(

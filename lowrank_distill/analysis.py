@@ -216,7 +216,8 @@ def rank_one_components(param: str, params: dict, *, max_images: int = 10):
   mappers: for each set, the r*r basis images `u[:, i] v[j, :]` that its codes
   mix, [k * r * r, h, w, c].
   memories / lowrank_memories: the K bases the addresses mix, [K, h, w, c]
-  (one row).
+  (one row). hallucinators / lowrank_hallucinators: the bases, [C * m, h,
+  w, c] (rows of 10).
 
   Returns:
     (components [m, h, w, c] each normalised to [0, 1], items per row).
@@ -236,9 +237,16 @@ def rank_one_components(param: str, params: dict, *, max_images: int = 10):
   if param == "lowrank_memories":
     bases = np.einsum("kchr,kcrw->khwc", params["a"], params["b"])
     return _normalise(bases), bases.shape[0]
+  if param == "hallucinators":
+    bases = np.asarray(params["bases"]["images"])
+    return _normalise(bases), min(bases.shape[0], 10)
+  if param == "lowrank_hallucinators":
+    factors = params["bases"]
+    bases = np.einsum("nchr,ncrw->nhwc", factors["a"], factors["b"])
+    return _normalise(bases), min(bases.shape[0], 10)
   raise ValueError(
     f"param {param!r} has no components to draw; valid: factors, mappers, "
-    f"memories, lowrank_memories"
+    f"memories, lowrank_memories, hallucinators, lowrank_hallucinators"
   )
 
 

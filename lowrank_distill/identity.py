@@ -49,6 +49,7 @@ ADDED_FIELDS = {
   "dataset.validation_per_class": 0,
   "synset.formation": 1,
   "synset.num_bases": 16,
+  "synset.num_hallucinators": 5,
   "distill.net_data": "synthetic",
   "distill.net_real_per_class": 50,
   "distill.net_momentum": 0.0,

@@ -186,9 +186,11 @@ def test_same_images_keeps_ipc():
       rank=8,
       num_sets=4,
       num_bases=4,
+      num_hallucinators=2,
       soft_labels=True,
     )
-    assert got == 3
+    # Bases per class; each gives one image per hallucinator.
+    assert got == (6 if "hallucinators" in param else 3)
 
 
 def test_errors():

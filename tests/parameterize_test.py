@@ -21,6 +21,8 @@ KINDS = {
   "mappers": {"rank": 2, "num_sets": 2},
   "memories": {"num_bases": 3},
   "lowrank_memories": {"num_bases": 3, "rank": 2},
+  "hallucinators": {"num_hallucinators": 2},
+  "lowrank_hallucinators": {"num_hallucinators": 2, "rank": 2},
 }
 
 
@@ -271,7 +273,7 @@ class MaterializeJitTest(chex.TestCase):
 @pytest.mark.parametrize("name", list(KINDS))
 def test_init_is_jittable(name):
   module = parameterize.get(name)
-  method = "real" if name == "pixels" else "svd"
+  method = "svd" if "svd" in module.METHODS else "real"
   init = functools.partial(
     module.init,
     num_classes=3,
@@ -452,6 +454,8 @@ def test_registry_is_the_one_the_package_exposes():
     "mappers",
     "memories",
     "lowrank_memories",
+    "hallucinators",
+    "lowrank_hallucinators",
   }
   for name, module in registry.PARAMETERIZATIONS.items():
     assert getattr(parameterize, name) is module
@@ -469,6 +473,6 @@ def test_unknown_name_error_lists_the_valid_names():
     assert "synset.param 'voxels' is not known" in message
     assert f"valid: {valid}" in message
   with pytest.raises(
-    ValueError, match=r"'voxels'.*valid: \[.*'lowrank_memories'\]"
+    ValueError, match=r"'voxels'.*valid: \[.*'lowrank_hallucinators'\]"
   ):
     registry.kind_kwargs("voxels", rank=2)

@@ -44,6 +44,7 @@ RANGES = {
   "synset.rank": checks.COUNT,
   "synset.num_sets": checks.COUNT,
   "synset.num_bases": checks.COUNT,
+  "synset.num_hallucinators": checks.COUNT,
   # Training images per stored image: formation**2 (1: none).
   "synset.formation": checks.COUNT,
   # 0 keeps soft labels as initialised (hard labels have no lr).
@@ -171,6 +172,7 @@ def make_plan(
     rank=syn.rank,
     num_sets=syn.num_sets,
     num_bases=syn.num_bases,
+    num_hallucinators=syn.num_hallucinators,
     formation=syn.formation,
   )
   data.check_images_per_class(dataset.train_labels, syn.ipc, field="synset.ipc")
@@ -183,6 +185,7 @@ def make_plan(
     rank=syn.rank,
     num_sets=syn.num_sets,
     num_bases=syn.num_bases,
+    num_hallucinators=syn.num_hallucinators,
     soft_labels=config.labels.kind == "soft",
     learn_lr=config.distill.learn_lr,
     formation=syn.formation,
@@ -268,6 +271,7 @@ def initial_trainable(key, plan: Plan) -> dict:
         rank=budget.rank,
         num_sets=budget.num_sets,
         num_bases=budget.num_bases,
+        num_hallucinators=budget.num_hallucinators,
       ),
     )
   }

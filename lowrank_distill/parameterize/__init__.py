@@ -11,8 +11,10 @@ with `n = num_classes * images_per_class` images in class-major order (image
 arrays. Kinds: `pixels` (full rank), `factors` (the low-rank plugin, needs
 `rank`), `mappers` (MTT-LSS shared mappers, needs `rank` and `num_sets`),
 `memories` (RememberThePast's bases shared by all classes and an address
-per image, needs `num_bases`) and `lowrank_memories` (the same with
-low-rank bases, needs `num_bases` and `rank`).
+per image, needs `num_bases`), `lowrank_memories` (the same with
+low-rank bases, needs `num_bases` and `rank`), `hallucinators` (HaBa's
+bases and hallucinator networks, needs `num_hallucinators`) and
+`lowrank_hallucinators` (with low-rank bases, needs `rank` too).
 `formation` adds multi-formation (IDC) to any kind: `reconstructor(name,
 formation=f)`. `labels` holds the hard/soft labels, `budget` the storage
 accounting.
@@ -26,7 +28,9 @@ from lowrank_distill.parameterize import (
   budget,
   factors,
   formation,
+  hallucinators,
   labels,
+  lowrank_hallucinators,
   lowrank_memories,
   mappers,
   memories,
@@ -51,9 +55,11 @@ __all__ = [
   "factors",
   "formation",
   "get",
+  "hallucinators",
   "images_multiple",
   "kind_kwargs",
   "labels",
+  "lowrank_hallucinators",
   "lowrank_memories",
   "mappers",
   "memories",

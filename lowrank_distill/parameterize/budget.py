@@ -50,6 +50,7 @@ def storage_floats(
   rank: int | None = None,
   num_sets: int | None = None,
   num_bases: int | None = None,
+  num_hallucinators: int | None = None,
   soft_labels: bool = False,
   learn_lr: bool = False,
   formation: int = 1,
@@ -64,6 +65,7 @@ def storage_floats(
     rank: for 'factors' / 'mappers'.
     num_sets: for 'mappers'.
     num_bases: for 'memories' / 'lowrank_memories'.
+    num_hallucinators: for 'hallucinators' / 'lowrank_hallucinators'.
     soft_labels: add `num_classes` logits per image.
     learn_lr: add 1 for the learned student lr.
     formation: the multi-formation factor (images_per_class a multiple of
@@ -75,7 +77,11 @@ def storage_floats(
   module = registry.reconstructor(param, formation=formation)
   shape = tuple(int(d) for d in image_shape)
   kwargs = registry.kind_kwargs(
-    param, rank=rank, num_sets=num_sets, num_bases=num_bases
+    param,
+    rank=rank,
+    num_sets=num_sets,
+    num_bases=num_bases,
+    num_hallucinators=num_hallucinators,
   )
   # The key is made inside eval_shape: planning compiles nothing.
   tree = {
@@ -112,6 +118,7 @@ def images_per_class(
   rank: int | None = None,
   num_sets: int | None = None,
   num_bases: int | None = None,
+  num_hallucinators: int | None = None,
   soft_labels: bool = False,
   learn_lr: bool = False,
   formation: int = 1,
@@ -127,14 +134,16 @@ def images_per_class(
     rank: for 'factors' / 'mappers'.
     num_sets: for 'mappers'.
     num_bases: for 'memories' / 'lowrank_memories'.
+    num_hallucinators: for 'hallucinators' / 'lowrank_hallucinators'.
     soft_labels: whether label logits are stored.
     learn_lr: whether a student lr is stored.
     formation: the multi-formation factor f; images per class are
       training images, a multiple of f**2.
 
   Returns:
-    'same-images': `ipc` stored images per class, `ipc * f**2` training
-    images. 'same-memory': the largest multiple m of f**2 with
+    'same-images': `ipc` stored images (bases) per class, `ipc * unit`
+    images (`unit = registry.images_multiple`: f**2, times H for
+    hallucinators). 'same-memory': the largest multiple m of that unit with
     `storage_floats(m) <= full_rank_floats(ipc)`.
 
   Raises:
@@ -150,9 +159,12 @@ def images_per_class(
     rank=rank,
     num_sets=num_sets,
     num_bases=num_bases,
+    num_hallucinators=num_hallucinators,
     formation=formation,
   )
-  unit = registry.images_multiple(formation)
+  unit = registry.images_multiple(
+    param, formation=formation, num_hallucinators=num_hallucinators
+  )
   if budget == "same-images":
     return ipc * unit
 
@@ -168,6 +180,7 @@ def images_per_class(
       rank=rank,
       num_sets=num_sets,
       num_bases=num_bases,
+      num_hallucinators=num_hallucinators,
       soft_labels=soft_labels,
       learn_lr=learn_lr,
       formation=formation,
@@ -183,7 +196,11 @@ def images_per_class(
   best = (allowed - fixed) // per_unit * unit
   if best < first * unit:
     settings = registry.kind_kwargs(
-      param, rank=rank, num_sets=num_sets, num_bases=num_bases
+      param,
+      rank=rank,
+      num_sets=num_sets,
+      num_bases=num_bases,
+      num_hallucinators=num_hallucinators,
     )
     settings["soft labels"] = bool(soft_labels)
     if formation > 1:
@@ -213,6 +230,8 @@ class Budget:
     rank: the rank, None for pixels.
     num_sets: mapper sets, None unless 'mappers'.
     num_bases: memory bases, None unless 'memories' / 'lowrank_memories'.
+    num_hallucinators: hallucinators, None unless 'hallucinators' /
+      'lowrank_hallucinators'.
     soft_labels: whether label logits are stored.
     learn_lr: whether a student lr is stored.
     images_per_class: (training) images per class the set holds.
@@ -237,6 +256,7 @@ class Budget:
   floats_allowed: int
   formation: int = 1
   num_bases: int | None = None
+  num_hallucinators: int | None = None
 
   @property
   def num_images(self) -> int:
@@ -258,6 +278,7 @@ def plan(
   rank: int | None = None,
   num_sets: int | None = None,
   num_bases: int | None = None,
+  num_hallucinators: int | None = None,
   soft_labels: bool = False,
   learn_lr: bool = False,
   formation: int = 1,
@@ -276,12 +297,17 @@ def plan(
     rank=rank,
     num_sets=num_sets,
     num_bases=num_bases,
+    num_hallucinators=num_hallucinators,
     soft_labels=soft_labels,
     learn_lr=learn_lr,
     formation=formation,
   )
   kwargs = registry.kind_kwargs(
-    param, rank=rank, num_sets=num_sets, num_bases=num_bases
+    param,
+    rank=rank,
+    num_sets=num_sets,
+    num_bases=num_bases,
+    num_hallucinators=num_hallucinators,
   )
   shape = tuple(int(d) for d in image_shape)
   return Budget(
@@ -310,6 +336,7 @@ def plan(
     ),
     formation=int(formation),
     num_bases=kwargs.get("num_bases"),
+    num_hallucinators=kwargs.get("num_hallucinators"),
   )
 
 
@@ -324,6 +351,11 @@ def budget_table(b: Budget) -> str:
     ("rank", "-" if b.rank is None else str(b.rank)),
     ("sets", "-" if b.num_sets is None else str(b.num_sets)),
     *([("bases", str(b.num_bases))] if b.num_bases is not None else []),
+    *(
+      [("hallucinators", str(b.num_hallucinators))]
+      if b.num_hallucinators is not None
+      else []
+    ),
     ("labels", labels + (" +lr" if b.learn_lr else "")),
     *([("formation", str(b.formation))] if b.formation > 1 else []),
     ("ipc", str(b.ipc)),

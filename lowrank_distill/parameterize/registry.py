@@ -17,6 +17,8 @@ import numpy as np
 from lowrank_distill import checks
 from lowrank_distill.parameterize import (
   factors,
+  hallucinators,
+  lowrank_hallucinators,
   lowrank_memories,
   mappers,
   memories,
@@ -30,6 +32,8 @@ PARAMETERIZATIONS = {
   "mappers": mappers,
   "memories": memories,
   "lowrank_memories": lowrank_memories,
+  "hallucinators": hallucinators,
+  "lowrank_hallucinators": lowrank_hallucinators,
 }
 
 # The kind-specific keyword arguments of each kind's `init`.
@@ -39,7 +43,11 @@ KIND_ARGS = {
   "mappers": ("rank", "num_sets"),
   "memories": ("num_bases",),
   "lowrank_memories": ("num_bases", "rank"),
+  "hallucinators": ("num_hallucinators",),
+  "lowrank_hallucinators": ("num_hallucinators", "rank"),
 }
+# Every kind argument (the `synset` config field of the same name).
+KIND_ARG_NAMES = ("rank", "num_sets", "num_bases", "num_hallucinators")
 
 
 def get(name: str):
@@ -60,19 +68,35 @@ def reconstructor(name: str, *, formation: int = 1):
   return formation_lib.Formed(kind=module, factor=formation)
 
 
-def images_multiple(formation: int = 1) -> int:
-  """Images per class come in multiples of this: `formation ** 2`."""
-  return formation * formation
+def images_multiple(name: str, *, formation: int = 1, **values) -> int:
+  """Images per class of kind `name` come in multiples of this.
+
+  `formation ** 2` times the kind's own unit (hallucinators: one image per
+  hallucinator and basis); `values` are kind arguments as `kind_kwargs`.
+  """
+  module = get(name)
+  unit = 1
+  if hasattr(module, "images_multiple"):
+    unit = module.images_multiple(**kind_kwargs(name, **values))
+  return formation * formation * unit
 
 
-def kind_kwargs(name: str, *, rank=None, num_sets=None, num_bases=None) -> dict:
+def kind_kwargs(name: str, **values) -> dict:
   """The kind-specific `init` arguments of `name`, dropping unused ones.
 
-  `kind_kwargs('factors', rank=2, num_sets=4) == {'rank': 2}`.
+  `kind_kwargs('factors', rank=2, num_sets=4) == {'rank': 2}`. A missing
+  argument is None.
+
+  Raises:
+    TypeError for a name outside KIND_ARG_NAMES.
   """
   get(name)
-  values = {"rank": rank, "num_sets": num_sets, "num_bases": num_bases}
-  return {arg: values[arg] for arg in KIND_ARGS[name]}
+  unknown = set(values) - set(KIND_ARG_NAMES)
+  if unknown:
+    raise TypeError(
+      f"unknown kind arguments {sorted(unknown)}; valid: {KIND_ARG_NAMES}"
+    )
+  return {arg: values.get(arg) for arg in KIND_ARGS[name]}
 
 
 def validate(
@@ -82,6 +106,7 @@ def validate(
   rank=None,
   num_sets=None,
   num_bases=None,
+  num_hallucinators=None,
   formation=1,
 ) -> None:
   """Checks a parameterization's settings before anything is built.
@@ -93,6 +118,8 @@ def validate(
       1..min(h, w).
     num_sets: for 'mappers', an integer >= 1.
     num_bases: for 'memories' and 'lowrank_memories', an integer >= 1.
+    num_hallucinators: for 'hallucinators' and 'lowrank_hallucinators', an
+      integer >= 1 (the images then need sides >= 3).
     formation: an integer >= 1 dividing h and w (every kind).
 
   Raises:
@@ -109,6 +136,9 @@ def validate(
     mappers.check_num_sets(num_sets)
   if "num_bases" in KIND_ARGS[name]:
     memories.check_num_bases(num_bases)
+  if "num_hallucinators" in KIND_ARGS[name]:
+    hallucinators.check_num_hallucinators(num_hallucinators)
+    hallucinators.check_image_size(shape)
   formation_lib.check_factor(formation, shape)
 
 
