@@ -124,6 +124,7 @@ def get_config(arg=None, **values):
     net_real_per_class=50,
     net_momentum=0.0,
     net_weight_decay=0.0,
+    clamp_images=False,
   )
   if arg.runlocal:
     config.distill.update(config_utils.RUNLOCAL_DISTILL, batch_real=16)

@@ -21,22 +21,22 @@ Variants:
 
 IDC's matching (Kim et al., ICML 2022, reference code defaults): every
 iteration a fresh ConvNet-3 (instance norm); 100 matchings per network
-(`outer_loop`), each followed by one pass of the network over 500 fresh
-real images (here 50 of every class) with SGD lr 0.01, momentum 0.9,
-weight decay 5e-4 (`net_data='real'`); the distance is the summed absolute
-difference of the convolution kernels' gradients (`distance='l1'`: biases,
-norms and the classifier not matched); 64 real images per class; siamese
-`color_crop_cutout` augmentation; SGD momentum 0.5 on the stored images
-with lr `5e-3 * ipc / 10` on [0, 1] pixels (here divided by std**2, the
-same step in the standardised space); init from real images tiled 2 x 2
-(`synset.init='real'`); 500 iterations (50,000 matchings). Differences: all
-classes update in one step per matching (the reference steps class by
-class); the network's pass over real images has no CutMix; the stored
-pixels are not clamped to [0, 1]. Published (IDC paper, ConvNet-3, IPC 1):
-MNIST 94.2, Fashion-MNIST 81.0, CIFAR-10 50.6 (IDC-I 36.7); low-rank plugin
-paper Table 4, CIFAR-10 IPC 1: LoIDC-I 49.2, LoIDC 57.2. Every method is
-evaluated with the protocol of DESIGN 3.8 (1000 epochs with DSA; IDC's own
-evaluation adds CutMix).
+(`outer_loop`), each followed by one pass of the network over 500 fresh real
+images (here 50 of every class) with SGD lr 0.01, momentum 0.9, weight decay
+5e-4 (`net_data='real'`); the distance is the summed absolute difference of the
+convolution kernels' gradients (`distance='l1'`: biases, norms and the
+classifier not matched); 64 real images per class; siamese `color_crop_cutout`
+augmentation; SGD momentum 0.5 on the stored images with lr `5e-3 * ipc / 10`
+on [0, 1] pixels (here divided by std**2, the same step in the standardised
+space); init from real images tiled 2 x 2 (`synset.init='real'`); 500
+iterations (50,000 matchings). Stored pixels are clipped to the real images'
+range before every iteration (`clamp_images`, the reference's clamp to [0, 1];
+factors are not). Differences: all classes update in one step per matching (the
+reference steps class by class); the network's pass over real images has no
+CutMix. Published (IDC paper, ConvNet-3, IPC 1): MNIST 94.2, Fashion-MNIST
+81.0, CIFAR-10 50.6 (IDC-I 36.7); low-rank plugin paper Table 4, CIFAR-10 IPC
+1: LoIDC-I 49.2, LoIDC 57.2. Every method is evaluated with the protocol of
+DESIGN 3.8 (1000 epochs with DSA; IDC's own evaluation adds CutMix).
 
 `dataset=digits` (8x8): 100 iterations of 10 matchings, 32 real images per
 class, 20 per class in each network pass.
@@ -107,6 +107,8 @@ def get_config(arg=None, **values):
     net_real_per_class=20 if digits else 50,
     net_momentum=0.9,
     net_weight_decay=5e-4,
+    # The reference clamps the stored pixels to [0, 1] every iteration.
+    clamp_images=variant["param"] == "pixels",
   )
   if arg.runlocal:
     config.distill.update(

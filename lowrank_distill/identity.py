@@ -54,6 +54,7 @@ ADDED_FIELDS = {
   "distill.net_real_per_class": 50,
   "distill.net_momentum": 0.0,
   "distill.net_weight_decay": 0.0,
+  "distill.clamp_images": False,
 }
 
 

@@ -184,3 +184,32 @@ def test_one_iteration_of_each_idc_variant_runs_through_the_launcher(
   assert results["param"] == idc_config.VARIANTS[variant]["param"]
   assert (workdir / "images" / "stored_000001.png").exists()
   assert "formation" in done.stderr + done.stdout
+
+
+def test_clamp_images_clips_pixels_to_the_real_range_before_matching():
+  config = _idc_config()
+  config.distill.update(max_loss=1e-30)  # refuse every update: clip only
+  plan = distill.make_plan(config)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
+  images = state.trainable["images"]["images"]
+  wild = images.at[0].set(100.0).at[1].set(-100.0)
+  state = state.replace(
+    trainable={**state.trainable, "images": {"images": wild}}
+  )
+  objective = distill.OBJECTIVES["gm"]
+  step = jax.jit(objective.build_step(plan, optimizer))
+  new, _ = step(state, jax.random.key(1), *objective.inputs(plan)(0))
+  real = plan.dataset.train_images
+  got = np.asarray(new.trainable["images"]["images"])
+  np.testing.assert_allclose(got[0], real.max(), rtol=1e-6)
+  np.testing.assert_allclose(got[1], real.min(), rtol=1e-6)
+  np.testing.assert_array_equal(got[2:], np.asarray(images[2:]))
+
+
+def test_clamp_images_is_refused_for_a_set_without_pixels():
+  config = _idc_config("variant=loidc")
+  config.distill.clamp_images = True
+  with pytest.raises(ValueError, match="distill.clamp_images"):
+    distill.validate(config)
+  assert not _idc_config("variant=loidc").distill.clamp_images
+  assert _idc_config("variant=idc").distill.clamp_images

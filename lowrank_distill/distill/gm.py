@@ -13,6 +13,7 @@ References:
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lowrank_distill import checks, data, models, sharding, train
 from lowrank_distill.distill.objective import Objective, Plan, syn_targets
@@ -42,6 +43,12 @@ def check(config) -> None:
       f"must be 0 with distill.net_data='synthetic' (got "
       f"{cfg.net_momentum}, {cfg.net_weight_decay}); they apply to "
       f"net_data='real' (IDC)"
+    )
+  if cfg.clamp_images and config.synset.param != "pixels":
+    raise ValueError(
+      f"distill.clamp_images keeps pixels inside the real images' range; "
+      f"synset.param {config.synset.param!r} stores no pixels (use "
+      f"synset.param='pixels' or clamp_images=False)"
     )
 
 
@@ -77,6 +84,7 @@ def settings(config) -> dict:
     net_real_per_class=cfg.net_real_per_class,
     net_momentum=cfg.net_momentum,
     net_weight_decay=cfg.net_weight_decay,
+    clamp_images=cfg.clamp_images,
   )
 
 
@@ -98,6 +106,7 @@ def make_step(
   net_real_per_class: int = 50,
   net_momentum: float = 0.0,
   net_weight_decay: float = 0.0,
+  clamp_images: bool = False,
 ) -> StepFn:
   """One iteration: `outer_loop` synthetic updates on one fresh network.
 
@@ -108,9 +117,12 @@ def make_step(
   epochs of plain SGD (`net_data='synthetic'`, DC and DSA), or for one pass
   over `net_real_per_class` fresh real images of every class with SGD
   (`net_momentum`, `net_weight_decay`, its state kept across the
-  iteration's passes; `net_data='real'`, IDC). The reported loss is the
-  mean over outer loops of the summed class distances. With a mesh, the
-  matched real batch [C, m, ...] is split along m.
+  iteration's passes; `net_data='real'`, IDC). With `clamp_images` (a
+  pixel set), the pixels are first clipped to the real training images'
+  per-channel range, as IDC's reference clamps them to [0, 1] before every
+  iteration. The reported loss is the mean over outer loops of the summed
+  class distances. With a mesh, the matched real batch [C, m, ...] is split
+  along m.
   """
   model = plan.model
   materialize = plan.reconstructor.materialize
@@ -164,7 +176,23 @@ def make_step(
     )
     return {"params": params, **net_state}, opt_state
 
+  if clamp_images:
+    # Per-channel bounds, broadcast against [n, h, w, c].
+    axes = tuple(range(plan.dataset.train_images.ndim - 1))
+    low = jnp.asarray(np.min(plan.dataset.train_images, axis=axes))[
+      None, None, None
+    ]
+    high = jnp.asarray(np.max(plan.dataset.train_images, axis=axes))[
+      None, None, None
+    ]
+
   def step(state: DistillState, key, real_images, class_index):
+    if clamp_images:
+      trainable = state.trainable
+      images = jnp.clip(trainable["images"]["images"], low, high)
+      state = state.replace(
+        trainable={**trainable, "images": {"images": images}}
+      )
     net_key, loop_key = jax.random.split(key)
     variables = model.init(net_key, real_images[:1])
     opt_state = (
