@@ -45,7 +45,10 @@ def _covered(name: str, fields: Iterable[str]) -> bool:
 # keeps the old behaviour: `diff` counts such a field absent on one side and
 # at that value on the other as equal, so a run, checkpoint or buffer
 # written before it existed still resumes.
-ADDED_FIELDS = {"dataset.validation_per_class": 0}
+ADDED_FIELDS = {
+  "dataset.validation_per_class": 0,
+  "distill.learn_images": True,
+}
 
 
 def identity(config_dict: dict, resumable_fields: Iterable[str] = ()) -> dict:
