@@ -203,8 +203,8 @@ def test_dm_config_holds_the_published_settings():
 def test_configs_import_no_run_module(fresh_python):
   code = (
     "import sys, importlib\n"
-    "for name in ('dm', 'gm', 'tm', 'experts', 'coreset', 'continual', "
-    "'evaluate'):\n"
+    "for name in ('dm', 'gm', 'tm', 'bptt', 'experts', 'coreset', "
+    "'continual', 'evaluate'):\n"
     "  importlib.import_module('configs.' + name)\n"
     "runs = ('distill', 'continual', 'experts', 'evaluate', 'coreset', "
     "'checkpoint')\n"
@@ -214,7 +214,9 @@ def test_configs_import_no_run_module(fresh_python):
   assert fresh_python(code).strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["dm", "gm", "tm", "experts", "continual"])
+@pytest.mark.parametrize(
+  "name", ["dm", "gm", "tm", "bptt", "experts", "continual"]
+)
 def test_digit_datasets_get_dsa_without_flip(name):
   from configs import common
 

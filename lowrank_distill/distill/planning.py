@@ -17,7 +17,7 @@ from lowrank_distill import (
   models,
   parameterize,
 )
-from lowrank_distill.distill import dm, gm, tm
+from lowrank_distill.distill import bptt, dm, gm, tm
 from lowrank_distill.distill.objective import Objective, Plan, Schedule
 from lowrank_distill.distill.step import init_state, make_optimizer
 from lowrank_distill.parameterize import budget as budget_lib
@@ -80,6 +80,7 @@ OBJECTIVES: dict[str, Objective] = {
   "dm": dm.OBJECTIVE,
   "gm": gm.OBJECTIVE,
   "tm": tm.OBJECTIVE,
+  "bptt": bptt.OBJECTIVE,
 }
 
 
