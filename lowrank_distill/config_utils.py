@@ -301,12 +301,15 @@ def distill_config(
   lr_lr: float = 0.0,
   max_loss: float = 1e8,
   log_every: int = 10,
+  learn_images: bool = True,
   **objective_fields,
 ) -> ml_collections.ConfigDict:
   """`config.distill`: the loop's fields every objective has, plus its own.
 
   Args:
     iterations, lr_images, momentum: the synthetic set's SGD.
+    learn_images: False keeps the images (their parameterization) as
+      initialised, e.g. real images whose labels alone are learned (LD).
     conv_impl: the distillation network's convolution ('xla' | 'im2col' |
       'auto'); evaluation uses `model.conv_impl`.
     eval_every, image_every, checkpoint_every, log_every: intervals in
@@ -319,6 +322,7 @@ def distill_config(
     {
       "iterations": iterations,
       "lr_images": lr_images,
+      "learn_images": learn_images,
       "momentum": momentum,
       "conv_impl": conv_impl,
       "learn_lr": learn_lr,

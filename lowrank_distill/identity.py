@@ -55,6 +55,7 @@ ADDED_FIELDS = {
   "distill.net_momentum": 0.0,
   "distill.net_weight_decay": 0.0,
   "distill.clamp_images": False,
+  "distill.learn_images": True,
 }
 
 

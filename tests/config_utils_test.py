@@ -230,7 +230,7 @@ def test_dm_config_holds_the_published_settings():
 def test_configs_import_no_run_module(fresh_python):
   code = (
     "import sys, importlib\n"
-    "for name in ('dm', 'gm', 'idc', 'tm', 'experts', 'coreset', "
+    "for name in ('dm', 'gm', 'idc', 'tm', 'bptt', 'experts', 'coreset', "
     "'continual', 'evaluate'):\n"
     "  importlib.import_module('configs.' + name)\n"
     "runs = ('distill', 'continual', 'experts', 'evaluate', 'coreset', "
@@ -241,7 +241,9 @@ def test_configs_import_no_run_module(fresh_python):
   assert fresh_python(code).strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["dm", "gm", "tm", "experts", "continual"])
+@pytest.mark.parametrize(
+  "name", ["dm", "gm", "tm", "bptt", "experts", "continual"]
+)
 def test_digit_datasets_get_dsa_without_flip(name):
   from configs import common
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
+from configs import bptt as bptt_config
 from configs import dm as dm_config
 from configs import evaluate as evaluate_config
 from configs import gm as gm_config
@@ -247,7 +248,12 @@ def test_step_builders_take_keywords_that_the_settings_give(name):
     for p in parameters.values()
     if p.kind is p.KEYWORD_ONLY and p.name != "mesh"
   }
-  config = {"dm": dm_config, "gm": gm_config, "tm": tm_config}[name]
+  config = {
+    "dm": dm_config,
+    "gm": gm_config,
+    "tm": tm_config,
+    "bptt": bptt_config,
+  }[name]
   settings = objective.settings(config.get_config("runlocal=true"))
   assert set(settings) == keywords
 

@@ -3,7 +3,8 @@
   step       the state, its optimiser, the guarded update, the jitted step
   objective  `Plan` (what a config resolves to: data, budget, model and every
              setting the run reads after) and `Objective` (a method)
-  dm, gm, tm one module per method family (`configs/{dm,gm,tm}.py`)
+  dm, gm, tm, bptt  one module per method family
+             (`configs/{dm,gm,tm,bptt}.py`)
   planning   the config seam: validate, make_plan, registry; the initial
              state from the plan
   export     the exported set and its pictures
@@ -13,6 +14,7 @@ This module only hands names on.
 """
 
 from lowrank_distill.distill import (
+  bptt,
   dm,
   export,
   gm,
@@ -50,6 +52,7 @@ __all__ = [
   "DistillState",
   "Objective",
   "Plan",
+  "bptt",
   "check_workdir",
   "dm",
   "export",

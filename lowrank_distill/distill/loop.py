@@ -1,8 +1,9 @@
 """The distillation loop: `run(config, workdir)`, resumable.
 
 As flax's `examples/*/train.py`: the plan and initial state from the config
-(`planning`), one jitted step of the method (`dm`, `gm`, `tm`), then the
-loop with metrics, evaluations, pictures and checkpoints, and the export.
+(`planning`), one jitted step of the method (`dm`, `gm`, `tm`, `bptt`),
+then the loop with metrics, evaluations, pictures and checkpoints, and the
+export.
 """
 
 import dataclasses

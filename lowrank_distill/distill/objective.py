@@ -3,8 +3,8 @@
 `Plan` is what the config resolves to before any compute (dataset, budget,
 reconstructor, model, and every setting the run reads after it); `Objective`
 is one method as the loop sees it (its step builder, its inputs, its
-checks). `dm`, `gm` and `tm` each define one; `planning.OBJECTIVES` is the
-registry.
+checks). `dm`, `gm`, `tm` and `bptt` each define one;
+`planning.OBJECTIVES` is the registry.
 """
 
 import dataclasses
@@ -54,7 +54,8 @@ class Plan:
     image_init: 'noise' or 'real': how the images start.
     label_init: how soft labels start (`labels.LABEL_INITS`).
     lr_init: the student lr a learned lr starts from.
-    optimizer: trainable group name -> (lr, momentum) of its SGD.
+    optimizer: trainable group name -> (lr, momentum) of its SGD, or None
+      for a group kept as initialised (`distill.learn_images` False).
     evaluation: `config_utils.evaluation_settings`.
     schedule: the loop's `Schedule`.
   """
@@ -82,6 +83,13 @@ class Plan:
   @property
   def images_per_class(self) -> int:
     return self.budget.images_per_class
+
+  @property
+  def frozen(self) -> tuple[str, ...]:
+    """The trainable groups kept as initialised (no gradient, no update)."""
+    return tuple(
+      name for name, group in self.optimizer.items() if group is None
+    )
 
   @property
   def syn_shape(self) -> tuple[int, ...]:
@@ -118,7 +126,7 @@ def _no_check(*args) -> None:
   del args
 
 
-def _real_batch_check(plan: Plan, mesh) -> None:
+def real_batch_check(plan: Plan, mesh) -> None:
   sharding.check_divisible(
     plan.step["batch_real"],
     mesh,
@@ -169,7 +177,7 @@ class Objective:
   check: Callable[[Any], None] = _no_check
   check_inputs: Callable[[Any], None] = _no_check
   check_plan: Callable[[Plan], None] = _no_check
-  check_mesh: Callable[[Plan, Any], None] = _real_batch_check
+  check_mesh: Callable[[Plan, Any], None] = real_batch_check
   learns_labels: bool = False
   learns_lr: bool = False
   expert_logits: Callable[[Plan, Any], Any] | None = None

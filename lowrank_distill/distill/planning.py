@@ -17,7 +17,7 @@ from lowrank_distill import (
   models,
   parameterize,
 )
-from lowrank_distill.distill import dm, gm, tm
+from lowrank_distill.distill import bptt, dm, gm, tm
 from lowrank_distill.distill.objective import Objective, Plan, Schedule
 from lowrank_distill.distill.step import init_state, make_optimizer
 from lowrank_distill.parameterize import budget as budget_lib
@@ -87,6 +87,7 @@ OBJECTIVES: dict[str, Objective] = {
   "dm": dm.OBJECTIVE,
   "gm": gm.OBJECTIVE,
   "tm": tm.OBJECTIVE,
+  "bptt": bptt.OBJECTIVE,
 }
 
 
@@ -138,6 +139,7 @@ def validate(config, *, check_inputs: bool = True) -> None:
       f"{learning_objectives('lr')})"
     )
   checks.check_choice("synset.init", config.synset.init, ("noise", "real"))
+  _check_something_learned(config)
   augment.parse_strategy(config.distill.dsa_strategy)
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names([config.model.name, *config.eval.models])
@@ -147,6 +149,26 @@ def validate(config, *, check_inputs: bool = True) -> None:
     checks.check_range("distill.lr_lr", config.distill.lr_lr, checks.RATE)
   if check_inputs:
     OBJECTIVES[config.method].check_inputs(config)
+
+
+def learns_images(config) -> bool:
+  """`distill.learn_images`: True unless the images are kept as initialised
+  (absent in configs written before the field existed: True)."""
+  return config.distill.get("learn_images", True)
+
+
+def _check_something_learned(config) -> None:
+  if learns_images(config):
+    return
+  learns_labels = config.labels.kind == "soft" and config.labels.lr > 0
+  if not (learns_labels or config.distill.learn_lr):
+    raise ValueError(
+      "distill.learn_images False keeps the images as initialised, and "
+      "nothing else is learned; set labels.kind='soft' with labels.lr > 0 "
+      "(objectives that learn labels: "
+      f"{learning_objectives('labels')}), distill.learn_lr=True, or "
+      "distill.learn_images=True"
+    )
 
 
 def make_plan(
@@ -226,7 +248,9 @@ def make_plan(
     label_init=config.labels.init,
     lr_init=cfg.lr_student,
     optimizer={
-      "images": (cfg.lr_images, cfg.momentum),
+      "images": (cfg.lr_images, cfg.momentum)
+      if learns_images(config)
+      else None,
       "labels": (config.labels.lr, config.labels.momentum),
       "log_lr": (cfg.lr_lr, cfg.momentum),
     },

@@ -10,7 +10,7 @@ applied), and updates every group.
 """
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import flax
@@ -41,18 +41,35 @@ class DistillState:
   skipped: jax.Array
 
 
-def make_optimizer(groups: dict[str, tuple[float, float]]):
+def _keep() -> optax.GradientTransformation:
+  """Updates that leave the params as they are, bit for bit.
+
+  -0.0, not 0.0: `p + (-0.0)` is `p` for every float, while `-0.0 + 0.0`
+  would turn a negative zero positive.
+  """
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u: jnp.full_like(u, -0.0), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(groups: dict[str, tuple[float, float] | None]):
   """SGD with momentum per parameter group.
 
   Args:
-    groups: group name -> (learning rate, momentum).
+    groups: group name -> (learning rate, momentum), or None for a group
+      kept as initialised (frozen: every update leaves it unchanged).
 
   Returns:
     An optax transformation over a dict with exactly these groups.
   """
   transforms = {
-    name: optax.sgd(lr, momentum=momentum or None)
-    for name, (lr, momentum) in groups.items()
+    name: _keep()
+    if group is None
+    else optax.sgd(group[0], momentum=group[1] or None)
+    for name, group in groups.items()
   }
 
   def group_of(tree):
@@ -99,7 +116,9 @@ def guarded_update(
   return new_state, ~ok
 
 
-def make_train_step(loss_fn: LossFn, optimizer, *, max_loss: float):
+def make_train_step(
+  loss_fn: LossFn, optimizer, *, max_loss: float, frozen: Collection[str] = ()
+):
   """One distillation iteration with a guard against bad losses.
 
   Args:
@@ -107,13 +126,23 @@ def make_train_step(loss_fn: LossFn, optimizer, *, max_loss: float):
     optimizer: from `make_optimizer`.
     max_loss: losses above this (or non-finite losses or gradients) skip the
       update and increment `skipped`.
+    frozen: trainable groups kept as initialised (`None` groups of
+      `make_optimizer`): the loss sees them through `stop_gradient`, so
+      their (zero) gradient costs nothing.
 
   Returns:
     train_step(state, key, *data) -> (state, metrics); jit it where used.
   """
 
   def train_step(state: DistillState, key, *data_args):
-    loss, grads = jax.value_and_grad(loss_fn)(state.trainable, key, *data_args)
+    def objective(trainable):
+      trainable = {
+        name: jax.lax.stop_gradient(group) if name in frozen else group
+        for name, group in trainable.items()
+      }
+      return loss_fn(trainable, key, *data_args)
+
+    loss, grads = jax.value_and_grad(objective)(state.trainable)
     state, refused = guarded_update(
       state, loss, grads, optimizer, max_loss=max_loss
     )
