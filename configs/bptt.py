@@ -166,6 +166,9 @@ def get_config(arg=None, **values):
     lr_lr=row["lr_lr"],
     max_loss=1e3,
     syn_steps=row["syn_steps"],
+    # DD and LD's students take plain SGD steps (RememberThePast's have
+    # momentum: configs/rtp.py).
+    inner_momentum=0.0,
     # 0: every synthetic image in every student step.
     batch_syn=0,
     batch_real=BATCH_REAL.get(arg.dataset, DEFAULT_BATCH_REAL),

@@ -230,8 +230,8 @@ def test_dm_config_holds_the_published_settings():
 def test_configs_import_no_run_module(fresh_python):
   code = (
     "import sys, importlib\n"
-    "for name in ('dm', 'gm', 'idc', 'tm', 'bptt', 'experts', 'coreset', "
-    "'continual', 'evaluate'):\n"
+    "for name in ('dm', 'gm', 'idc', 'tm', 'bptt', 'rtp', 'experts', "
+    "'coreset', 'continual', 'evaluate'):\n"
     "  importlib.import_module('configs.' + name)\n"
     "runs = ('distill', 'continual', 'experts', 'evaluate', 'coreset', "
     "'checkpoint')\n"

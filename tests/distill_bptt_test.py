@@ -194,3 +194,65 @@ def test_one_iteration_of_each_method_runs_through_the_launcher(
   assert results["method"] == "bptt" and results["iterations"] == 1
   assert (results["lr"] is not None) == (method == "dd")
   assert "convnet:" in done.stdout
+
+
+# ---------------------------------------------------------------------------
+# RememberThePast (configs/rtp.py): memories through BPTT with momentum.
+
+
+def test_rtp_configs_hold_memories_soft_labels_and_a_momentum_student():
+  from configs import rtp as rtp_config
+
+  config = rtp_config.get_config("variant=rtp,dataset=mnist")
+  assert (config.method, config.synset.param) == ("bptt", "memories")
+  assert (config.synset.num_bases, config.synset.init) == (5, "real")
+  assert config.labels.kind == "soft" and config.distill.learn_lr
+  assert config.distill.inner_momentum == rtp_config.INNER_MOMENTUM
+  low = rtp_config.get_config("variant=lortp,objective=tm")
+  assert (low.method, low.synset.param) == ("tm", "lowrank_memories")
+  assert low.labels.kind == "soft"
+  with pytest.raises(ValueError, match="config arg objective 'dm'"):
+    rtp_config.get_config("objective=dm")
+
+
+def test_the_student_momentum_changes_the_meta_loss():
+  losses = []
+  for momentum in (0.0, 0.9):
+    config = _config("dd", inner_momentum=momentum)
+    plan = distill.make_plan(config)
+    state, optimizer = distill.initial_state(jax.random.key(0), plan)
+    objective = distill.OBJECTIVES["bptt"]
+    step = jax.jit(objective.build_step(plan, optimizer))
+    _, metrics = step(state, jax.random.key(1), *objective.inputs(plan)(0))
+    losses.append(float(metrics["loss"]))
+  assert np.isfinite(losses).all() and losses[0] != losses[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["rtp", "lortp"])
+def test_one_iteration_of_each_rtp_variant_runs_through_the_launcher(
+  variant, tmp_path
+):
+  workdir = tmp_path / variant
+  command = [
+    sys.executable,
+    "launch/distill.py",
+    f"--config=configs/rtp.py:runlocal=true,variant={variant}",
+    f"--workdir={workdir}",
+    "--config.model.options.width=4",
+    "--config.model.options.depth=1",
+    "--config.distill.iterations=1",
+    "--config.eval.epochs=1",
+    "--config.eval.num_models=1",
+  ]
+  done = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["method"] == "bptt" and results["iterations"] == 1
+  assert (
+    results["param"]
+    == {"rtp": "memories", "lortp": "lowrank_memories"}[variant]
+  )
+  assert (workdir / "images" / f"{results['param']}_000001.png").exists()

@@ -94,6 +94,63 @@ def test_checkpointed_and_plain_unrolls_agree():
   )
 
 
+def test_a_momentum_student_follows_pytorch_sgd_and_is_differentiable():
+  model, variables, start, target, images, targets = _problem()
+  lr, momentum = 0.05, 0.9
+  got = tm.unroll(
+    jax.random.key(2),
+    start,
+    images,
+    targets,
+    model=model,
+    lr=lr,
+    steps=3,
+    batch_size=6,
+    momentum=momentum,
+  )
+  # By hand: every step sees the whole set (batch 6 of 6, no augmentation).
+  params, velocity = start, jax.tree.map(jnp.zeros_like, start)
+  state = {k: v for k, v in variables.items() if k != "params"}
+  mask = jnp.ones((6,))
+  for _ in range(3):
+    grads = jax.grad(
+      lambda p: train.masked_cross_entropy(
+        model, p, state, images, targets, mask
+      )[0]
+    )(params)
+    velocity = jax.tree.map(lambda v, g: momentum * v + g, velocity, grads)
+    params = jax.tree.map(lambda p, v: p - lr * v, params, velocity)
+  chex.assert_trees_all_close(got, params, rtol=1e-5, atol=1e-6)
+  plain = tm.unroll(
+    jax.random.key(2),
+    start,
+    images,
+    targets,
+    model=model,
+    lr=lr,
+    steps=3,
+    batch_size=6,
+  )
+  assert not np.allclose(jax.tree.leaves(plain)[0], jax.tree.leaves(got)[0])
+
+  def value_and_grads(remat):
+    loss = _matching_loss(
+      model,
+      start,
+      target,
+      targets,
+      steps=3,
+      batch_size=4,
+      remat=remat,
+      momentum=momentum,
+    )
+    return jax.value_and_grad(loss, argnums=(0, 1))(images, 0.05)
+
+  chex.assert_trees_all_close(
+    value_and_grads(False), value_and_grads(True), rtol=1e-5, atol=1e-7
+  )
+
+
 def test_the_checkpointed_unroll_keeps_params_not_activations_per_step():
   model, _, start, target, images, targets = _problem()
 

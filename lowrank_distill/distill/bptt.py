@@ -47,6 +47,7 @@ def settings(config) -> dict:
   return dict(
     lr_student=cfg.lr_student,
     syn_steps=cfg.syn_steps,
+    inner_momentum=cfg.inner_momentum,
     batch_syn=cfg.batch_syn,
     batch_real=cfg.batch_real,
     dsa_strategy=cfg.dsa_strategy,
@@ -89,13 +90,16 @@ def make_step(
   dsa_strategy: str,
   remat: bool,
   max_loss: float,
+  inner_momentum: float = 0.0,
 ) -> StepFn:
   """One DD/LD iteration: a fresh network, N steps, the real-batch loss.
 
   `lr_student` is the student's lr unless the trainable set learns one
   (`trainable['log_lr']`); `batch_syn` 0 means every synthetic image in
   every student step; `batch_real` real images of every class make the
-  meta-loss's batch. Groups of `plan.frozen` get no gradient.
+  meta-loss's batch; the student's SGD has momentum `inner_momentum`
+  (RememberThePast's BPTT with momentum; 0: DD's plain SGD). Groups of
+  `plan.frozen` get no gradient.
   """
   model = plan.model
   materialize = plan.reconstructor.materialize
@@ -133,6 +137,7 @@ def make_step(
       model_state=model_state or None,
       remat=remat,
       mesh=mesh,
+      momentum=inner_momentum,
     )
 
   return make_train_step(

@@ -72,6 +72,7 @@ RANGES = {
   "distill.net_weight_decay": checks.NON_NEGATIVE,
   "distill.batch_train": checks.COUNT,
   "distill.syn_steps": checks.COUNT,
+  "distill.inner_momentum": checks.MOMENTUM,
   "distill.expert_epochs": checks.COUNT,
   "distill.max_start": checks.COUNT,
   "distill.batch_syn": checks.count_or(0, "every synthetic image"),

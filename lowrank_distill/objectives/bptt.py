@@ -61,6 +61,7 @@ def meta_loss(
   model_state: PyTree | None = None,
   remat: bool = True,
   mesh=None,
+  momentum: float = 0.0,
 ) -> jax.Array:
   """The real-batch loss of a network trained N steps on the synthetic set.
 
@@ -82,6 +83,7 @@ def meta_loss(
     remat: checkpoint the unroll's scan body (`trajectory_matching.unroll`).
     mesh: split every synthetic minibatch over the mesh's 'data' axis
       (`trajectory_matching.unroll`); None or one device: unsplit.
+    momentum: the student's SGD momentum (0: plain SGD, DD's).
 
   Returns:
     A scalar: the mean cross-entropy on the real batch.
@@ -100,6 +102,7 @@ def meta_loss(
     model_state=model_state,
     remat=remat,
     mesh=mesh,
+    momentum=momentum,
   )
   return real_loss(
     model, student, real_images, real_labels, model_state=model_state

@@ -78,6 +78,7 @@ def unroll(
   model_state: PyTree | None = None,
   remat: bool = True,
   mesh=None,
+  momentum: float = 0.0,
 ) -> PyTree:
   """N differentiable SGD steps of a student on the synthetic set.
 
@@ -101,6 +102,9 @@ def unroll(
       masked rows to a multiple of its devices (refused for a BatchNorm
       student, whose statistics would see the padding); None or one device:
       unsplit.
+    momentum: SGD momentum of the student (PyTorch's: `v = m v + g`,
+      `p -= lr v`, v from zero; RememberThePast's BPTT with momentum); 0:
+      plain SGD, the trajectory-matching student.
 
   Returns:
     The student's params after `steps` steps.
@@ -133,7 +137,7 @@ def unroll(
     # The running statistics a BatchNorm student updates are discarded.
     return train.masked_cross_entropy(model, params, model_state, x, y, m)[0]
 
-  def body(params, batch):
+  def student_grads(params, batch):
     i, batch_idx, batch_mask = batch
     x = images[batch_idx]
     if ops:
@@ -144,12 +148,29 @@ def unroll(
     # batch size, so the real rows get the draws of the unsplit run.
     x, y, m = split(x, targets[batch_idx], batch_mask)
     grads = jax.grad(loss_fn)(params, x, y, m)
-    grads = ad_checkpoint.checkpoint_name(grads, _SAVED_GRADS)
+    return ad_checkpoint.checkpoint_name(grads, _SAVED_GRADS)
+
+  def body(params, batch):
+    grads = student_grads(params, batch)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), None
 
+  def momentum_body(carry, batch):
+    params, velocity = carry
+    grads = student_grads(params, batch)
+    velocity = jax.tree.map(lambda v, g: momentum * v + g, velocity, grads)
+    params = jax.tree.map(lambda p, v: p - lr * v, params, velocity)
+    return (params, velocity), None
+
+  steps_in = (jnp.arange(steps), idx, mask)
+  if momentum:
+    carry = (start_params, jax.tree.map(jnp.zeros_like, start_params))
+    if remat:
+      momentum_body = jax.checkpoint(momentum_body, policy=_REMAT_POLICY)
+    (params, _), _ = jax.lax.scan(momentum_body, carry, steps_in)
+    return params
   if remat:
     body = jax.checkpoint(body, policy=_REMAT_POLICY)
-  params, _ = jax.lax.scan(body, start_params, (jnp.arange(steps), idx, mask))
+  params, _ = jax.lax.scan(body, start_params, steps_in)
   return params
 
 
