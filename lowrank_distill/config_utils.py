@@ -302,6 +302,7 @@ def distill_config(
   max_loss: float = 1e8,
   log_every: int = 10,
   learn_images: bool = True,
+  lr_hallucinators: float = 0.0,
   **objective_fields,
 ) -> ml_collections.ConfigDict:
   """`config.distill`: the loop's fields every objective has, plus its own.
@@ -310,6 +311,8 @@ def distill_config(
     iterations, lr_images, momentum: the synthetic set's SGD.
     learn_images: False keeps the images (their parameterization) as
       initialised, e.g. real images whose labels alone are learned (LD).
+    lr_hallucinators: the lr of a hallucinator set's networks (0: the
+      images' lr).
     conv_impl: the distillation network's convolution ('xla' | 'im2col' |
       'auto'); evaluation uses `model.conv_impl`.
     eval_every, image_every, checkpoint_every, log_every: intervals in
@@ -323,6 +326,7 @@ def distill_config(
       "iterations": iterations,
       "lr_images": lr_images,
       "learn_images": learn_images,
+      "lr_hallucinators": lr_hallucinators,
       "momentum": momentum,
       "conv_impl": conv_impl,
       "learn_lr": learn_lr,

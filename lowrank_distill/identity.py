@@ -56,6 +56,7 @@ ADDED_FIELDS = {
   "distill.net_weight_decay": 0.0,
   "distill.clamp_images": False,
   "distill.learn_images": True,
+  "distill.lr_hallucinators": 0.0,
 }
 
 

@@ -67,6 +67,7 @@ def test_every_get_config_takes_keywords_as_its_string(name):
     "evaluate": dict(synset="/tmp/x", num_models=2),
     "experts": dict(dataset="mnist", epochs=3, runlocal=True),
     "tm": dict(dataset="mnist", ipc=1, variant="lomtt", runlocal=True),
+    "haba": dict(dataset="mnist", ipc=1, variant="lohaba", runlocal=True),
   }.get(name, dict(dataset="mnist", ipc=2, runlocal=True))
   arg = ",".join(f"{k}={v}" for k, v in values.items())
   assert module.get_config(**values).to_dict() == (

@@ -61,6 +61,36 @@ def test_optimizer_groups_use_their_own_learning_rates():
   np.testing.assert_allclose(updates["log_lr"], -0.5)
 
 
+def test_hallucinators_take_their_own_lr_inside_the_images_group():
+  optimizer = distill.make_optimizer(
+    {"images": (1.0, 0.0), "hallucinators": (0.01, 0.0)}
+  )
+  params = {
+    "images": {
+      "bases": {"images": jnp.zeros(2)},
+      "hallucinators": {"scale": jnp.zeros(3)},
+    }
+  }
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  np.testing.assert_allclose(updates["images"]["bases"]["images"], -1.0)
+  np.testing.assert_allclose(updates["images"]["hallucinators"]["scale"], -0.01)
+
+
+def test_a_hallucinator_run_plans_their_lr_and_the_others_do_not():
+  config = _config("param=lowrank_hallucinators,num_hallucinators=2,ipc=2")
+  config.distill.lr_hallucinators = 0.25
+  plan = distill.make_plan(config)
+  trainable = distill.initial_trainable(jax.random.key(0), plan)
+  groups = distill.optimizer_groups(plan, trainable)
+  assert groups["hallucinators"] == (0.25, config.distill.momentum)
+  assert groups["images"] == (config.distill.lr_images, config.distill.momentum)
+  plain = distill.make_plan(_config())
+  assert "hallucinators" not in distill.optimizer_groups(
+    plain, distill.initial_trainable(jax.random.key(0), plain)
+  )
+
+
 def test_the_jitted_step_traces_once():
   config = _config()
   plan = distill.make_plan(config)

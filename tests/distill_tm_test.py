@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import experts as experts_config
+from configs import haba as haba_config
 from configs import tm as tm_config
 from lowrank_distill import checkpoint, distill, experts
 
@@ -272,3 +273,52 @@ def test_expert_label_init_is_the_trained_experts_prediction(buffer_dir):
     {"params": buffer.snapshot(0, 0)}, images, train=True
   )
   assert not np.allclose(trainable["labels"], first, atol=1e-3)
+
+
+def test_haba_configs_hold_hallucinators_on_trajectory_matching():
+  config = haba_config.get_config("variant=haba,dataset=mnist")
+  assert (config.method, config.synset.param) == ("tm", "hallucinators")
+  assert (config.synset.num_hallucinators, config.synset.budget) == (
+    5,
+    "same-images",
+  )
+  low = haba_config.get_config("variant=lohaba,dataset=mnist")
+  assert (low.synset.param, low.synset.budget) == (
+    "lowrank_hallucinators",
+    "same-memory",
+  )
+  assert low.synset.num_hallucinators == 2
+  with pytest.raises(ValueError, match="config arg variant 'hallucinate'"):
+    haba_config.get_config("variant=hallucinate")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["haba", "lohaba"])
+def test_one_iteration_of_each_haba_variant_runs_through_the_launcher(
+  variant, buffer_dir, tmp_path
+):
+  workdir = tmp_path / variant
+  command = [
+    sys.executable,
+    "launch/distill.py",
+    f"--config=configs/haba.py:runlocal=true,variant={variant}",
+    f"--workdir={workdir}",
+    f"--config.experts.path={buffer_dir}",
+    "--config.model.options.width=4",
+    "--config.model.options.depth=1",
+    "--config.distill.iterations=1",
+    "--config.distill.syn_steps=2",
+    "--config.distill.expert_epochs=1",
+    "--config.distill.max_start=2",
+    "--config.eval.epochs=1",
+    "--config.eval.num_models=1",
+  ]
+  done = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["method"] == "tm" and results["iterations"] == 1
+  assert results["param"] == haba_config.VARIANTS[variant][0]
+  assert results["budget"]["num_hallucinators"] == 2
+  assert (workdir / "images" / f"{results['param']}_000001.png").exists()

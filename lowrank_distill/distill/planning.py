@@ -19,7 +19,11 @@ from lowrank_distill import (
 )
 from lowrank_distill.distill import bptt, dm, gm, tm
 from lowrank_distill.distill.objective import Objective, Plan, Schedule
-from lowrank_distill.distill.step import init_state, make_optimizer
+from lowrank_distill.distill.step import (
+  SUBGROUPS,
+  init_state,
+  make_optimizer,
+)
 from lowrank_distill.parameterize import budget as budget_lib
 from lowrank_distill.parameterize import labels as labels_lib
 
@@ -52,6 +56,8 @@ RANGES = {
   "labels.momentum": checks.MOMENTUM,
   "distill.iterations": checks.COUNT,
   "distill.lr_images": checks.RATE,
+  # 0: the images' lr.
+  "distill.lr_hallucinators": checks.NON_NEGATIVE,
   # > 0 when the lr is learned (`validate`); unused otherwise.
   "distill.lr_lr": checks.NON_NEGATIVE,
   # The fixed student lr, or where a learned one starts (its log).
@@ -252,6 +258,10 @@ def make_plan(
       "images": (cfg.lr_images, cfg.momentum)
       if learns_images(config)
       else None,
+      # Hallucinator networks beside their bases (0: the images' lr).
+      "hallucinators": (cfg.lr_hallucinators or cfg.lr_images, cfg.momentum)
+      if learns_images(config)
+      else None,
       "labels": (config.labels.lr, config.labels.momentum),
       "log_lr": (cfg.lr_lr, cfg.momentum),
     },
@@ -326,5 +336,10 @@ def initial_state(key, plan: Plan):
 
 
 def optimizer_groups(plan: Plan, trainable: dict) -> dict:
-  """(lr, momentum) of each group `trainable` holds."""
-  return {name: plan.optimizer[name] for name in trainable}
+  """(lr, momentum) of each group `trainable` holds (and of its sub-groups,
+  `step.SUBGROUPS`, that it holds)."""
+  names = list(trainable)
+  for group, subs in SUBGROUPS.items():
+    held = trainable.get(group)
+    names += [sub for sub in subs if isinstance(held, dict) and sub in held]
+  return {name: plan.optimizer[name] for name in names}

@@ -55,12 +55,19 @@ def _keep() -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+# Parts of a trainable group that take their own optimiser when `groups`
+# names them: a hallucinator set's networks beside its bases.
+SUBGROUPS = {"images": ("hallucinators",)}
+
+
 def make_optimizer(groups: dict[str, tuple[float, float] | None]):
   """SGD with momentum per parameter group.
 
   Args:
     groups: group name -> (learning rate, momentum), or None for a group
-      kept as initialised (frozen: every update leaves it unchanged).
+      kept as initialised (frozen: every update leaves it unchanged). A
+      name of `SUBGROUPS` (e.g. 'hallucinators') takes that part of its
+      group ('images') out of the group's optimiser.
 
   Returns:
     An optax transformation over a dict with exactly these groups.
@@ -72,8 +79,16 @@ def make_optimizer(groups: dict[str, tuple[float, float] | None]):
     for name, group in groups.items()
   }
 
+  def label(name, subtree):
+    """Leaves of a group, with its sub-groups that have an optimiser."""
+    labels = jax.tree.map(lambda _: name, subtree)
+    for sub in SUBGROUPS.get(name, ()):
+      if sub in groups and isinstance(subtree, dict) and sub in subtree:
+        labels[sub] = jax.tree.map(lambda _: sub, subtree[sub])
+    return labels
+
   def group_of(tree):
-    return {name: jax.tree.map(lambda _: name, tree[name]) for name in tree}
+    return {name: label(name, tree[name]) for name in tree}
 
   return optax.multi_transform(transforms, group_of)
 
