@@ -303,6 +303,7 @@ def distill_config(
   log_every: int = 10,
   learn_images: bool = True,
   lr_hallucinators: float = 0.0,
+  optimizer: str = "sgd",
   **objective_fields,
 ) -> ml_collections.ConfigDict:
   """`config.distill`: the loop's fields every objective has, plus its own.
@@ -313,6 +314,8 @@ def distill_config(
       initialised, e.g. real images whose labels alone are learned (LD).
     lr_hallucinators: the lr of a hallucinator set's networks (0: the
       images' lr).
+    optimizer: every group's update rule, 'sgd' (with `momentum`) or
+      'adam'.
     conv_impl: the distillation network's convolution ('xla' | 'im2col' |
       'auto'); evaluation uses `model.conv_impl`.
     eval_every, image_every, checkpoint_every, log_every: intervals in
@@ -327,6 +330,7 @@ def distill_config(
       "lr_images": lr_images,
       "learn_images": learn_images,
       "lr_hallucinators": lr_hallucinators,
+      "optimizer": optimizer,
       "momentum": momentum,
       "conv_impl": conv_impl,
       "learn_lr": learn_lr,

@@ -57,6 +57,7 @@ ADDED_FIELDS = {
   "distill.clamp_images": False,
   "distill.learn_images": True,
   "distill.lr_hallucinators": 0.0,
+  "distill.optimizer": "sgd",
 }
 
 

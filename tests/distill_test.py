@@ -379,3 +379,23 @@ def test_a_run_whose_every_update_was_skipped_fails_and_keeps_its_checkpoint(
   assert (tmp_path / "checkpoints").is_dir()
   assert not (tmp_path / "synset").exists()
   assert not (tmp_path / "results.json").exists()
+
+
+def test_adam_groups_take_lr_sized_steps_whatever_the_gradient_scale():
+  optimizer = distill.make_optimizer(
+    {"images": (0.01, 0.5), "log_lr": (0.1, 0.5)}, kind="adam"
+  )
+  params = {"images": jnp.zeros(3), "log_lr": jnp.float32(0.0)}
+  grads = {"images": jnp.array([1e-6, -1e3, 0.0]), "log_lr": jnp.float32(5.0)}
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  np.testing.assert_allclose(updates["images"], [-0.01, 0.01, 0.0], atol=1e-4)
+  np.testing.assert_allclose(updates["log_lr"], -0.1, rtol=1e-4)
+  with pytest.raises(ValueError, match="distill.optimizer 'rmsprop'"):
+    distill.make_optimizer({"images": (0.1, 0.0)}, kind="rmsprop")
+
+
+def test_a_config_naming_an_unknown_optimizer_is_refused():
+  config = _config()
+  config.distill.optimizer = "lion"
+  with pytest.raises(ValueError, match="distill.optimizer 'lion'.*'adam'"):
+    distill.validate(config)

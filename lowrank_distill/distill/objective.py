@@ -58,6 +58,7 @@ class Plan:
       for a group kept as initialised (`distill.learn_images` False).
     evaluation: `config_utils.evaluation_settings`.
     schedule: the loop's `Schedule`.
+    optimizer_kind: every group's update rule ('sgd' | 'adam').
   """
 
   method: str
@@ -75,6 +76,7 @@ class Plan:
   optimizer: dict
   evaluation: dict
   schedule: Schedule
+  optimizer_kind: str = "sgd"
 
   @property
   def num_classes(self) -> int:

@@ -20,6 +20,7 @@ from lowrank_distill import (
 from lowrank_distill.distill import bptt, dm, gm, tm
 from lowrank_distill.distill.objective import Objective, Plan, Schedule
 from lowrank_distill.distill.step import (
+  OPTIMIZERS,
   SUBGROUPS,
   init_state,
   make_optimizer,
@@ -116,6 +117,7 @@ def validate(config, *, check_inputs: bool = True) -> None:
     "synset.param", config.synset.param, parameterize.PARAMETERIZATIONS
   )
   checks.check_choice("synset.budget", config.synset.budget, budget_lib.BUDGETS)
+  checks.check_choice("distill.optimizer", config.distill.optimizer, OPTIMIZERS)
   checks.check_choice("labels.kind", config.labels.kind, ("hard", "soft"))
   if config.labels.kind == "soft":
     checks.check_choice(
@@ -273,6 +275,7 @@ def make_plan(
       image_every=cfg.image_every,
       checkpoint_every=cfg.checkpoint_every,
     ),
+    optimizer_kind=cfg.optimizer,
   )
   if check_inputs:
     objective.check_plan(plan)
@@ -331,7 +334,9 @@ def initial_state(key, plan: Plan):
   """(state, optimiser): the trainable set before distillation, its optax
   optimiser (one SGD group per parameter group) and that optimiser's state."""
   trainable = initial_trainable(key, plan)
-  optimizer = make_optimizer(optimizer_groups(plan, trainable))
+  optimizer = make_optimizer(
+    optimizer_groups(plan, trainable), kind=plan.optimizer_kind
+  )
   return init_state(trainable, optimizer), optimizer
 
 

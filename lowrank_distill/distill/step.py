@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lowrank_distill import checks
+
 PyTree = Any
 LossFn = Callable[..., jax.Array]
 StepFn = Callable[..., tuple["DistillState", dict]]
@@ -60,22 +62,36 @@ def _keep() -> optax.GradientTransformation:
 SUBGROUPS = {"images": ("hallucinators",)}
 
 
-def make_optimizer(groups: dict[str, tuple[float, float] | None]):
-  """SGD with momentum per parameter group.
+# The update rules a set's groups can take: SGD with momentum (DC, DM, MTT)
+# or Adam (DD and LD; its `momentum` field is unused, optax's betas).
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(
+  groups: dict[str, tuple[float, float] | None], *, kind: str = "sgd"
+):
+  """SGD with momentum (or Adam) per parameter group.
 
   Args:
     groups: group name -> (learning rate, momentum), or None for a group
       kept as initialised (frozen: every update leaves it unchanged). A
       name of `SUBGROUPS` (e.g. 'hallucinators') takes that part of its
       group ('images') out of the group's optimiser.
+    kind: 'sgd' (momentum from each group) or 'adam' (optax's defaults,
+      the group's lr).
 
   Returns:
     An optax transformation over a dict with exactly these groups.
   """
+  checks.check_choice("distill.optimizer", kind, OPTIMIZERS)
+
+  def rule(lr, momentum):
+    if kind == "adam":
+      return optax.adam(lr)
+    return optax.sgd(lr, momentum=momentum or None)
+
   transforms = {
-    name: _keep()
-    if group is None
-    else optax.sgd(group[0], momentum=group[1] or None)
+    name: _keep() if group is None else rule(*group)
     for name, group in groups.items()
   }
 
