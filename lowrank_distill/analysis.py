@@ -250,6 +250,35 @@ def rank_one_components(param: str, params: dict, *, max_images: int = 10):
   )
 
 
+def save_addresses(
+  path, addresses, *, images_per_class: int, cell: int = 8
+) -> pathlib.Path:
+  """Saves memories' addresses as a heat map PNG: one row per image, one
+  column per basis, mid grey 0, white the largest |coefficient|
+  positive, black the largest negative; a white line between classes.
+
+  Args:
+    path: the PNG to write.
+    addresses: [n, K] (class-major images).
+    images_per_class: rows per class.
+    cell: pixels per coefficient.
+
+  Returns:
+    The path; the picture is `(K * cell, n * cell + classes - 1)` pixels.
+  """
+  a = np.asarray(addresses, np.float64)
+  scale = max(float(np.abs(a).max()), 1e-12)
+  shades = 0.5 + 0.5 * a / scale
+  rows = []
+  for start in range(0, a.shape[0], images_per_class):
+    if rows:
+      rows.append(np.ones((1, a.shape[1] * cell)))
+    block = shades[start : start + images_per_class]
+    rows.append(block.repeat(cell, axis=0).repeat(cell, axis=1))
+  picture = np.concatenate(rows)[..., None]
+  return save_png(path, (picture * 255 + 0.5).astype(np.uint8))
+
+
 def save_components(path, param: str, params: dict) -> pathlib.Path:
   """Saves the components a set is built from as a grid PNG.
 

@@ -256,3 +256,4 @@ def test_one_iteration_of_each_rtp_variant_runs_through_the_launcher(
     == {"rtp": "memories", "lortp": "lowrank_memories"}[variant]
   )
   assert (workdir / "images" / f"{results['param']}_000001.png").exists()
+  assert (workdir / "images" / "addresses_000001.png").exists()

@@ -187,3 +187,17 @@ def test_the_components_drawn_are_the_bases(param, tmp_path):
   chex.assert_shape(comps, (3, 6, 6, 1))
   assert nrow == 3 and comps.min() >= 0 and comps.max() <= 1
   assert analysis.save_components(tmp_path / "b.png", param, params).exists()
+
+
+def test_addresses_are_drawn_one_row_per_image_classes_apart(tmp_path):
+  from PIL import Image
+
+  addresses = np.array([[1.0, -2.0, 0.0], [0.5, 0.0, 2.0]] * 2)
+  path = analysis.save_addresses(
+    tmp_path / "a.png", addresses, images_per_class=2, cell=4
+  )
+  picture = np.asarray(Image.open(path))
+  assert picture.shape == (4 * 4 + 1, 3 * 4)
+  assert picture[0, 4] == 0 and picture[4, 8] == 255  # -2 and +2
+  assert picture[0, 8] == 128  # 0: mid grey
+  np.testing.assert_array_equal(picture[8], 255)  # the line between classes

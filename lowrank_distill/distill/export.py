@@ -225,6 +225,12 @@ def save_pictures(workdir: pathlib.Path, step: int, trainable, plan: Plan):
       row_names=names,
     )
   param = plan.budget.param
+  if param in ("memories", "lowrank_memories"):
+    analysis.save_addresses(
+      workdir / "images" / f"addresses_{step:06d}.png",
+      np.asarray(trainable["images"]["addresses"]),
+      images_per_class=plan.images_per_class,
+    )
   if param != "pixels":
     analysis.save_components(
       workdir / "images" / f"{param}_{step:06d}.png",
