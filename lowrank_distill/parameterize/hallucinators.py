@@ -23,11 +23,10 @@ References:
   NeurIPS 2022 (HaBa); Yang et al., NeurIPS 2023 (LoHaBa, Table 4).
 """
 
-import operator
-
 import jax
 import jax.numpy as jnp
 
+from lowrank_distill import checks
 from lowrank_distill.parameterize import pixels
 
 METHODS = ("noise", "real")
@@ -37,20 +36,7 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 
 def check_num_hallucinators(num_hallucinators) -> int:
   """Raises ValueError unless num_hallucinators is an integer >= 1."""
-  try:
-    value = (
-      None
-      if isinstance(num_hallucinators, bool)
-      else operator.index(num_hallucinators)
-    )
-  except TypeError:
-    value = None
-  if value is None or value < 1:
-    raise ValueError(
-      f"synset.num_hallucinators must be an integer >= 1, got "
-      f"{num_hallucinators!r}"
-    )
-  return value
+  return checks.positive_int("synset.num_hallucinators", num_hallucinators)
 
 
 def check_image_size(image_shape) -> None:

@@ -18,11 +18,10 @@ References:
   Continual Learning", NeurIPS 2023 (LoRememberThePast, Table 4).
 """
 
-import operator
-
 import jax
 import jax.numpy as jnp
 
+from lowrank_distill import checks
 from lowrank_distill.parameterize import pixels
 
 # 'real' and 'svd' are synonyms: bases from the SVD of real images.
@@ -31,15 +30,7 @@ METHODS = ("noise", "real", "svd")
 
 def check_num_bases(num_bases) -> int:
   """Raises ValueError unless num_bases is an integer >= 1."""
-  try:
-    value = None if isinstance(num_bases, bool) else operator.index(num_bases)
-  except TypeError:
-    value = None
-  if value is None or value < 1:
-    raise ValueError(
-      f"synset.num_bases must be an integer >= 1, got {num_bases!r}"
-    )
-  return value
+  return checks.positive_int("synset.num_bases", num_bases)
 
 
 def svd_memories(images, *, num_bases: int, key) -> dict:
