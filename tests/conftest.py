@@ -89,6 +89,48 @@ def fresh_python():
   return run
 
 
+# What a launcher test shrinks: a one-iteration run of a tiny network whose
+# evaluation trains one model for one epoch.
+TINY_DISTILL_FLAGS = (
+  "--config.model.options.width=4",
+  "--config.model.options.depth=1",
+  "--config.distill.iterations=1",
+  "--config.eval.epochs=1",
+  "--config.eval.num_models=1",
+)
+
+
+@pytest.fixture
+def launch_distill():
+  """Runs `launch/distill.py` as a user would, on a tiny one-iteration run.
+
+  Returns `run(config, workdir, *flags) -> (results.json as a dict, the
+  launcher's stdout + stderr)`, failing the test with the child's stderr
+  when it exits non-zero; `flags` come after `TINY_DISTILL_FLAGS`.
+  """
+  import json  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  def run(config: str, workdir, *flags: str):
+    command = [
+      sys.executable,
+      "launch/distill.py",
+      f"--config={config}",
+      f"--workdir={workdir}",
+      *TINY_DISTILL_FLAGS,
+      *flags,
+    ]
+    done = subprocess.run(
+      command, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
+    return results, done.stdout + done.stderr
+
+  return run
+
+
 @pytest.fixture(scope="session")
 def gpu_check():
   """benchmarks/gpu_check.py, loaded as a module."""

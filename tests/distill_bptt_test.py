@@ -7,10 +7,7 @@ and both configs run through the launcher. The meta-loss itself is tested
 in bptt_test.py.
 """
 
-import json
 import pathlib
-import subprocess
-import sys
 
 import chex
 import jax
@@ -172,28 +169,14 @@ def test_config_methods(method, param, labels, init, learn_lr, learn_images):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dd", "ld"])
 def test_one_iteration_of_each_method_runs_through_the_launcher(
-  method, tmp_path
+  method, tmp_path, launch_distill
 ):
-  workdir = tmp_path / method
-  command = [
-    sys.executable,
-    "launch/distill.py",
-    f"--config=configs/bptt.py:runlocal=true,method={method}",
-    f"--workdir={workdir}",
-    "--config.model.options.width=4",
-    "--config.model.options.depth=1",
-    "--config.distill.iterations=1",
-    "--config.eval.epochs=1",
-    "--config.eval.num_models=1",
-  ]
-  done = subprocess.run(
-    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  results, output = launch_distill(
+    f"configs/bptt.py:runlocal=true,method={method}", tmp_path / method
   )
-  assert done.returncode == 0, done.stderr[-3000:]
-  results = json.loads((workdir / "results.json").read_text())
   assert results["method"] == "bptt" and results["iterations"] == 1
   assert (results["lr"] is not None) == (method == "dd")
-  assert "convnet:" in done.stdout
+  assert "convnet:" in output
 
 
 # ---------------------------------------------------------------------------
@@ -231,29 +214,14 @@ def test_the_student_momentum_changes_the_meta_loss():
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["rtp", "lortp"])
 def test_one_iteration_of_each_rtp_variant_runs_through_the_launcher(
-  variant, tmp_path
+  variant, tmp_path, launch_distill
 ):
   workdir = tmp_path / variant
-  command = [
-    sys.executable,
-    "launch/distill.py",
-    f"--config=configs/rtp.py:runlocal=true,variant={variant}",
-    f"--workdir={workdir}",
-    "--config.model.options.width=4",
-    "--config.model.options.depth=1",
-    "--config.distill.iterations=1",
-    "--config.eval.epochs=1",
-    "--config.eval.num_models=1",
-  ]
-  done = subprocess.run(
-    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  results, _ = launch_distill(
+    f"configs/rtp.py:runlocal=true,variant={variant}", workdir
   )
-  assert done.returncode == 0, done.stderr[-3000:]
-  results = json.loads((workdir / "results.json").read_text())
   assert results["method"] == "bptt" and results["iterations"] == 1
-  assert (
-    results["param"]
-    == {"rtp": "memories", "lortp": "lowrank_memories"}[variant]
-  )
-  assert (workdir / "images" / f"{results['param']}_000001.png").exists()
+  param = {"rtp": "memories", "lortp": "lowrank_memories"}[variant]
+  assert results["param"] == param
+  assert (workdir / "images" / f"{param}_000001.png").exists()
   assert (workdir / "images" / "addresses_000001.png").exists()

@@ -3,10 +3,7 @@
 The pure losses are tested in gradient_matching_test.py.
 """
 
-import json
 import pathlib
-import subprocess
-import sys
 
 import chex
 import jax
@@ -161,29 +158,16 @@ def test_a_real_pass_larger_than_a_class_is_refused_before_compute():
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["idc", "loidc"])
 def test_one_iteration_of_each_idc_variant_runs_through_the_launcher(
-  variant, tmp_path
+  variant, tmp_path, launch_distill
 ):
   workdir = tmp_path / variant
-  command = [
-    sys.executable,
-    "launch/distill.py",
-    f"--config=configs/idc.py:runlocal=true,variant={variant}",
-    f"--workdir={workdir}",
-    "--config.model.options.width=4",
-    "--config.model.options.depth=1",
-    "--config.distill.iterations=1",
-    "--config.eval.epochs=1",
-    "--config.eval.num_models=1",
-  ]
-  done = subprocess.run(
-    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  results, output = launch_distill(
+    f"configs/idc.py:runlocal=true,variant={variant}", workdir
   )
-  assert done.returncode == 0, done.stderr[-3000:]
-  results = json.loads((workdir / "results.json").read_text())
   assert results["method"] == "gm" and results["iterations"] == 1
   assert results["param"] == idc_config.VARIANTS[variant]["param"]
   assert (workdir / "images" / "stored_000001.png").exists()
-  assert "formation" in done.stderr + done.stdout
+  assert "formation" in output
 
 
 def test_clamp_images_clips_pixels_to_the_real_range_before_matching():

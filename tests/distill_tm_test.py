@@ -295,29 +295,17 @@ def test_haba_configs_hold_hallucinators_on_trajectory_matching():
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["haba", "lohaba"])
 def test_one_iteration_of_each_haba_variant_runs_through_the_launcher(
-  variant, buffer_dir, tmp_path
+  variant, buffer_dir, tmp_path, launch_distill
 ):
   workdir = tmp_path / variant
-  command = [
-    sys.executable,
-    "launch/distill.py",
-    f"--config=configs/haba.py:runlocal=true,variant={variant}",
-    f"--workdir={workdir}",
+  results, _ = launch_distill(
+    f"configs/haba.py:runlocal=true,variant={variant}",
+    workdir,
     f"--config.experts.path={buffer_dir}",
-    "--config.model.options.width=4",
-    "--config.model.options.depth=1",
-    "--config.distill.iterations=1",
     "--config.distill.syn_steps=2",
     "--config.distill.expert_epochs=1",
     "--config.distill.max_start=2",
-    "--config.eval.epochs=1",
-    "--config.eval.num_models=1",
-  ]
-  done = subprocess.run(
-    command, cwd=REPO, capture_output=True, text=True, timeout=600
   )
-  assert done.returncode == 0, done.stderr[-3000:]
-  results = json.loads((workdir / "results.json").read_text())
   assert results["method"] == "tm" and results["iterations"] == 1
   assert results["param"] == haba_config.VARIANTS[variant][0]
   assert results["budget"]["num_hallucinators"] == 2
