@@ -92,7 +92,7 @@ def get_config(arg=None, **values):
     )
   else:
     config = bptt_config.get_config(method="dd", **common)
-    config.labels.update(kind="soft", init="onehot", lr=10.0)
+    config.labels.update(kind="soft", init="onehot", lr=0.01)
     config.distill.inner_momentum = INNER_MOMENTUM
   config.synset.init = "real"
   return config

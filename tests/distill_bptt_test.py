@@ -58,7 +58,9 @@ def test_dd_step_traces_once_and_learns_images_and_lr():
 
 def test_ld_keeps_the_real_images_bit_for_bit_and_learns_the_labels():
   plan, state, step, inputs = _state_and_step(_config("ld"))
-  assert plan.frozen == ("images",) and plan.image_init == "real"
+  # The images and any hallucinators among them are frozen.
+  assert plan.frozen == ("images", "hallucinators")
+  assert plan.image_init == "real"
   assert set(state.trainable) == {"images", "labels"}
   new, metrics = jax.jit(step)(state, jax.random.key(0), *inputs(0))
   assert np.isfinite(float(metrics["loss"])) and not bool(metrics["skipped"])
@@ -73,7 +75,12 @@ def test_the_update_descends_the_meta_loss(method):
   # With the same key (network, real batch, minibatches), a small step
   # along the meta-gradient lowers the loss: the step minimises it.
   config = _config(
-    method, lr_student=0.5, lr_images=1.0, lr_lr=0.1, momentum=0.0
+    method,
+    lr_student=0.5,
+    lr_images=1.0,
+    lr_lr=0.1,
+    momentum=0.0,
+    optimizer="sgd",
   )
   config.labels.update(lr=10.0, momentum=0.0)
   _, state, step, inputs = _state_and_step(config)
