@@ -48,16 +48,14 @@ DD MNIST IPC 10 79.5 ± 8.1, CIFAR-10 IPC 10 36.8 ± 1.2; LD MNIST IPC 1
 60.9 ± 3.2, IPC 10 87.3 ± 0.7, IPC 50 93.3 ± 0.3; CIFAR-10 IPC 1 / 10 / 50
 25.7 ± 0.7 / 38.3 ± 0.4 / 42.5 ± 0.4; CIFAR-100 IPC 1 11.5 ± 0.4.
 
-`dataset=digits` (the embedded default, 8x8), IPC 1, measured here on the
-shared 2-core CPU (0.33-0.45 s per iteration; evaluation of 5 models ~20
-s): `method=dd` 40 iterations 12.20 ± 0.99 (47 s in all), 200 (the
-default) 2.45 ± 1.19 (1 min 48 s); `method=ld` 40 iterations 54.21 ± 1.09,
-200 53.09 ± 1.12 (1 min 49 s). At these budgets the meta-loss stays at
-chance (2.31): a fresh ConvNet barely trains in 10 SGD steps of lr 0.01-
-0.02, so the meta-gradient is weak; LD's accuracy is its fixed real images',
-and DD's noise images, moved, train networks that score below chance.
-Neither reproduces the papers; their budgets are thousands of iterations
-with Adam (not tuned here).
+`dataset=digits` (the embedded default, 8x8), IPC 1, test split, 5 models, on
+the 2-core CPU shared with other runs (docs/RESULTS.md): with Adam, `method=dd`
+22.12 ± 2.83 (2.6 min in all), `method=ld` 73.59 ± 0.94 (2.5 min); with SGD on
+the set (lr 1, 100 on the labels) they were 2.45 ± 1.19 and 53.09 ± 1.12. DD's
+meta-loss stays near chance (2.31) at this budget: a fresh ConvNet trained 10
+steps on 10 images barely generalises, so the images learn little; LD's labels
+do move its fixed real images' accuracy. Neither reproduces the papers, whose
+budgets are thousands of iterations.
 """
 
 from configs import common
