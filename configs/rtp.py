@@ -35,7 +35,10 @@ published.
 Reached here (docs/RESULTS.md, 2-core CPU shared with other runs, digits,
 storage of 1 image per class, 2 images per class with soft labels, test
 split, 5 models, ~2.7 min each): `objective=bptt` RememberThePast 54.37 ±
-0.73, LoRememberThePast 76.77 ± 1.20.
+0.73, LoRememberThePast 76.77 ± 1.20; `objective=tm` (the digits expert
+buffer, configs/tm.py's digits row) RememberThePast 66.41 ± 2.84 (3.5 min),
+LoRememberThePast diverged at that row's lr_images 100 (the export refused
+the set).
 """
 
 from configs import bptt as bptt_config
