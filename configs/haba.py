@@ -26,13 +26,13 @@ count; its hallucinators come on top and the storage printed counts them
 hallucinators into the storage of `ipc` full images (`same-memory`): on
 MNIST IPC 1 with 2 hallucinators, 4 rank-2 bases per class (8 images).
 
-Not done: the reference's adversarial constraint that keeps the
-hallucinators apart (a feature extractor trained to classify hallucinated
-images, to embed two hallucinations of one basis alike and with a
-supervised contrastive loss, while the hallucinators minimise that
-similarity; its `lambda_*` losses): the hallucinators here learn from
-trajectory matching alone. Published (CIFAR-10 IPC 1, ConvNet-3, 5 hallucinators): HaBa 48.3;
-low-rank plugin paper Table 4: LoHaBa 66.1. No MNIST figure is published.
+Not done: the reference's adversarial constraint that keeps the hallucinators
+apart (a feature extractor trained to classify hallucinated images, to embed
+two hallucinations of one basis alike and with a supervised contrastive loss,
+while the hallucinators minimise that similarity; its `lambda_*` losses): the
+hallucinators here learn from trajectory matching alone. Published (CIFAR-10
+IPC 1, ConvNet-3, 5 hallucinators): HaBa 48.3; low-rank plugin paper Table 4:
+LoHaBa 66.1. No MNIST figure is published.
 
 Reached here (docs/RESULTS.md, 2-core CPU shared with other runs, digits,
 IPC 1, the digits expert buffer of configs/experts.py, test split, 5
