@@ -152,6 +152,55 @@ def real_bases(real_images, *, num_classes, images_per_class, shape, per_class):
   return flat.reshape(num_classes, images_per_class, *shape)[:, :per_class]
 
 
+def init_over(
+  base_kind,
+  key,
+  *,
+  num_classes: int,
+  images_per_class: int,
+  image_shape,
+  method: str,
+  real_images,
+  num_hallucinators: int,
+  **base_kwargs,
+) -> dict:
+  """Bases of `base_kind` (a reconstructor module) and H hallucinators.
+
+  The checks, the bases per class and the keys every hallucinator kind
+  shares; `base_kwargs` go to `base_kind.init` (e.g. the factors' rank).
+  """
+  pixels.check_method(method, base_kind.METHODS)
+  shape = pixels.check_sizes(
+    num_classes=num_classes,
+    images_per_class=images_per_class,
+    image_shape=image_shape,
+  )
+  check_image_size(shape)
+  num_hallucinators = check_num_hallucinators(num_hallucinators)
+  m = bases_per_class(images_per_class, num_hallucinators)
+  base_key, hallucinator_key = jax.random.split(key)
+  return {
+    "bases": base_kind.init(
+      base_key,
+      num_classes=num_classes,
+      images_per_class=m,
+      image_shape=shape,
+      method=method,
+      real_images=real_bases(
+        real_images,
+        num_classes=num_classes,
+        images_per_class=images_per_class,
+        shape=shape,
+        per_class=m,
+      ),
+      **base_kwargs,
+    ),
+    "hallucinators": init_hallucinators(
+      hallucinator_key, num_hallucinators=num_hallucinators, image_shape=shape
+    ),
+  }
+
+
 def init(
   key,
   *,
@@ -178,35 +227,16 @@ def init(
   Returns:
     {'bases': {'images': [C * m, h, w, c]}, 'hallucinators': {...}}.
   """
-  pixels.check_method(method, METHODS)
-  shape = pixels.check_sizes(
+  return init_over(
+    pixels,
+    key,
     num_classes=num_classes,
     images_per_class=images_per_class,
     image_shape=image_shape,
+    method=method,
+    real_images=real_images,
+    num_hallucinators=num_hallucinators,
   )
-  check_image_size(shape)
-  num_hallucinators = check_num_hallucinators(num_hallucinators)
-  m = bases_per_class(images_per_class, num_hallucinators)
-  base_key, hallucinator_key = jax.random.split(key)
-  return {
-    "bases": pixels.init(
-      base_key,
-      num_classes=num_classes,
-      images_per_class=m,
-      image_shape=shape,
-      method=method,
-      real_images=real_bases(
-        real_images,
-        num_classes=num_classes,
-        images_per_class=images_per_class,
-        shape=shape,
-        per_class=m,
-      ),
-    ),
-    "hallucinators": init_hallucinators(
-      hallucinator_key, num_hallucinators=num_hallucinators, image_shape=shape
-    ),
-  }
 
 
 def bases(params: dict) -> jax.Array:

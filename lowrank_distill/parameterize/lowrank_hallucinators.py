@@ -12,7 +12,7 @@ References:
 
 import jax
 
-from lowrank_distill.parameterize import factors, hallucinators, pixels
+from lowrank_distill.parameterize import factors, hallucinators
 
 METHODS = factors.METHODS
 images_multiple = hallucinators.images_multiple
@@ -41,36 +41,17 @@ def init(
     {'bases': {'a': [C * m, c, h, r], 'b': [C * m, c, r, w]},
     'hallucinators': {...}}.
   """
-  pixels.check_method(method, METHODS)
-  shape = pixels.check_sizes(
+  return hallucinators.init_over(
+    factors,
+    key,
     num_classes=num_classes,
     images_per_class=images_per_class,
     image_shape=image_shape,
+    method=method,
+    real_images=real_images,
+    num_hallucinators=num_hallucinators,
+    rank=rank,
   )
-  hallucinators.check_image_size(shape)
-  num_hallucinators = hallucinators.check_num_hallucinators(num_hallucinators)
-  m = hallucinators.bases_per_class(images_per_class, num_hallucinators)
-  base_key, hallucinator_key = jax.random.split(key)
-  return {
-    "bases": factors.init(
-      base_key,
-      num_classes=num_classes,
-      images_per_class=m,
-      image_shape=shape,
-      method=method,
-      real_images=hallucinators.real_bases(
-        real_images,
-        num_classes=num_classes,
-        images_per_class=images_per_class,
-        shape=shape,
-        per_class=m,
-      ),
-      rank=rank,
-    ),
-    "hallucinators": hallucinators.init_hallucinators(
-      hallucinator_key, num_hallucinators=num_hallucinators, image_shape=shape
-    ),
-  }
 
 
 def bases(params: dict) -> jax.Array:
