@@ -245,6 +245,14 @@ def get_config(arg=None, **values):
     num_trajectories=1,
     dsa_strategy=dsa,
     remat=True,
+    # HaBa's constraint (configs/haba.py): off here; the extractor's
+    # settings are the reference's.
+    club_weight=0.0,
+    extractor_lr=0.001,
+    extractor_momentum=0.9,
+    extractor_cls_weight=1.0,
+    extractor_likelihood_weight=1.0,
+    extractor_contrast_weight=1.0,
   )
   if arg.runlocal:
     config.distill.update(config_utils.RUNLOCAL_DISTILL, syn_steps=3)

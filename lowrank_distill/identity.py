@@ -58,6 +58,12 @@ ADDED_FIELDS = {
   "distill.learn_images": True,
   "distill.lr_hallucinators": 0.0,
   "distill.optimizer": "sgd",
+  "distill.club_weight": 0.0,
+  "distill.extractor_lr": 0.001,
+  "distill.extractor_momentum": 0.9,
+  "distill.extractor_cls_weight": 1.0,
+  "distill.extractor_likelihood_weight": 1.0,
+  "distill.extractor_contrast_weight": 1.0,
 }
 
 

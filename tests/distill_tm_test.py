@@ -310,3 +310,133 @@ def test_one_iteration_of_each_haba_variant_runs_through_the_launcher(
   assert results["param"] == haba_config.VARIANTS[variant][0]
   assert results["budget"]["num_hallucinators"] == 2
   assert (workdir / "images" / f"{results['param']}_000001.png").exists()
+  # With HaBa's constraint (the config's default) the log holds its terms.
+  (logged,) = [
+    json.loads(line)
+    for line in (workdir / "metrics.jsonl").read_text().splitlines()
+    if '"loss"' in line
+  ]
+  assert {"club", "matching_loss", "extractor_loss"} <= set(logged)
+
+
+def _haba_config(buffer_dir, **distill_fields):
+  config = haba_config.get_config("runlocal=true,variant=haba")
+  config.model.options.update(width=4, depth=1)
+  config.experts.path = str(buffer_dir)
+  config.distill.update(
+    **{
+      "iterations": 2,
+      "syn_steps": 2,
+      "expert_epochs": 1,
+      "max_start": 2,
+      **distill_fields,
+    }
+  )
+  config.eval.update(epochs=1, num_models=1)
+  return config
+
+
+def _assert_kernels_moved(before, after):
+  """Every conv and dense kernel of the extractor changed (a conv's bias
+  before instance norm has no gradient)."""
+  kernels = {
+    jax.tree_util.keystr(path): (leaf, after_leaf)
+    for (path, leaf), after_leaf in zip(
+      jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after)
+    )
+    if "kernel" in jax.tree_util.keystr(path)
+  }
+  assert len(kernels) == 4  # three convs and the classifier
+  for name, (a, b) in kernels.items():
+    assert not np.array_equal(a, b), name
+
+
+def test_haba_config_turns_the_constraint_on_and_off():
+  assert haba_config.get_config().distill.club_weight == 0.1
+  off = haba_config.get_config("constraint=false")
+  assert off.distill.club_weight == 0.0
+  assert tm_config.get_config().distill.club_weight == 0.0
+
+
+def test_the_haba_constraint_trains_the_extractor_beside_the_set(buffer_dir):
+  plan = distill.make_plan(_haba_config(buffer_dir))
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
+  assert isinstance(state, distill.DistillStateWithAux)
+  assert set(state.aux) == {"params", "opt_state"}
+  objective = distill.OBJECTIVES["tm"]
+  step = jax.jit(
+    chex.assert_max_traces(objective.build_step(plan, optimizer), n=1)
+  )
+  inputs = objective.inputs(plan)
+  new = state
+  for i in range(2):
+    new, metrics = step(new, jax.random.key(i), *inputs(i))
+  assert int(new.skipped) == 0 and int(new.step) == 2
+  assert {"matching_loss", "club", "extractor_loss"} <= set(metrics)
+  chex.assert_trees_all_close(
+    metrics["loss"],
+    metrics["matching_loss"] + 0.1 * metrics["club"],
+    rtol=1e-6,
+  )
+  assert 0.0 <= float(metrics["club"]) <= 1.0
+  _assert_kernels_moved(state.aux["params"], new.aux["params"])
+  old_images, new_images = state.trainable["images"], new.trainable["images"]
+  for name in ("bases", "hallucinators"):
+    assert not np.allclose(
+      jax.tree.leaves(old_images[name])[0], jax.tree.leaves(new_images[name])[0]
+    ), name
+
+
+def test_the_club_weight_moves_the_hallucinators(buffer_dir):
+  """The constraint's term reaches the set: at club_weight 0 and 1 the same
+  key and inputs give different hallucinators after one step."""
+  after = []
+  for weight in (0.0, 1.0):
+    plan = distill.make_plan(_haba_config(buffer_dir, club_weight=weight))
+    state, optimizer = distill.initial_state(jax.random.key(0), plan)
+    assert isinstance(state, distill.DistillStateWithAux) == bool(weight)
+    objective = distill.OBJECTIVES["tm"]
+    state, _ = jax.jit(objective.build_step(plan, optimizer))(
+      state, jax.random.key(0), *objective.inputs(plan)(0)
+    )
+    after.append(state.trainable["images"]["hallucinators"])
+  assert not np.allclose(after[0]["enc_kernel"], after[1]["enc_kernel"])
+
+
+def test_a_resumed_haba_run_restores_its_extractor(buffer_dir, tmp_path):
+  config = _haba_config(buffer_dir, checkpoint_every=1, image_every=0)
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  distill.run(config, straight, final_eval=False)
+  distill.run(_haba_config(buffer_dir, iterations=1), resumed, final_eval=False)
+  distill.run(config, resumed, final_eval=False)
+  plan = distill.make_plan(config)
+  state, _ = distill.initial_state(jax.random.key(0), plan)
+  abstract = jax.eval_shape(lambda: state)
+  states = []
+  for workdir in (straight, resumed):
+    with checkpoint.Checkpointer(
+      workdir / "checkpoints", config=distill.loop._identity_config(config)
+    ) as ckpt:
+      states.append(ckpt.restore(abstract, step=2)[0])
+  assert isinstance(states[1], distill.DistillStateWithAux)
+  chex.assert_trees_all_equal(states[0], states[1])
+  _assert_kernels_moved(state.aux["params"], states[1].aux["params"])
+  logged = json.loads((resumed / "metrics.jsonl").read_text().splitlines()[-1])
+  assert {"club", "matching_loss", "extractor_loss"} <= set(logged)
+
+
+@pytest.mark.parametrize(
+  "param, hallucinators, field",
+  [
+    ("pixels", 5, "synset.param"),
+    ("factors", 5, "synset.param"),
+    ("hallucinators", 1, "synset.num_hallucinators"),
+  ],
+)
+def test_the_haba_constraint_needs_two_hallucinators(
+  param, hallucinators, field, buffer_dir
+):
+  config = _haba_config(buffer_dir)
+  config.synset.update(param=param, num_hallucinators=hallucinators)
+  with pytest.raises(ValueError, match=field):
+    distill.validate(config)

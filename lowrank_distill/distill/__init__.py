@@ -39,6 +39,7 @@ from lowrank_distill.distill.planning import (
 )
 from lowrank_distill.distill.step import (
   DistillState,
+  DistillStateWithAux,
   guarded_update,
   init_state,
   make_optimizer,
@@ -50,6 +51,7 @@ __all__ = [
   "RANGES",
   "RESUMABLE_FIELDS",
   "DistillState",
+  "DistillStateWithAux",
   "Objective",
   "Plan",
   "bptt",

@@ -129,7 +129,7 @@ def run(
     distill_key = rng.stream(root, "distill")
     eval_key = rng.stream(root, "eval")
     start = int(state.step)
-    losses, tick = [], time.time()
+    logged, tick = [], time.time()
     progress = tqdm.trange(
       start,
       schedule.iterations,
@@ -141,23 +141,27 @@ def run(
     for step in progress:
       step_key = sharding.put(jax.random.fold_in(distill_key, step), mesh)
       state, metrics = train_step(state, step_key, *inputs(step))
-      losses.append(metrics["loss"])
+      # The loss and any other scalars the step reports (HaBa's terms).
+      logged.append({k: v for k, v in metrics.items() if k != "skipped"})
       done = step + 1
       if done % schedule.log_every == 0 or done == schedule.iterations:
-        mean_loss = float(jnp.mean(jnp.stack(losses)))
+        means = {
+          name: float(jnp.mean(jnp.stack([m[name] for m in logged])))
+          for name in logged[0]
+        }
         progress.set_postfix(
-          loss=f"{mean_loss:.4g}", skipped=int(state.skipped)
+          loss=f"{means['loss']:.4g}", skipped=int(state.skipped)
         )
         writer.write(
           done,
-          loss=mean_loss,
+          **means,
           skipped=int(state.skipped),
-          seconds_per_step=(time.time() - tick) / len(losses),
+          seconds_per_step=(time.time() - tick) / len(logged),
           **analysis.set_statistics(
             state.trainable, images_per_class=plan.images_per_class
           ),
         )
-        losses, tick = [], time.time()
+        logged, tick = [], time.time()
       if (
         schedule.eval_every
         and done % schedule.eval_every == 0

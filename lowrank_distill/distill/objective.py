@@ -170,6 +170,8 @@ class Objective:
     expert_logits: (plan, images [n, h, w, c]) -> [n, C] logits of a
       trained expert the run reads (soft labels' 'expert' init), or None
       when the objective reads no expert.
+    init_aux: (key, plan) -> the state of networks the step trains beside
+      the set (`DistillStateWithAux.aux`), or None when this run has none.
   """
 
   make_step: Callable[..., StepFn]
@@ -183,6 +185,7 @@ class Objective:
   learns_labels: bool = False
   learns_lr: bool = False
   expert_logits: Callable[[Plan, Any], Any] | None = None
+  init_aux: Callable[[Any, Plan], Any] = lambda key, plan: None
 
   def build_step(self, plan: Plan, optimizer, *, mesh=None) -> StepFn:
     """`make_step` with the plan's settings."""

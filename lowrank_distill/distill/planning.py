@@ -86,6 +86,13 @@ RANGES = {
   "distill.num_trajectories": checks.COUNT,
   "distill.start_delta": checks.NON_NEGATIVE,
   "distill.start_window": checks.Range(low=0, integer=True),
+  # HaBa's constraint (trajectory matching, hallucinator sets); 0: off.
+  "distill.club_weight": checks.NON_NEGATIVE,
+  "distill.extractor_lr": checks.RATE,
+  "distill.extractor_momentum": checks.MOMENTUM,
+  "distill.extractor_cls_weight": checks.NON_NEGATIVE,
+  "distill.extractor_likelihood_weight": checks.NON_NEGATIVE,
+  "distill.extractor_contrast_weight": checks.NON_NEGATIVE,
   "experts.num_experts": checks.count_or(0, "every expert of the buffer"),
   "experts.max_host_bytes": checks.count_or(0, "no limit"),
 }
@@ -332,12 +339,14 @@ def initial_trainable(key, plan: Plan) -> dict:
 
 def initial_state(key, plan: Plan):
   """(state, optimiser): the trainable set before distillation, its optax
-  optimiser (one SGD group per parameter group) and that optimiser's state."""
+  optimiser (one SGD group per parameter group) and that optimiser's state,
+  with the objective's own networks (`Objective.init_aux`) if it has any."""
   trainable = initial_trainable(key, plan)
   optimizer = make_optimizer(
     optimizer_groups(plan, trainable), kind=plan.optimizer_kind
   )
-  return init_state(trainable, optimizer), optimizer
+  aux = OBJECTIVES[plan.method].init_aux(jax.random.fold_in(key, 1), plan)
+  return init_state(trainable, optimizer, aux=aux), optimizer
 
 
 def optimizer_groups(plan: Plan, trainable: dict) -> dict:

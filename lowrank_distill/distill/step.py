@@ -43,6 +43,21 @@ class DistillState:
   skipped: jax.Array
 
 
+@flax.struct.dataclass
+class DistillStateWithAux(DistillState):
+  """A `DistillState` with networks the objective trains beside the set.
+
+  A subclass, not an optional field, so that the checkpoints of runs
+  without such networks keep their structure.
+
+  Attributes:
+    aux: the objective's own state, e.g. HaBa's feature extractor
+      {'params', 'opt_state'}; never exported.
+  """
+
+  aux: dict
+
+
 def _keep() -> optax.GradientTransformation:
   """Updates that leave the params as they are, bit for bit.
 
@@ -109,13 +124,18 @@ def make_optimizer(
   return optax.multi_transform(transforms, group_of)
 
 
-def init_state(trainable: dict, optimizer) -> DistillState:
-  return DistillState(
+def init_state(trainable: dict, optimizer, *, aux=None) -> DistillState:
+  """The state before the first step; a `DistillStateWithAux` when `aux`
+  (the objective's own networks) is given."""
+  fields = dict(
     step=jnp.int32(0),
     trainable=trainable,
     opt_state=optimizer.init(trainable),
     skipped=jnp.int32(0),
   )
+  if aux is None:
+    return DistillState(**fields)
+  return DistillStateWithAux(**fields, aux=aux)
 
 
 def guarded_update(
@@ -148,18 +168,25 @@ def guarded_update(
 
 
 def make_train_step(
-  loss_fn: LossFn, optimizer, *, max_loss: float, frozen: Collection[str] = ()
+  loss_fn: LossFn,
+  optimizer,
+  *,
+  max_loss: float,
+  frozen: Collection[str] = (),
+  has_aux: bool = False,
 ):
   """One distillation iteration with a guard against bad losses.
 
   Args:
-    loss_fn: (trainable, key, *data) -> scalar loss.
+    loss_fn: (trainable, key, *data) -> scalar loss, or with `has_aux`
+      (loss, metrics): a dict of scalars added to the step's metrics.
     optimizer: from `make_optimizer`.
     max_loss: losses above this (or non-finite losses or gradients) skip the
       update and increment `skipped`.
     frozen: trainable groups kept as initialised (`None` groups of
       `make_optimizer`): the loss sees them through `stop_gradient`, so
       their (zero) gradient costs nothing.
+    has_aux: `loss_fn` returns (loss, metrics).
 
   Returns:
     train_step(state, key, *data) -> (state, metrics); jit it where used.
@@ -173,11 +200,18 @@ def make_train_step(
       }
       return loss_fn(trainable, key, *data_args)
 
-    loss, grads = jax.value_and_grad(objective)(state.trainable)
+    if has_aux:
+      (loss, extra), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.trainable
+      )
+    else:
+      loss, grads = jax.value_and_grad(objective)(state.trainable)
+      extra = {}
     state, refused = guarded_update(
       state, loss, grads, optimizer, max_loss=max_loss
     )
     return state.replace(step=state.step + 1), {
+      **extra,
       "loss": loss,
       "skipped": refused,
     }

@@ -14,16 +14,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lowrank_distill import checks, models, parameterize, sharding, train
 from lowrank_distill import experts as experts_lib
-from lowrank_distill import models, sharding, train
 from lowrank_distill.distill.objective import Objective, Plan, syn_targets
 from lowrank_distill.distill.step import StepFn, make_train_step
-from lowrank_distill.objectives import trajectory_matching
+from lowrank_distill.objectives import (
+  hallucinator_contrast,
+  trajectory_matching,
+)
+
+# The parameterizations HaBa's constraint (`distill.club_weight`) acts on.
+HALLUCINATOR_KINDS = ("hallucinators", "lowrank_hallucinators")
 
 
 def check(config) -> None:
   # The numeric fields' ranges are `planning.RANGES`.
   trajectory_matching.check_start_schedule(config.distill.start)
+  if config.distill.club_weight:
+    checks.check_choice(
+      "synset.param (with distill.club_weight > 0)",
+      config.synset.param,
+      HALLUCINATOR_KINDS,
+    )
+    if config.synset.num_hallucinators < 2:
+      raise ValueError(
+        f"synset.num_hallucinators: HaBa's constraint "
+        f"(distill.club_weight > 0) compares two hallucinators, so it needs "
+        f"at least 2; got {config.synset.num_hallucinators} (or set "
+        f"distill.club_weight=0)"
+      )
 
 
 def check_inputs(config) -> None:
@@ -242,6 +261,12 @@ def settings(config) -> dict:
     dsa_strategy=cfg.dsa_strategy,
     remat=cfg.remat,
     max_loss=cfg.max_loss,
+    club_weight=cfg.club_weight,
+    extractor_lr=cfg.extractor_lr,
+    extractor_momentum=cfg.extractor_momentum,
+    extractor_cls_weight=cfg.extractor_cls_weight,
+    extractor_likelihood_weight=cfg.extractor_likelihood_weight,
+    extractor_contrast_weight=cfg.extractor_contrast_weight,
   )
 
 
@@ -266,6 +291,31 @@ def expert_logits(plan: Plan, images) -> jax.Array:
   )
 
 
+def extractor(plan: Plan):
+  """HaBa's feature extractor: a ConvNet (width 128, depth 3, instance
+  norm, average pooling) on the set's images, as the reference's."""
+  return models.create(
+    "convnet",
+    num_classes=plan.num_classes,
+    image_shape=plan.dataset.image_shape,
+    conv_impl=plan.conv_impl,
+  )
+
+
+def init_aux(key, plan: Plan) -> dict | None:
+  """HaBa's extractor {'params', 'opt_state'} when the run has the
+  constraint (`club_weight` > 0), else None."""
+  settings = plan.step
+  if not settings["club_weight"]:
+    return None
+  net = extractor(plan)
+  params = net.init(key, jnp.zeros((1, *plan.dataset.image_shape)))["params"]
+  optimizer = hallucinator_contrast.extractor_optimizer(
+    lr=settings["extractor_lr"], momentum=settings["extractor_momentum"]
+  )
+  return {"params": params, "opt_state": optimizer.init(params)}
+
+
 def make_step(
   plan: Plan,
   optimizer,
@@ -278,6 +328,12 @@ def make_step(
   dsa_strategy: str,
   remat: bool,
   max_loss: float,
+  club_weight: float = 0.0,
+  extractor_lr: float = 0.001,
+  extractor_momentum: float = 0.9,
+  extractor_cls_weight: float = 1.0,
+  extractor_likelihood_weight: float = 1.0,
+  extractor_contrast_weight: float = 1.0,
 ) -> StepFn:
   """Mean over `num_trajectories` trajectories of the MTT loss.
 
@@ -285,6 +341,13 @@ def make_step(
   `batch_syn` 0 means every synthetic image in every student step. With a
   mesh, the trajectories or every student minibatch are split over its
   'data' axis (`mesh_split`).
+
+  With `club_weight` > 0 (a hallucinator set), HaBa's constraint
+  (`hallucinator_contrast`): the set's loss adds `club_weight` times the
+  club term under the state's extractor (`init_aux`), and after the set's
+  update the extractor takes one SGD step (`extractor_lr`,
+  `extractor_momentum`) on its three weighted losses. The step's metrics
+  then add 'matching_loss', 'club' and the extractor's losses.
   """
   split = mesh_split(num_trajectories, mesh)
   materialize = plan.reconstructor.materialize
@@ -329,7 +392,90 @@ def make_step(
       )
     return jnp.mean(jax.vmap(one)(keys, start_params, target_params))
 
-  return make_train_step(loss_fn, optimizer, max_loss=max_loss)
+  if not club_weight:
+    return make_train_step(loss_fn, optimizer, max_loss=max_loss)
+  return _with_constraint(
+    loss_fn,
+    plan,
+    optimizer,
+    max_loss=max_loss,
+    dsa_strategy=dsa_strategy,
+    club_weight=club_weight,
+    extractor_optimizer=hallucinator_contrast.extractor_optimizer(
+      lr=extractor_lr, momentum=extractor_momentum
+    ),
+    cls_weight=extractor_cls_weight,
+    likelihood_weight=extractor_likelihood_weight,
+    contrast_weight=extractor_contrast_weight,
+  )
+
+
+def _with_constraint(
+  matching_loss,
+  plan: Plan,
+  optimizer,
+  *,
+  max_loss: float,
+  dsa_strategy: str,
+  club_weight: float,
+  extractor_optimizer,
+  cls_weight: float,
+  likelihood_weight: float,
+  contrast_weight: float,
+) -> StepFn:
+  """`make_step`'s step with HaBa's constraint (see there)."""
+  kind = parameterize.get(plan.budget.param)
+  net = extractor(plan)
+
+  def parts(trainable):
+    """(hallucinators, bases [C m, h, w, c]) of the set."""
+    images = trainable["images"]
+    return images["hallucinators"], kind.bases(images)
+
+  def loss_fn(trainable, key, extractor_params, start, target):
+    match_key, club_key = jax.random.split(key)
+    matching = matching_loss(trainable, match_key, start, target)
+    club = hallucinator_contrast.club_term(
+      club_key,
+      *parts(trainable),
+      extractor_params,
+      extractor=net,
+      dsa_strategy=dsa_strategy,
+    )
+    total = matching + club_weight * club
+    return total, {"matching_loss": matching, "club": club}
+
+  train_step = make_train_step(
+    loss_fn, optimizer, max_loss=max_loss, has_aux=True
+  )
+
+  def step(state, key, start_params, target_params):
+    set_key, extractor_key = jax.random.split(key)
+    aux = state.aux
+    state, metrics = train_step(
+      state, set_key, aux["params"], start_params, target_params
+    )
+    hallucinators, bases = parts(jax.lax.stop_gradient(state.trainable))
+    per_class = bases.shape[0] // plan.num_classes
+    labels = jnp.arange(bases.shape[0]) // per_class
+    params, opt_state, extractor_metrics = hallucinator_contrast.extractor_step(
+      extractor_key,
+      aux["params"],
+      aux["opt_state"],
+      hallucinators,
+      bases,
+      labels,
+      extractor=net,
+      optimizer=extractor_optimizer,
+      dsa_strategy=dsa_strategy,
+      cls_weight=cls_weight,
+      likelihood_weight=likelihood_weight,
+      contrast_weight=contrast_weight,
+    )
+    state = state.replace(aux={"params": params, "opt_state": opt_state})
+    return state, {**metrics, **extractor_metrics}
+
+  return step
 
 
 OBJECTIVE = Objective(
@@ -344,4 +490,5 @@ OBJECTIVE = Objective(
   learns_labels=True,
   learns_lr=True,
   expert_logits=expert_logits,
+  init_aux=init_aux,
 )

@@ -16,7 +16,9 @@ Storage: the bases plus `H * (2 k^2 c^2 + 2 c + 2 (h-k+1)(w-k+1) c)`.
 
 `lowrank_hallucinators` stores the bases as the low-rank plugin's factors
 (LoHaBa). The paper's adversarial constraint that keeps the hallucinators
-apart is an objective term, not part of the parameterization.
+apart is an objective term, not part of the parameterization
+(`objectives.hallucinator_contrast`, trajectory matching's
+`distill.club_weight`).
 
 References:
   Liu, Wang, Yang & Wang, "Dataset Distillation via Factorization",
