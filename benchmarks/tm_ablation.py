@@ -196,7 +196,6 @@ def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
   from lowrank_distill import experts as experts_lib
   from lowrank_distill import models
   from lowrank_distill import synset as synset_lib
-  from lowrank_distill.distill import tm
 
   exported = synset_lib.load(workdir / "synset")
   buffer = experts_lib.open_buffer(experts)
@@ -207,7 +206,7 @@ def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
     image_shape=tuple(exported.dataset["image_shape"]),
     **models.options_for(model_identity["name"], model_identity["options"]),
   )
-  logits = tm.final_expert_logits(
+  logits = experts_lib.final_expert_logits(
     buffer, model, tuple(exported.dataset["image_shape"]), exported.images
   )
   predicted = np.asarray(logits).argmax(-1)

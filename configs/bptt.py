@@ -151,6 +151,8 @@ def get_config(arg=None, **values):
     init="onehot",
     lr=row["lr_labels"],
     momentum=0.5,
+    # An expert buffer (launch/experts.py) for labels.init='expert'.
+    experts="",
   )
   config.distill = config_utils.distill_config(
     iterations=arg.iterations

@@ -98,7 +98,11 @@ def get_config(arg=None, **values):
     num_bases=arg.num_bases,
     num_hallucinators=arg.num_hallucinators,
   )
-  config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
+  # labels.experts: an expert buffer (launch/experts.py's workdir) whose
+  # trained expert predicts the initial soft labels (labels.init='expert').
+  config.labels = dict(
+    kind="hard", init="onehot", lr=0.0, momentum=0.5, experts=""
+  )
   digits = arg.dataset == "digits"
   outer_loop, inner_loop = LOOPS.get(arg.ipc, (0, 0))
   config.distill = config_utils.distill_config(

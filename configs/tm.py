@@ -215,6 +215,8 @@ def get_config(arg=None, **values):
     init=variant["label_init"] or LABEL_INIT,
     lr=(arg.lr_labels or row["lr_labels"]) if soft else 0.0,
     momentum=0.5,
+    # label_init 'expert' from another buffer ('': experts.path's).
+    experts="",
   )
   config.experts = ml_collections.ConfigDict(
     dict(path="", num_experts=0, max_host_bytes=8 * 2**30)

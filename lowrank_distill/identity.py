@@ -58,6 +58,7 @@ ADDED_FIELDS = {
   "distill.learn_images": True,
   "distill.lr_hallucinators": 0.0,
   "distill.optimizer": "sgd",
+  "labels.experts": "",
   "distill.club_weight": 0.0,
   "distill.extractor_lr": 0.001,
   "distill.extractor_momentum": 0.9,

@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
+from configs import experts as experts_config
 from configs import gm as gm_config
 from configs import idc as idc_config
-from lowrank_distill import distill
+from lowrank_distill import checkpoint, distill, experts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -200,3 +201,55 @@ def test_clamp_images_is_refused_for_a_set_without_pixels():
     distill.validate(config)
   assert not _idc_config("variant=loidc").distill.clamp_images
   assert _idc_config("variant=idc").distill.clamp_images
+
+
+@pytest.fixture(scope="module")
+def label_buffer(tmp_path_factory):
+  """One expert trained 2 epochs on digits with `_config`'s network."""
+  config = experts_config.get_config("runlocal=true")
+  config.model.options.update(width=8, depth=1)
+  config.experts.update(num_experts=1, epochs=2, experts_in_parallel=1)
+  workdir = tmp_path_factory.mktemp("label_experts")
+  experts.run(config, workdir)
+  return workdir
+
+
+def _soft_expert_config(path):
+  config = _config("param=pixels,budget=same-images")
+  config.labels.update(kind="soft", init="expert", lr=1.0, experts=str(path))
+  return config
+
+
+def test_soft_labels_start_from_the_named_buffers_trained_expert(
+  label_buffer,
+):
+  plan = distill.make_plan(_soft_expert_config(label_buffer))
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
+  images = plan.reconstructor.materialize(state.trainable["images"])
+  buffer = experts.open_buffer(label_buffer)
+  trained = buffer.snapshot(0, buffer.num_snapshots - 1)
+  expected = plan.model.apply({"params": trained}, images, train=True)
+  chex.assert_trees_all_close(state.trainable["labels"], expected, atol=1e-5)
+  untrained = plan.model.apply(
+    {"params": buffer.snapshot(0, 0)}, images, train=True
+  )
+  assert not np.allclose(state.trainable["labels"], untrained, atol=1e-3)
+  # Gradient matching then learns them.
+  objective = distill.OBJECTIVES["gm"]
+  new, _ = jax.jit(objective.build_step(plan, optimizer))(
+    state, jax.random.key(1), *objective.inputs(plan)(0)
+  )
+  assert not np.allclose(new.trainable["labels"], state.trainable["labels"])
+
+
+def test_a_label_buffer_of_another_network_is_refused(label_buffer):
+  config = _soft_expert_config(label_buffer)
+  config.model.options.width = 16
+  with pytest.raises(checkpoint.CheckpointError, match="labels.experts"):
+    distill.make_plan(config)
+
+
+def test_a_missing_label_buffer_names_the_field(tmp_path):
+  config = _soft_expert_config(tmp_path / "nowhere")
+  with pytest.raises(Exception, match="labels.experts"):
+    distill.make_plan(config)

@@ -239,7 +239,9 @@ def test_expert_label_init_is_refused_without_an_expert():
 
   config = gm_config.get_config("runlocal=true")
   config.labels.update(kind="soft", init="expert")
-  with pytest.raises(ValueError, match=r"labels.init 'expert'.*\['tm'\]"):
+  with pytest.raises(
+    ValueError, match=r"labels.init 'expert'.*labels.experts.*\['tm'\]"
+  ):
     distill.validate(config)
 
 

@@ -53,6 +53,9 @@ class Plan:
       reads besides the dataset; empty for DM and gradient matching).
     image_init: 'noise' or 'real': how the images start.
     label_init: how soft labels start (`labels.LABEL_INITS`).
+    label_experts: for the 'expert' init from a buffer named in the config
+      (`labels.experts`): {'path', 'model' (the identity its experts must
+      have)}; None: the objective's own experts (`Objective.expert_logits`).
     lr_init: the student lr a learned lr starts from.
     optimizer: trainable group name -> (lr, momentum) of its SGD, or None
       for a group kept as initialised (`distill.learn_images` False).
@@ -77,6 +80,7 @@ class Plan:
   evaluation: dict
   schedule: Schedule
   optimizer_kind: str = "sgd"
+  label_experts: dict | None = None
 
   @property
   def num_classes(self) -> int:

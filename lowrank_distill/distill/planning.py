@@ -17,6 +17,7 @@ from lowrank_distill import (
   models,
   parameterize,
 )
+from lowrank_distill import experts as experts_lib
 from lowrank_distill.distill import bptt, dm, gm, tm
 from lowrank_distill.distill.objective import Objective, Plan, Schedule
 from lowrank_distill.distill.step import (
@@ -138,6 +139,7 @@ def validate(config, *, check_inputs: bool = True) -> None:
       )
     if (
       config.labels.init == "expert"
+      and not label_experts_path(config)
       and OBJECTIVES[config.method].expert_logits is None
     ):
       with_experts = [
@@ -145,7 +147,9 @@ def validate(config, *, check_inputs: bool = True) -> None:
       ]
       raise ValueError(
         f"labels.init 'expert': objective {config.method!r} reads no expert "
-        f"to predict the labels; use 'random' or 'onehot' (objectives with "
+        f"to predict the labels; name an expert buffer trained on this "
+        f"dataset with this model in labels.experts (launch/experts.py's "
+        f"workdir), or use 'random' or 'onehot' (objectives with their own "
         f"experts: {with_experts})"
       )
   if config.distill.learn_lr and not OBJECTIVES[config.method].learns_lr:
@@ -165,6 +169,12 @@ def validate(config, *, check_inputs: bool = True) -> None:
     checks.check_range("distill.lr_lr", config.distill.lr_lr, checks.RATE)
   if check_inputs:
     OBJECTIVES[config.method].check_inputs(config)
+
+
+def label_experts_path(config) -> str:
+  """`labels.experts`: the buffer whose trained expert predicts the initial
+  soft labels ('' or absent: the objective's own experts, if any)."""
+  return config.labels.get("experts", "")
 
 
 def learns_images(config) -> bool:
@@ -262,6 +272,7 @@ def make_plan(
     inputs=objective.input_settings(config),
     image_init=syn.init,
     label_init=config.labels.init,
+    label_experts=_label_experts(config),
     lr_init=cfg.lr_student,
     optimizer={
       "images": (cfg.lr_images, cfg.momentum)
@@ -286,7 +297,35 @@ def make_plan(
   )
   if check_inputs:
     objective.check_plan(plan)
+  if plan.label_experts:
+    _label_buffer(plan)
   return plan
+
+
+def _label_experts(config) -> dict | None:
+  """`Plan.label_experts` of the config: None unless soft labels start
+  from the predictions of `labels.experts`."""
+  path = label_experts_path(config)
+  soft = config.labels.kind == "soft"
+  if not (path and soft and config.labels.init == "expert"):
+    return None
+  return {"path": path, "model": experts_lib.model_identity(config)}
+
+
+def _label_buffer(plan: Plan):
+  """The buffer of `labels.experts`, checked against the run's dataset and
+  model (its experts' params go into the run's network)."""
+  source = plan.label_experts
+  buffer = experts_lib.open_buffer(source["path"], field="labels.experts")
+  experts_lib.check_buffer(
+    buffer,
+    experts_lib.buffer_identity(plan.dataset, model=source["model"]),
+    field="labels.experts",
+    min_snapshots=2,
+    needed_by="a trained expert",
+    min_experts=1,
+  )
+  return buffer
 
 
 def initial_trainable(key, plan: Plan) -> dict:
@@ -324,7 +363,15 @@ def initial_trainable(key, plan: Plan) -> dict:
     logits = None
     if plan.label_init == "expert":
       images = plan.reconstructor.materialize(trainable["images"])
-      logits = OBJECTIVES[plan.method].expert_logits(plan, images)
+      if plan.label_experts:
+        logits = experts_lib.final_expert_logits(
+          _label_buffer(plan),
+          plan.model,
+          plan.dataset.image_shape,
+          images,
+        )
+      else:
+        logits = OBJECTIVES[plan.method].expert_logits(plan, images)
     trainable["labels"] = labels_lib.init_soft(
       label_key,
       num_classes=plan.num_classes,

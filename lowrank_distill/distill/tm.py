@@ -270,23 +270,11 @@ def settings(config) -> dict:
   )
 
 
-def final_expert_logits(buffer, model, image_shape, images) -> jax.Array:
-  """What `buffer`'s first expert, fully trained (its last snapshot),
-  predicts for `images` [n, h, w, c] -> [n, C] float32 logits, applied as
-  the student is (a fresh network's non-param variables, train mode)."""
-  params = buffer.snapshot(0, buffer.num_snapshots - 1)
-  _, state = train.split_variables(
-    train.init_variables(jax.random.key(0), model, image_shape)
-  )
-  logits, _ = train.train_logits(model, params, state, images)
-  return jnp.asarray(logits, jnp.float32)
-
-
 def expert_logits(plan: Plan, images) -> jax.Array:
   """The labels' 'expert' init (DESIGN 3.4): `final_expert_logits` of the
   run's buffer and model for the set's initial images [n, h, w, c]."""
   buffer, _ = _buffer(plan)
-  return final_expert_logits(
+  return experts_lib.final_expert_logits(
     buffer, plan.model, plan.dataset.image_shape, images
   )
 

@@ -6,7 +6,8 @@ give `E + 1` snapshots [E + 1, ...]. The package is split as:
 
   training   pure, traceable training: `train_expert` (one expert),
              `train_experts` (N vmapped, leaves [N, E + 1, ...]),
-             `expert_key`, `init_key`, `Expert`
+             `expert_key`, `init_key`, `Expert`; `final_expert_logits`
+             (a trained expert's predictions, soft labels' 'expert' init)
   buffer     the on-disk buffer (`buffer.json` + `expert_<i>/`): its format,
              `save_expert`, `open_buffer` / `Buffer.read`, and the identity
              a distillation run checks (`buffer_identity`, `check_buffer`)
@@ -43,6 +44,7 @@ from lowrank_distill.experts.loop import chunks, run, validate
 from lowrank_distill.experts.training import (
   Expert,
   expert_key,
+  final_expert_logits,
   init_key,
   train_expert,
   train_experts,
@@ -63,6 +65,7 @@ __all__ = [
   "chunks",
   "expert_dir",
   "expert_key",
+  "final_expert_logits",
   "identity_diff",
   "init_key",
   "loop",

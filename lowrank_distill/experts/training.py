@@ -192,3 +192,15 @@ def train_experts(
   if width == num_experts:
     return trajectory
   return jax.tree.map(lambda t: t[:num_experts], trajectory)
+
+
+def final_expert_logits(buffer, model, image_shape, images) -> jax.Array:
+  """What `buffer`'s first expert, fully trained (its last snapshot),
+  predicts for `images` [n, h, w, c] -> [n, C] float32 logits, applied as
+  the student is (a fresh network's non-param variables, train mode)."""
+  params = buffer.snapshot(0, buffer.num_snapshots - 1)
+  _, state = train.split_variables(
+    train.init_variables(jax.random.key(0), model, image_shape)
+  )
+  logits, _ = train.train_logits(model, params, state, images)
+  return jnp.asarray(logits, jnp.float32)
