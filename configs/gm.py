@@ -129,6 +129,10 @@ def get_config(arg=None, **values):
     net_momentum=0.0,
     net_weight_decay=0.0,
     clamp_images=False,
+    # IDC (configs/idc.py): CutMix in the real-data pass, and one update of
+    # the set per class.
+    net_cutmix=0.0,
+    class_steps=False,
   )
   if arg.runlocal:
     config.distill.update(config_utils.RUNLOCAL_DISTILL, batch_real=16)

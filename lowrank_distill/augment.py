@@ -389,3 +389,53 @@ def augment(
     siamese=siamese,
   )
   return apply(params, images, strategy=strategy)
+
+
+def without(strategy: str, op: str) -> str:
+  """`strategy` with the op group `op` left out ('none' if nothing is left),
+  e.g. IDC's network update drops 'cutout' when it applies CutMix."""
+  kept = [name for name in parse_strategy(strategy) if name != op]
+  return "_".join(kept) or "none"
+
+
+def cutmix(key, images, targets, *, prob: float, beta: float = 1.0):
+  """CutMix on a batch, applied with probability `prob` (once per batch).
+
+  A box of area fraction `1 - lam` (lam ~ Beta(beta, beta), side
+  `int(size * sqrt(1 - lam))`, centred on a uniform pixel and clipped to the
+  image) is pasted from a random permutation of the batch into every image,
+  and the targets mix as `ratio * targets + (1 - ratio) * targets[perm]`
+  with `ratio` one minus the clipped box's area fraction: the reference's
+  `rand_bbox` and loss weighting (Yun et al., ICCV 2019; IDC's network
+  update).
+
+  Args:
+    key: a `jax.random.key`.
+    images: [n, h, w, c].
+    targets: [n, C] target probabilities.
+    prob: the probability that the batch is mixed.
+    beta: the Beta distribution's parameter.
+
+  Returns:
+    (images, targets) of the same shapes.
+  """
+  apply_key, lam_key, centre_key, perm_key = jax.random.split(key, 4)
+  n, h, w = images.shape[:3]
+  lam = jax.random.beta(lam_key, beta, beta)
+  cut = jnp.sqrt(1.0 - lam)
+  half_h = (h * cut).astype(jnp.int32) // 2
+  half_w = (w * cut).astype(jnp.int32) // 2
+  cy = jax.random.randint(centre_key, (), 0, h)
+  cx = jax.random.randint(jax.random.fold_in(centre_key, 1), (), 0, w)
+  rows = jnp.arange(h)
+  cols = jnp.arange(w)
+  inside = (
+    (rows >= jnp.clip(cy - half_h, 0, h)) & (rows < jnp.clip(cy + half_h, 0, h))
+  )[:, None] & (
+    (cols >= jnp.clip(cx - half_w, 0, w)) & (cols < jnp.clip(cx + half_w, 0, w))
+  )[None, :]
+  inside = inside & (jax.random.uniform(apply_key) < prob)
+  perm = jax.random.permutation(perm_key, n)
+  mixed = jnp.where(inside[None, :, :, None], images[perm], images)
+  ratio = 1.0 - jnp.mean(inside.astype(jnp.float32))
+  return mixed, ratio * targets + (1.0 - ratio) * targets[perm]

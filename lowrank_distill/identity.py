@@ -55,6 +55,8 @@ ADDED_FIELDS = {
   "distill.net_momentum": 0.0,
   "distill.net_weight_decay": 0.0,
   "distill.clamp_images": False,
+  "distill.net_cutmix": 0.0,
+  "distill.class_steps": False,
   "distill.learn_images": True,
   "distill.lr_hallucinators": 0.0,
   "distill.optimizer": "sgd",

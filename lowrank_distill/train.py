@@ -115,12 +115,14 @@ def sgd_epoch(
   aug_key,
   dsa_strategy: str,
   update,
+  mix=None,
 ):
   """One epoch of minibatch SGD: the loop every network here trains with.
 
   The epoch visits `epoch_batches(fold_in(order_key, epoch), ...)`; the
   batch at global step `s` (counting from epoch 0's first batch) gets
-  per-sample (non-siamese) DSA under `fold_in(aug_key, s)`.
+  per-sample (non-siamese) DSA under `fold_in(aug_key, s)`, then `mix`
+  (e.g. CutMix) under `fold_in(fold_in(aug_key, s), 1)`.
 
   Args:
     carry: (params, state, opt_state).
@@ -134,6 +136,9 @@ def sgd_epoch(
     aug_key: the augmentation's key.
     dsa_strategy: DSA strategy string or 'none'.
     update: `(grads, opt_state, params) -> (params, opt_state)`.
+    mix: None, or `(key, images, targets) -> (images, targets)` applied to
+      every (augmented) batch, e.g. `functools.partial(augment.cutmix,
+      prob=0.5)`.
 
   Returns:
     (carry, per_step): per_step = (loss_sums [steps], indices [steps, b],
@@ -155,17 +160,15 @@ def sgd_epoch(
   def step(carry, batch):
     params, state, opt_state = carry
     step_in_epoch, idx, valid = batch
-    x = images[idx]
-    if augmented:
-      x = augment.augment(
-        jax.random.fold_in(aug_key, epoch * steps_per_epoch + step_in_epoch),
-        x,
-        strategy=dsa_strategy,
-        siamese=False,
-      )
-    (loss, (state, correct)), grads = grad_fn(
-      params, state, x, targets[idx], valid
+    x, y = images[idx], targets[idx]
+    step_key = jax.random.fold_in(
+      aug_key, epoch * steps_per_epoch + step_in_epoch
     )
+    if augmented:
+      x = augment.augment(step_key, x, strategy=dsa_strategy, siamese=False)
+    if mix is not None:
+      x, y = mix(jax.random.fold_in(step_key, 1), x, y)
+    (loss, (state, correct)), grads = grad_fn(params, state, x, y, valid)
     params, opt_state = update(grads, opt_state, params)
     return (params, state, opt_state), (loss * jnp.sum(valid), correct)
 

@@ -388,3 +388,50 @@ class SampleTest(chex.TestCase):
     key = jax.random.key(5)
     jitted = _sample_jit(key, batch_size=4, image_shape=(8, 8, 3))
     chex.assert_trees_all_close(jitted, _sample(key, 4))
+
+
+def test_cutmix_pastes_one_box_from_a_permutation_and_mixes_the_targets():
+  images = jnp.arange(6, dtype=jnp.float32)[:, None, None, None] * jnp.ones(
+    (6, 8, 10, 2)
+  )
+  targets = jax.nn.one_hot(jnp.arange(6), 6)
+  seen_areas = set()
+  for seed in range(20):
+    mixed, mixed_targets = augment.cutmix(
+      jax.random.key(seed), images, targets, prob=1.0
+    )
+    chex.assert_shape((mixed, mixed_targets), (images.shape, targets.shape))
+    changed = np.asarray(mixed[..., 0] != images[..., 0])  # [n, h, w]
+    box = changed.any(0)
+    # One axis-aligned box, the same for every image and channel.
+    rows, cols = np.nonzero(box.any(1))[0], np.nonzero(box.any(0))[0]
+    if box.any():
+      assert box.sum() == len(rows) * len(cols)
+      assert np.ptp(rows) + 1 == len(rows) and np.ptp(cols) + 1 == len(cols)
+    ratio = 1.0 - box.mean()
+    seen_areas.add(round(float(box.mean()), 3))
+    # Image i's box holds image perm[i] (a permutation of the batch); its
+    # target is ratio * own + (1 - ratio) * the partner's.
+    partner = np.asarray(mixed[:, rows[0], cols[0], 0]) if box.any() else None
+    if partner is not None:
+      assert sorted(partner.astype(int).tolist()) == list(range(6))
+      expected = (
+        ratio * np.eye(6) + (1 - ratio) * np.eye(6)[partner.astype(int)]
+      )
+      np.testing.assert_allclose(mixed_targets, expected, atol=1e-6)
+  assert len(seen_areas) > 3  # the box's size is drawn
+
+
+def test_cutmix_at_probability_zero_changes_nothing():
+  images = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  targets = jax.nn.one_hot(jnp.arange(4), 4)
+  mixed, mixed_targets = augment.cutmix(
+    jax.random.key(1), images, targets, prob=0.0
+  )
+  chex.assert_trees_all_equal((mixed, mixed_targets), (images, targets))
+
+
+def test_without_drops_one_op_group():
+  assert augment.without("color_crop_cutout", "cutout") == "color_crop"
+  assert augment.without("cutout", "cutout") == "none"
+  assert augment.without("none", "cutout") == "none"

@@ -131,7 +131,9 @@ def test_the_network_trains_on_what_net_data_names():
         lr_net=lr_net, net_data=net_data, inner_loop=1, outer_loop=2
       )
       if net_data == "synthetic":
-        config.distill.update(net_momentum=0.0, net_weight_decay=0.0)
+        config.distill.update(
+          net_momentum=0.0, net_weight_decay=0.0, net_cutmix=0.0
+        )
       _, _, new, _ = _one_step(config)
       losses[lr_net, net_data] = new.trainable["images"]["images"]
   chex.assert_trees_all_equal(losses[1e-30, "real"], losses[1e-30, "synthetic"])
@@ -143,10 +145,54 @@ def test_net_momentum_is_refused_when_the_network_trains_on_synthetic():
   config.distill.net_momentum = 0.9
   with pytest.raises(ValueError, match="distill.net_momentum"):
     distill.validate(config)
+  config = _config()
+  config.distill.net_cutmix = 0.5
+  with pytest.raises(ValueError, match="distill.net_cutmix"):
+    distill.validate(config)
+  config = _idc_config()
+  config.distill.net_cutmix = 1.5
+  with pytest.raises(ValueError, match="distill.net_cutmix must be"):
+    distill.validate(config)
   config = _idc_config()
   config.distill.net_data = "both"
   with pytest.raises(ValueError, match="distill.net_data 'both'"):
     distill.validate(config)
+
+
+def test_class_steps_update_each_class_on_its_own_distance():
+  # A class's distance depends on its own pixels only, so without momentum
+  # one update per class equals one update on the sum; with momentum the
+  # earlier classes move again at every later class's update.
+  sets = {}
+  for class_steps in (False, True):
+    for momentum in (0.0, 0.5):
+      config = _idc_config("variant=idc_i")
+      config.distill.update(
+        class_steps=class_steps, momentum=momentum, outer_loop=2
+      )
+      _, state, new, metrics = _one_step(config)
+      assert int(new.skipped) == 0 and np.isfinite(float(metrics["loss"]))
+      sets[class_steps, momentum] = new.trainable["images"]["images"]
+  start = state.trainable["images"]["images"]
+  assert not np.allclose(sets[True, 0.0], start)
+  chex.assert_trees_all_close(sets[True, 0.0], sets[False, 0.0], atol=1e-6)
+  assert not np.allclose(sets[True, 0.5], sets[False, 0.5], atol=1e-6)
+
+
+def test_class_steps_guard_and_count_every_class_update():
+  config = _idc_config()
+  config.distill.update(class_steps=True, outer_loop=2, max_loss=1e-30)
+  plan, state, new, _ = _one_step(config)
+  assert int(new.skipped) == 2 * plan.num_classes
+  chex.assert_trees_all_equal(new.trainable, state.trainable)
+
+
+def test_idc_configs_step_by_class_and_cutmix_the_real_pass():
+  config = idc_config.get_config("variant=loidc,dataset=mnist")
+  assert config.distill.class_steps
+  assert config.distill.net_cutmix == idc_config.NET_CUTMIX == 0.5
+  dc = gm_config.get_config()
+  assert not dc.distill.class_steps and dc.distill.net_cutmix == 0.0
 
 
 def test_a_real_pass_larger_than_a_class_is_refused_before_compute():

@@ -381,3 +381,53 @@ def test_train_on_real_without_an_optimiser_keeps_no_state():
   assert not np.allclose(
     jax.tree.leaves(carry[0])[0], jax.tree.leaves(params)[0]
   )
+
+
+def test_the_class_terms_sum_to_the_matching_loss():
+  real, targets, model, variables = _matching_inputs()
+  syn = jax.random.normal(jax.random.key(5), (3, 2, 8, 8, 1))
+  settings = dict(
+    model=model, variables=variables, distance="l1", dsa_strategy=STRATEGY
+  )
+  key = jax.random.key(2)
+  total = gm.matching_loss(key, syn, targets, real, **settings)
+  terms = [
+    gm.class_matching_loss(
+      key, c, syn[c], targets[c], real[c], num_classes=3, **settings
+    )
+    for c in range(3)
+  ]
+  np.testing.assert_allclose(sum(terms), total, rtol=1e-5)
+  # Each term sees its own class only.
+  moved = gm.class_matching_loss(
+    key, 0, syn[0], targets[0], real[0] + 1.0, num_classes=3, **settings
+  )
+  assert not np.isclose(moved, terms[0])
+
+
+def test_train_on_real_with_cutmix_trains_on_mixed_batches():
+  model = _model()
+  images, index, _ = _real_set(per_class=4)
+  params, state = train.split_variables(
+    train.init_variables(jax.random.key(1), model, (8, 8, 1))
+  )
+
+  def one_pass(cutmix_prob, strategy="none"):
+    return gm.train_on_real(
+      jax.random.key(0),
+      (params, state, ()),
+      images,
+      index,
+      model=model,
+      images_per_class=4,
+      lr=0.1,
+      batch_size=6,
+      dsa_strategy=strategy,
+      cutmix_prob=cutmix_prob,
+    )[0]
+
+  plain, mixed = one_pass(0.0), one_pass(1.0)
+  assert not np.allclose(jax.tree.leaves(plain)[0], jax.tree.leaves(mixed)[0])
+  chex.assert_tree_all_finite(mixed)
+  # With CutMix the DSA leaves out cutout: 'cutout' alone is then no DSA.
+  chex.assert_trees_all_equal(one_pass(1.0, "cutout"), mixed)

@@ -36,12 +36,15 @@ def check(config) -> None:
       f"published table is in configs/gm.py)"
     )
   checks.check_choice("distill.net_data", cfg.net_data, NET_DATA)
-  if cfg.net_data == "synthetic" and (cfg.net_momentum or cfg.net_weight_decay):
+  if cfg.net_data == "synthetic" and (
+    cfg.net_momentum or cfg.net_weight_decay or cfg.net_cutmix
+  ):
     raise ValueError(
-      f"distill.net_momentum / distill.net_weight_decay: the network trains "
-      f"on the synthetic set with plain SGD, as DC's reference does; both "
-      f"must be 0 with distill.net_data='synthetic' (got "
-      f"{cfg.net_momentum}, {cfg.net_weight_decay}); they apply to "
+      f"distill.net_momentum / distill.net_weight_decay / "
+      f"distill.net_cutmix: the network trains on the synthetic set with "
+      f"plain SGD, as DC's reference does; all must be 0 with "
+      f"distill.net_data='synthetic' (got {cfg.net_momentum}, "
+      f"{cfg.net_weight_decay}, {cfg.net_cutmix}); they apply to "
       f"net_data='real' (IDC)"
     )
   if cfg.clamp_images and config.synset.param != "pixels":
@@ -85,6 +88,8 @@ def settings(config) -> dict:
     net_momentum=cfg.net_momentum,
     net_weight_decay=cfg.net_weight_decay,
     clamp_images=cfg.clamp_images,
+    net_cutmix=cfg.net_cutmix,
+    class_steps=cfg.class_steps,
   )
 
 
@@ -107,6 +112,8 @@ def make_step(
   net_momentum: float = 0.0,
   net_weight_decay: float = 0.0,
   clamp_images: bool = False,
+  net_cutmix: float = 0.0,
+  class_steps: bool = False,
 ) -> StepFn:
   """One iteration: `outer_loop` synthetic updates on one fresh network.
 
@@ -120,9 +127,13 @@ def make_step(
   iteration's passes; `net_data='real'`, IDC). With `clamp_images` (a
   pixel set), the pixels are first clipped to the real training images'
   per-channel range, as IDC's reference clamps them to [0, 1] before every
-  iteration. The reported loss is the mean over outer loops of the summed
-  class distances. With a mesh, the matched real batch [C, m, ...] is split
-  along m.
+  iteration; `net_cutmix` > 0 CutMixes that pass's batches with this
+  probability (IDC's `mixup_net='cut'`). With `class_steps` the set takes
+  one guarded update per class, in class order, each on that class's
+  distance alone (IDC's reference; a refusal counts per class), instead of
+  one update on the sum. The reported loss is the mean over outer loops of
+  the summed class distances. With a mesh, the matched real batch
+  [C, m, ...] is split along m.
   """
   model = plan.model
   materialize = plan.reconstructor.materialize
@@ -142,6 +153,35 @@ def make_step(
       classes_in_parallel=classes_in_parallel,
       mesh=mesh,
     )
+
+  def match_by_class(state, key, real, variables):
+    def one(state, c):
+      def loss_fn(trainable):
+        images = materialize(trainable["images"]).reshape(plan.syn_shape)
+        return gradient_matching.class_matching_loss(
+          key,
+          c,
+          images[c],
+          syn_targets(trainable, plan)[c],
+          real[c],
+          model=model,
+          variables=variables,
+          num_classes=plan.num_classes,
+          distance=distance,
+          dsa_strategy=dsa_strategy,
+          mesh=mesh,
+        )
+
+      loss, grads = jax.value_and_grad(loss_fn)(state.trainable)
+      state, refused = guarded_update(
+        state, loss, grads, optimizer, max_loss=max_loss
+      )
+      return state, (loss, refused)
+
+    state, (losses, refused) = jax.lax.scan(
+      one, state, jnp.arange(plan.num_classes)
+    )
+    return state, jnp.sum(losses), jnp.any(refused)
 
   def train_network(key, variables, trainable):
     return gradient_matching.train_on_synthetic(
@@ -173,6 +213,7 @@ def make_step(
       batch_size=batch_train,
       dsa_strategy=dsa_strategy,
       optimizer=net_optimizer,
+      cutmix_prob=net_cutmix,
     )
     return {"params": params, **net_state}, opt_state
 
@@ -215,12 +256,15 @@ def make_step(
         )
       idx = data.sample_per_class(real_key, class_index, n=batch_real)
       real = sharding.constrain(real_images[idx], mesh, axis=1)
-      loss, grads = jax.value_and_grad(match)(
-        state.trainable, match_key, real, variables
-      )
-      state, refused = guarded_update(
-        state, loss, grads, optimizer, max_loss=max_loss
-      )
+      if class_steps:
+        state, loss, refused = match_by_class(state, match_key, real, variables)
+      else:
+        loss, grads = jax.value_and_grad(match)(
+          state.trainable, match_key, real, variables
+        )
+        state, refused = guarded_update(
+          state, loss, grads, optimizer, max_loss=max_loss
+        )
       if net_data == "real":
         variables, opt_state = jax.lax.cond(
           index < outer_loop - 1,

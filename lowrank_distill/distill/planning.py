@@ -78,6 +78,8 @@ RANGES = {
   "distill.net_real_per_class": checks.COUNT,
   "distill.net_momentum": checks.MOMENTUM,
   "distill.net_weight_decay": checks.NON_NEGATIVE,
+  # The probability that a real batch of IDC's network update is CutMixed.
+  "distill.net_cutmix": checks.Range(low=0.0, high=1.0),
   "distill.batch_train": checks.COUNT,
   "distill.syn_steps": checks.COUNT,
   "distill.inner_momentum": checks.MOMENTUM,

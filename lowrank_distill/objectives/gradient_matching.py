@@ -170,17 +170,80 @@ def matching_loss(
   Returns:
     A scalar.
   """
+  class_distance = _class_distance_fn(
+    key,
+    model=model,
+    variables=variables,
+    num_classes=syn_images.shape[0],
+    distance=distance,
+    dsa_strategy=dsa_strategy,
+    mesh=mesh,
+  )
+  per_class = jax.lax.map(
+    lambda args: class_distance(*args),
+    (
+      real_images,
+      syn_images,
+      syn_targets,
+      jnp.arange(syn_images.shape[0]),
+    ),
+    batch_size=classes_in_parallel,
+  )
+  return jnp.sum(per_class)
+
+
+def class_matching_loss(
+  key,
+  c,
+  syn_images,
+  syn_targets,
+  real_images,
+  *,
+  model,
+  variables,
+  num_classes: int,
+  distance: str = "ours",
+  dsa_strategy: str = "none",
+  mesh=None,
+):
+  """`matching_loss`'s term of class `c` alone (the same augmentation draw).
+
+  Args:
+    key, model, variables, distance, dsa_strategy, mesh: as
+      `matching_loss`.
+    c: the class index (traced or not).
+    syn_images: [k, h, w, c] the class's synthetic images.
+    syn_targets: [k, C] their target probabilities.
+    real_images: [m, h, w, c] real images of class c.
+    num_classes: C.
+
+  Returns:
+    A scalar: summed over c, `matching_loss` of the same arguments.
+  """
+  return _class_distance_fn(
+    key,
+    model=model,
+    variables=variables,
+    num_classes=num_classes,
+    distance=distance,
+    dsa_strategy=dsa_strategy,
+    mesh=mesh,
+  )(real_images, syn_images, syn_targets, c)
+
+
+def _class_distance_fn(
+  key, *, model, variables, num_classes, distance, dsa_strategy, mesh
+):
+  """(real_c, syn_c, targets_c, c) -> the class's gradient distance."""
   check_distance(distance)
   distance_fn = DISTANCES[distance]
   params, state = train.split_variables(jax.lax.stop_gradient(variables))
-  num_classes = syn_images.shape[0]
   # BatchNorm networks are matched in eval mode, as the reference does.
   train_mode = "batch_stats" not in state
   grad_fn = jax.grad(functools.partial(_mean_loss, model, train=train_mode))
   ops = augment.parse_strategy(dsa_strategy)
 
-  def class_distance(args):
-    real, syn, targets, c = args
+  def class_distance(real, syn, targets, c):
     real = sharding.constrain(real, mesh, axis=0)
     if ops:
       class_key = jax.random.fold_in(key, c)
@@ -195,12 +258,7 @@ def matching_loss(
     grads_syn = grad_fn(params, state, syn, targets)
     return distance_fn(grads_syn, grads_real)
 
-  per_class = jax.lax.map(
-    class_distance,
-    (real_images, syn_images, syn_targets, jnp.arange(num_classes)),
-    batch_size=classes_in_parallel,
-  )
-  return jnp.sum(per_class)
+  return class_distance
 
 
 def train_on_synthetic(
@@ -277,6 +335,7 @@ def train_on_real(
   batch_size: int,
   dsa_strategy: str = "none",
   optimizer=None,
+  cutmix_prob: float = 0.0,
 ):
   """IDC's network update: one pass over a fresh class-balanced real draw.
 
@@ -284,8 +343,9 @@ def train_on_real(
   (there 500 images drawn at random; here `images_per_class` of every
   class): shuffled minibatches, cross-entropy, SGD whose optimiser state
   (momentum) carries over from the previous update of the same network,
-  per-sample DSA, BatchNorm in train mode. (The reference also applies
-  CutMix in this pass; not done here.)
+  per-sample DSA, BatchNorm in train mode, and with `cutmix_prob` > 0
+  CutMix on each batch with that probability (`augment.cutmix`, Beta(1, 1);
+  the DSA then leaves out 'cutout', as the reference's `mixup_net='cut'`).
 
   Args:
     key: the draw, the order and the augmentation fold from it.
@@ -299,6 +359,7 @@ def train_on_real(
     batch_size: minibatch size.
     dsa_strategy: DSA strategy or 'none'.
     optimizer: `train.sgd(...)` (None: plain SGD, no state).
+    cutmix_prob: the probability that a batch is CutMixed (0: never).
 
   Returns:
     The carry after the pass.
@@ -320,7 +381,12 @@ def train_on_real(
     batch_size=batch_size,
     order_key=order_key,
     aug_key=aug_key,
-    dsa_strategy=dsa_strategy,
+    dsa_strategy=augment.without(dsa_strategy, "cutout")
+    if cutmix_prob
+    else dsa_strategy,
     update=update,
+    mix=functools.partial(augment.cutmix, prob=cutmix_prob)
+    if cutmix_prob
+    else None,
   )
   return carry
