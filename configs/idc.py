@@ -43,9 +43,10 @@ DESIGN 3.8 (1000 epochs with DSA; IDC's own evaluation adds CutMix).
 class, 20 per class in each network pass, lr / 100 (`LR_SCALE`).
 
 Reached here before `class_steps` and `net_cutmix` (docs/RESULTS.md, 2-core
-CPU shared with other runs, test split, 5 models): digits IDC 52.31 ± 2.64, IDC-I 39.00 ± 1.22, LoIDC 60.50 ±
-2.10, LoIDC-I 42.73 ± 4.12 (5-10 min each); the 'l1' matching leaves the
-digits below the real images it starts from (held-out probes in RESULTS).
+CPU shared with other runs, test split, 5 models): digits IDC 52.31 ±
+2.64, IDC-I 39.00 ± 1.22, LoIDC 60.50 ± 2.10, LoIDC-I 42.73 ± 4.12 (5-10 min
+each); the 'l1' matching leaves the digits below the real images it starts
+from (held-out probes in RESULTS).
 """
 
 import numpy as np
