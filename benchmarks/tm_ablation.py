@@ -24,7 +24,9 @@ label (argmax) is what the fully trained first expert predicts for the final
 image, and the images each class gets by its labels (how many classes
 learned labels left with none); for mappers the range of their singular
 values (1 at init). The markdown table goes to stdout and
-`<root>/ablation.md`, every figure to `<root>/ablation.json`.
+`<root>/ablation.md`, every figure to `<root>/ablation.json`, and
+`<root>/ablation.png` plots every row's loss and labels' entropy against
+the iteration and its final mappers' singular values.
 """
 
 import json
@@ -170,19 +172,42 @@ def distil(root: pathlib.Path, name: str, experts: pathlib.Path) -> float:
   return time.time() - tick
 
 
-def _losses(workdir: pathlib.Path) -> list[float]:
+def _records(workdir: pathlib.Path) -> list[dict]:
+  """The run's `metrics.jsonl` records (a line cut by a kill is skipped)."""
   path = workdir / "metrics.jsonl"
   if not path.exists():
     return []
-  losses = []
+  records = []
   for line in path.read_text().splitlines():
     try:
-      record = json.loads(line)
+      records.append(json.loads(line))
     except json.JSONDecodeError:
       continue
-    if "loss" in record:
-      losses.append(record["loss"])
-  return losses
+  return records
+
+
+def _losses(workdir: pathlib.Path) -> list[float]:
+  return [r["loss"] for r in _records(workdir) if "loss" in r]
+
+
+def save_plot(root: pathlib.Path, names: list[str]) -> pathlib.Path | None:
+  """`<root>/ablation.png`: every finished row's loss and soft labels'
+  entropy against the iteration, and its final mappers' spectra
+  (`analysis.save_runs_plot`)."""
+  from lowrank_distill import analysis
+  from lowrank_distill import synset as synset_lib
+
+  runs = {}
+  for name in names:
+    workdir = root / name
+    if not (workdir / "results.json").exists():
+      continue
+    params = synset_lib.load(workdir / "synset").params or {}
+    spectra = (
+      analysis.mapper_spectra(params) if {"u", "v"} <= set(params) else None
+    )
+    runs[name] = {"records": _records(workdir), "spectra": spectra}
+  return analysis.save_runs_plot(root / "ablation.png", runs)
 
 
 def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
@@ -329,6 +354,7 @@ def main(argv):
   text = table(rows)
   (root / "ablation.md").write_text(text + "\n")
   (root / "ablation.json").write_text(json.dumps(rows, indent=1))
+  save_plot(root, _ROWS.value)
   split = "validation" if _VALIDATION.value else "test"
   print(f"{_DATASET.value}, {split} split, {root}")
   print(text)

@@ -865,3 +865,79 @@ def save_metrics_plot(path, records) -> pathlib.Path | None:
     ax.legend(fontsize=7)
   fig.tight_layout()
   return _save_figure(fig, path, 100)
+
+
+def save_runs_plot(path, runs: dict) -> pathlib.Path | None:
+  """Several runs side by side: loss, soft labels' entropy, mapper spectra.
+
+  Args:
+    path: the PNG to write.
+    runs: name -> {'records': `metrics.jsonl`'s records, 'spectra':
+      `mapper_spectra` of the final set or None}.
+
+  Returns:
+    The path; None when no run logged a loss. Panels: the logged loss
+    against the step (every run); the soft labels' mean entropy (nats)
+    against the step (runs with soft labels); the final mappers' singular
+    values, mean over sets and channels, by index (runs with mappers, U
+    solid, V dashed).
+  """
+  losses = {
+    name: _series(run["records"], lambda n: n == "loss").get("loss")
+    for name, run in runs.items()
+  }
+  losses = {name: series for name, series in losses.items() if series}
+  if not losses:
+    return None
+  entropies = {
+    name: series
+    for name, run in runs.items()
+    if (series := _series(run["records"], lambda n: n == "labels/entropy"))
+  }
+  spectra = {
+    name: run["spectra"] for name, run in runs.items() if run.get("spectra")
+  }
+  from matplotlib import colormaps
+
+  # One colour per run in every panel (tab20: up to 20 distinct).
+  palette = colormaps["tab20" if len(runs) > 10 else "tab10"]
+  colour = {name: palette(i % palette.N) for i, name in enumerate(runs)}
+  ncols = 1 + bool(entropies) + bool(spectra)
+  fig, axes = _figure((520 * ncols, 420), 100, ncols=ncols)
+  axes = iter(axes)
+  ax = next(axes)
+  for name, (steps, values) in losses.items():
+    ax.plot(steps, values, color=colour[name], label=name)
+  ax.set_xlabel("iteration")
+  ax.set_ylabel("loss")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  if entropies:
+    ax = next(axes)
+    for name, series in entropies.items():
+      steps, values = series["labels/entropy"]
+      ax.plot(steps, values, color=colour[name], label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("soft labels' entropy (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  if spectra:
+    ax = next(axes)
+    for name, values in spectra.items():
+      for mapper, style in (("u", "-"), ("v", "--")):
+        mean = np.asarray(values[mapper], np.float64).reshape(
+          -1, np.shape(values[mapper])[-1]
+        )
+        ax.plot(
+          np.arange(1, mean.shape[-1] + 1),
+          mean.mean(axis=0),
+          style,
+          color=colour[name],
+          label=f"{name} {mapper.upper()}",
+        )
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("mappers' singular values (1 at init)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  return _save_figure(fig, path, 100)

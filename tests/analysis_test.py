@@ -289,6 +289,34 @@ def test_save_metrics_plot_draws_losses_and_accuracies(tmp_path):
   assert not (tmp_path / "n.png").exists()
 
 
+def test_save_runs_plot_has_a_panel_per_kind_of_figure(tmp_path):
+  def records(soft):
+    return [
+      {
+        "step": s,
+        "loss": 1.0 / s,
+        **({"labels": {"entropy": 0.5 / s}} if soft else {}),
+      }
+      for s in (10, 20, 30)
+    ]
+
+  spectra = analysis.mapper_spectra(
+    {"u": np.ones((2, 1, 6, 3)), "v": np.ones((2, 1, 3, 6))}
+  )
+  hard = {"mtt": {"records": records(False), "spectra": None}}
+  path = analysis.save_runs_plot(tmp_path / "hard.png", hard)
+  assert _png_size(path) == (520, 420)  # the losses only
+  both = {
+    **hard,
+    "lss": {"records": records(True), "spectra": spectra},
+  }
+  path = analysis.save_runs_plot(tmp_path / "all.png", both)
+  assert _png_size(path) == (3 * 520, 420)
+  empty = {"none": {"records": [{"step": 1}], "spectra": None}}
+  assert analysis.save_runs_plot(tmp_path / "none.png", empty) is None
+  assert not (tmp_path / "none.png").exists()
+
+
 def test_label_statistics_of_onehot_uniform_and_swapped_labels():
   onehot = 50.0 * np.eye(3).repeat(2, axis=0)  # 3 classes x 2 images
   stats = analysis.label_statistics(onehot, images_per_class=2)
