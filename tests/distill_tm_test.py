@@ -387,20 +387,11 @@ def test_the_haba_constraint_trains_the_extractor_beside_the_set(buffer_dir):
     ), name
 
 
-def test_the_club_weight_moves_the_hallucinators(buffer_dir):
-  """The constraint's term reaches the set: at club_weight 0 and 1 the same
-  key and inputs give different hallucinators after one step."""
-  after = []
-  for weight in (0.0, 1.0):
-    plan = distill.make_plan(_haba_config(buffer_dir, club_weight=weight))
-    state, optimizer = distill.initial_state(jax.random.key(0), plan)
-    assert isinstance(state, distill.DistillStateWithAux) == bool(weight)
-    objective = distill.OBJECTIVES["tm"]
-    state, _ = jax.jit(objective.build_step(plan, optimizer))(
-      state, jax.random.key(0), *objective.inputs(plan)(0)
-    )
-    after.append(state.trainable["images"]["hallucinators"])
-  assert not np.allclose(after[0]["enc_kernel"], after[1]["enc_kernel"])
+def test_without_the_constraint_the_state_has_no_extractor(buffer_dir):
+  # The checkpoints of runs without it keep DistillState's structure.
+  plan = distill.make_plan(_haba_config(buffer_dir, club_weight=0.0))
+  state, _ = distill.initial_state(jax.random.key(0), plan)
+  assert type(state) is distill.DistillState
 
 
 def test_a_resumed_haba_run_restores_its_extractor(buffer_dir, tmp_path):
