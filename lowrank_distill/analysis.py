@@ -904,23 +904,24 @@ def save_runs_plot(path, runs: dict) -> pathlib.Path | None:
   colour = {name: palette(i % palette.N) for i, name in enumerate(runs)}
   ncols = 1 + bool(entropies) + bool(spectra)
   fig, axes = _figure((520 * ncols, 420), 100, ncols=ncols)
+
+  def labelled(ax, xlabel, ylabel):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
   axes = iter(axes)
   ax = next(axes)
   for name, (steps, values) in losses.items():
     ax.plot(steps, values, color=colour[name], label=name)
-  ax.set_xlabel("iteration")
-  ax.set_ylabel("loss")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  labelled(ax, "iteration", "loss")
   if entropies:
     ax = next(axes)
     for name, series in entropies.items():
       steps, values = series["labels/entropy"]
       ax.plot(steps, values, color=colour[name], label=name)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("soft labels' entropy (nats)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    labelled(ax, "iteration", "soft labels' entropy (nats)")
   if spectra:
     ax = next(axes)
     for name, values in spectra.items():
@@ -935,9 +936,6 @@ def save_runs_plot(path, runs: dict) -> pathlib.Path | None:
           color=colour[name],
           label=f"{name} {mapper.upper()}",
         )
-    ax.set_xlabel("singular value index")
-    ax.set_ylabel("mappers' singular values (1 at init)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    labelled(ax, "singular value index", "mappers' singular values (1 at init)")
   fig.tight_layout()
   return _save_figure(fig, path, 100)
