@@ -55,7 +55,8 @@ the set (lr 1, 100 on the labels) they were 2.45 ± 1.19 and 53.09 ± 1.12. DD's
 meta-loss stays near chance (2.31) at this budget: a fresh ConvNet trained 10
 steps on 10 images barely generalises, so the images learn little; LD's labels
 do move its fixed real images' accuracy. Neither reproduces the papers, whose
-budgets are thousands of iterations.
+budgets are thousands of iterations. MNIST, 3 models: `method=ld` with
+`iterations=200` 64.38 ± 1.28 (its initial set 54.75 ± 1.59; ~33 min).
 """
 
 from configs import common

@@ -42,11 +42,13 @@ DESIGN 3.8 (1000 epochs with DSA; IDC's own evaluation adds CutMix).
 `dataset=digits` (8x8): 100 iterations of 10 matchings, 32 real images per
 class, 20 per class in each network pass, lr / 100 (`LR_SCALE`).
 
-Reached here before `class_steps` and `net_cutmix` (docs/RESULTS.md, 2-core
-CPU shared with other runs, test split, 5 models): digits IDC 52.31 ±
-2.64, IDC-I 39.00 ± 1.22, LoIDC 60.50 ± 2.10, LoIDC-I 42.73 ± 4.12 (5-10 min
-each); the 'l1' matching leaves the digits below the real images it starts
-from (held-out probes in RESULTS).
+Reached here (docs/RESULTS.md, 2-core CPU shared with other runs, test
+split): digits, 5 models, IDC 63.01 ± 2.07 (~50 min at a low CPU share);
+before `class_steps` and `net_cutmix`: IDC 52.31 ± 2.64, IDC-I 39.00 ±
+1.22, LoIDC 60.50 ± 2.10, LoIDC-I 42.73 ± 4.12 (5-10 min each). MNIST
+before them, 3 models, `iterations=20` with `outer_loop=10` (200 of the
+reference's 50,000 matchings): IDC 83.38 ± 0.87 (its initial tiled images
+82.96 ± 1.05), LoIDC 93.31 ± 0.16.
 """
 
 import numpy as np
