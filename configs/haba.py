@@ -47,7 +47,8 @@ min); without the constraint (`constraint=false`) 88.64 ± 0.37 and 87.02 ±
 On 8x8 images the hallucinators leave no room for a second basis. MNIST, 3
 models, the MTT rows' buffer and budget (100 iterations of 10 student
 steps): HaBa 70.64 ± 1.09 (5 hallucinators on 1 basis per class, 14,701
-floats; ~40 min).
+floats; ~40 min), LoHaBa 91.73 ± 0.36 (2 hallucinators on 4 rank-2 bases
+per class, 7,225 floats; ~45 min).
 """
 
 from configs import dm as dm_config
