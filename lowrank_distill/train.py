@@ -178,6 +178,18 @@ def sgd_epoch(
   return carry, (loss_sums, indices, mask, correct)
 
 
+def finite(loss, grads) -> jax.Array:
+  """Whether the loss and every gradient leaf are finite (a traced bool)."""
+  leaves = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+  return jnp.isfinite(loss) & jnp.all(jnp.stack(leaves))
+
+
+def keep_where(ok, new, old):
+  """`new` where `ok`, else `old`, leaf by leaf: a refused update leaves
+  the params (and optimiser state) as they were."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
 def sgd(*, momentum: float, weight_decay: float):
   """`torch.optim.SGD`'s direction (weight decay, then momentum), no lr.
 

@@ -9,7 +9,6 @@ differentiates it, refuses non-finite or exploding losses (counted, never
 applied), and updates every group.
 """
 
-import functools
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lowrank_distill import checks
+from lowrank_distill import checks, train
 
 PyTree = Any
 LossFn = Callable[..., jax.Array]
@@ -150,18 +149,12 @@ def guarded_update(
   Returns:
     (state, refused): the new state and whether the update was refused.
   """
-  finite_grads = jnp.all(
-    jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-  )
-  ok = jnp.isfinite(loss) & finite_grads & (loss <= max_loss)
+  ok = train.finite(loss, grads) & (loss <= max_loss)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
-  keep = functools.partial(
-    jax.tree.map, lambda new, old: jnp.where(ok, new, old)
-  )
   new_state = state.replace(
-    trainable=keep(trainable, state.trainable),
-    opt_state=keep(opt_state, state.opt_state),
+    trainable=train.keep_where(ok, trainable, state.trainable),
+    opt_state=train.keep_where(ok, opt_state, state.opt_state),
     skipped=state.skipped + (~ok).astype(jnp.int32),
   )
   return new_state, ~ok

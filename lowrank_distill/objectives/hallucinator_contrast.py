@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lowrank_distill import augment
+from lowrank_distill import augment, train
 from lowrank_distill.parameterize import hallucinators as hallucinators_lib
 
 PyTree = Any
@@ -246,11 +246,8 @@ def extractor_step(
   )
   updates, new_opt_state = optimizer.update(grads, opt_state, extractor_params)
   new_params = optax.apply_updates(extractor_params, updates)
-  ok = jnp.isfinite(loss) & jnp.all(
-    jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-  )
-  params, opt_state = jax.tree.map(
-    lambda new, old: jnp.where(ok, new, old),
+  params, opt_state = train.keep_where(
+    train.finite(loss, grads),
     (new_params, new_opt_state),
     (extractor_params, opt_state),
   )
