@@ -57,7 +57,7 @@ import torch.nn.functional as F
 import torch_models
 from absl import app, flags
 
-from lowrank_distill import data, distill
+from lowrank_distill import data, distill, models
 
 # `configs` is a top-level folder of the repository, not an installed package.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -162,8 +162,10 @@ class Ours:
     )
     self.state = distill.init_state(trainable, self.optimizer)
     self.inputs = distill.objective.real_data(self.plan)(0)
+    # The options `distill.loop` compiles the step with.
     step = jax.jit(
-      distill.OBJECTIVES["gm"].build_step(self.plan, self.optimizer)
+      distill.OBJECTIVES["gm"].build_step(self.plan, self.optimizer),
+      compiler_options=models.compiler_options(self.plan.conv_impl),
     )
     start = time.perf_counter()
     self.step = step.lower(

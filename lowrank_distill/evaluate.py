@@ -287,7 +287,9 @@ def _train_and_test_program(
 
   model, test_model = create(conv_impl), create("xla")
 
-  @functools.partial(sharding.jit, mesh=mesh)
+  @functools.partial(
+    sharding.jit, mesh=mesh, compiler_options=models.compiler_options(conv_impl)
+  )
   def train_models(keys, images, targets, lr):
     keys = sharding.constrain(keys, mesh, axis=0)
 

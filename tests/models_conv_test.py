@@ -10,6 +10,7 @@ import pytest
 from models_helpers import TINY, _assert_close, _normal, _random_variables
 
 from lowrank_distill import models
+from lowrank_distill.models import conv as conv_lib
 
 CONV_CASES = [
   # (h, w, cin, cout, kernel, stride, padding)
@@ -153,10 +154,21 @@ def test_bias_free_strided_conv_init_and_shape():
   chex.assert_shape(conv.apply(variables, x), (2, 4, 4, 6))
 
 
-def test_compiler_options_only_for_xla_conv_on_cpu():
-  assert models.compiler_options("im2col") is None
+def test_compiler_options_turn_off_ynnpack_only_for_xla_conv_on_cpu():
+  # The options this jaxlib accepts (jaxlib 0.10.2 accepts all of them).
+  ynn = "xla_cpu_experimental_ynn_fusion_type"
+  im2col = models.compiler_options("im2col")
+  assert im2col and im2col.items() <= conv_lib._CPU_OPTIONS.items()
+  assert ynn not in im2col
   options = models.compiler_options("xla")
-  assert options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  assert (
+    options.items()
+    <= {
+      **conv_lib._CPU_OPTIONS,
+      **conv_lib._CPU_XLA_CONV_OPTIONS,
+    }.items()
+  )
+  assert options[ynn] == ""
   model = models.create(
     "convnet", num_classes=3, image_shape=(8, 8, 1), conv_impl="xla", width=4
   )
@@ -167,5 +179,24 @@ def test_compiler_options_only_for_xla_conv_on_cpu():
     jax.jit(fn, compiler_options=options)(variables),
     jax.jit(fn)(variables),
     rtol=1e-5,
+    atol=1e-6,
+  )
+
+
+def test_compiler_options_keep_the_input_gradient():
+  """DM's use: the gradient of embedding means w.r.t. the images."""
+  model = models.create(
+    "convnet", num_classes=3, image_shape=(8, 8, 1), conv_impl="xla", width=4
+  )
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+  variables = model.init(jax.random.key(2), x)
+  grad = jax.grad(
+    lambda x: jnp.sum(jnp.square(model.apply(variables, x, method="embed")))
+  )
+  options = models.compiler_options("xla")
+  chex.assert_trees_all_close(
+    jax.jit(grad, compiler_options=options)(x),
+    jax.jit(grad)(x),
+    rtol=1e-4,
     atol=1e-6,
   )
