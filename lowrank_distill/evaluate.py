@@ -333,9 +333,11 @@ def auto_models_per_batch(num_models: int, mesh=None) -> int:
   """Models to train at once when the config leaves it open.
 
   On a CPU one model per device along the mesh's 'data' axis: one model's
-  matmuls already fill the cores, and vmapping 10 seeds took 1.36x the
-  time of training them one after another (docs/RESULTS.md, "Evaluation
-  throughput"); on an accelerator all `num_models` at once, where one
+  matmuls already fill the cores: vmapping 10 seeds took 1.36x the time of
+  training them one after another on two threads (docs/RESULTS.md,
+  "Evaluation throughput"), 20 seeds on one core the same time (1.01x,
+  session 12), and one at a time keeps each finished model's result when a
+  run is killed. On an accelerator all `num_models` at once, where one
   model does not fill the device. The accuracies do not depend on it.
   """
   if jax.default_backend() == "cpu":
