@@ -183,17 +183,18 @@ def test_compiler_options_turn_off_ynnpack_only_for_xla_conv_on_cpu():
   )
 
 
-def test_compiler_options_keep_the_input_gradient():
-  """DM's use: the gradient of embedding means w.r.t. the images."""
+@pytest.mark.parametrize("impl", ["xla", "im2col"])
+def test_compiler_options_keep_the_input_gradient(impl):
+  """DM's use (and the image gradient of GM and TM's unrolls)."""
   model = models.create(
-    "convnet", num_classes=3, image_shape=(8, 8, 1), conv_impl="xla", width=4
+    "convnet", num_classes=3, image_shape=(8, 8, 1), conv_impl=impl, width=4
   )
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
   variables = model.init(jax.random.key(2), x)
   grad = jax.grad(
     lambda x: jnp.sum(jnp.square(model.apply(variables, x, method="embed")))
   )
-  options = models.compiler_options("xla")
+  options = models.compiler_options(impl)
   chex.assert_trees_all_close(
     jax.jit(grad, compiler_options=options)(x),
     jax.jit(grad)(x),
