@@ -40,7 +40,8 @@ buffer, configs/tm.py's digits row) RememberThePast 66.41 ± 2.84 (3.5 min);
 LoRememberThePast diverged at that row's lr_images 100 (the export refused
 the set) and reached 89.36 ± 0.69 at 10 (`LR_IMAGES_TM`). MNIST, 3 models,
 `objective=tm` on configs/experts.py's MNIST buffer, 40 iterations of 10
-student steps: LoRememberThePast 93.32 ± 0.72 (~45 min + 1 h evaluation).
+student steps: LoRememberThePast 93.32 ± 0.72 (~45 min + 1 h evaluation),
+RememberThePast 80.93 ± 1.85 (~32 min + ~2 h evaluation, CPU shared).
 """
 
 from configs import bptt as bptt_config
