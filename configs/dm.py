@@ -31,7 +31,9 @@ Reached here (docs/RESULTS.md, 2-core CPU, ConvNet-3 with DSA): digits
 LoDM 91.81 ± 1.01 (5 models, ~6 min in all) on the first development
 machine; on session 9's machine the same code distils a set with the same
 losses to the last bit and evaluates it at 89.81 ± 0.89 (all 5 models at
-once) or 89.97 ± 0.53 (one at a time, the CPU default since session 9).
+once) or 89.97 ± 0.53 (one at a time, the CPU default since session 9);
+with session 12's compiler options (other float paths) 89.36 ± 1.36 in
+2.5 min.
 MNIST at a CPU budget (400 iterations, 64 real images per class, 3
 models): IPC 1 DM 89.93 ± 0.69, LoDM 92.19 ± 0.25 (1.3-3.3 s per
 iteration; evaluating 3 models 3.5 min on 10 images, 46 min on 70); IPC 10
