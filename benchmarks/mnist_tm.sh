@@ -10,20 +10,23 @@
 # vmapped together), trained first unless $ROOT/experts holds it; each
 # variant then distils into $ROOT/<variant> and evaluates MODELS models.
 # ITERATIONS and SYN_STEPS (empty: the MNIST row of configs/tm.py) size the
-# distillation; VARIANTS picks the variants. Every step resumes where a
-# killed run stopped. Results: $ROOT/<variant>/results.json (ROOT defaults
-# to /tmp/lowrank_distill/mnist_tm).
+# distillation; VARIANTS picks the variants; DATASET is mnist (default) or
+# fashion_mnist (the IDX archives of ../shared/datasets/$DATASET, the same
+# budget). Every step resumes where a killed run stopped. Results:
+# $ROOT/<variant>/results.json (ROOT defaults to
+# /tmp/lowrank_distill/$DATASET_tm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
-root=${ROOT:-/tmp/lowrank_distill/mnist_tm}
-data=(--config.dataset.source=idx --config.dataset.path=../shared/datasets/mnist)
+dataset=${DATASET:-mnist}
+root=${ROOT:-/tmp/lowrank_distill/${dataset}_tm}
+data=(--config.dataset.source=idx --config.dataset.path="../shared/datasets/$dataset")
 "$python" launch/experts.py \
-  --config=configs/experts.py:dataset=mnist "${data[@]}" \
+  --config=configs/experts.py:dataset="$dataset" "${data[@]}" \
   --workdir="$root/experts"
 for variant in ${VARIANTS:-mtt lomtt mtt_lss}; do
   "$python" launch/distill.py \
-    --config="configs/tm.py:dataset=mnist,variant=$variant,iterations=${ITERATIONS:-0}" \
+    --config="configs/tm.py:dataset=$dataset,variant=$variant,iterations=${ITERATIONS:-0}" \
     "${data[@]}" \
     --config.experts.path="$root/experts" \
     ${SYN_STEPS:+--config.distill.syn_steps="$SYN_STEPS"} \

@@ -118,6 +118,18 @@ SETTINGS = {
     lr_teacher=0.01,
     lr_labels=1000.0,
   ),
+  # Fashion-MNIST: the MNIST row (same sizes, same CPU-sized buffer), so
+  # the two datasets' rows share one budget.
+  ("fashion_mnist", 1): dict(
+    iterations=200,
+    syn_steps=20,
+    expert_epochs=1,
+    max_start=2,
+    lr_images=100.0,
+    lr_lr=1e-7,
+    lr_teacher=0.01,
+    lr_labels=1000.0,
+  ),
   # Measured on digits after 60 iterations (300 epochs, no DSA, 2 models):
   # lr_images 100 -> MTT 86.9%, LoMTT 84.1% (1000: 83.6%, 55.2%); MTT-LSS
   # with random label init needs lr_labels ~1000 (10: 37%, 1000: 49%).

@@ -151,7 +151,7 @@ def test_trajectory_matching_configs_hold_the_published_settings():
 def test_experts_and_trajectory_matching_share_the_model():
   from configs import experts, tm
 
-  for dataset in ("digits", "mnist", "cifar10"):
+  for dataset in ("digits", "mnist", "fashion_mnist", "cifar10"):
     a = experts.get_config(f"dataset={dataset}")
     b = tm.get_config(f"dataset={dataset},ipc=1")
     assert a.model.to_dict() == b.model.to_dict(), dataset
