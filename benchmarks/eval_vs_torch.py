@@ -3,21 +3,25 @@ r"""The evaluation protocol: ours (one model) vs the reference loop in PyTorch.
 The reference's `evaluate_synset` in PyTorch, written here: ConvNet-3 (width
 128, instance norm), SGD momentum 0.9, weight decay 5e-4, batch 256, lr 0.01
 x 0.1 after epoch E/2 (a new optimiser, as the reference builds), E + 1
-epochs over the set, then the whole test set. Ours: `evaluate.evaluate_set`
-with one model. Both without DSA: no PyTorch DSA is written here, so the
-figure compares the training loop itself (our DSA's own cost is
-`eval_throughput.py`'s).
+epochs over the set with DSA on every batch (`--dsa_strategy`, MNIST's by
+default; `torch_dsa.py`, one op group per batch, per-image parameters, as
+the reference), then the whole test set. Ours: `evaluate.evaluate_set` with
+one model and the same strategy.
 
-First a check that the two loops compute the same training: from the same
-initial weights (ours copied into torch), `--check_epochs` epochs at a
-constant lr on a set of at most one batch (so the data order cannot
-differ), the final weights and loss must agree to float tolerance. Then the
-timing, as every ours-vs-PyTorch figure (`sidebyside.py`: alternating
-calls, median and min, `--cores` pinned), for each of `--sizes` images
+First two checks that the two sides compute the same thing: from the same
+initial weights (ours copied into torch), `--check_epochs` epochs without
+DSA at a constant lr on a set of at most one batch (so the data order
+cannot differ), the final weights and loss must agree to float tolerance;
+and every DSA op given the same per-image parameters on both sides must
+give the same images (`torch_dsa.check`). Then the timing, as every
+ours-vs-PyTorch figure (`sidebyside.py`: alternating calls, median and
+min, `--cores` pinned), for each of `--sizes` images
 (MNIST-shaped: 10, 70, 170 are IPC 1, LoDM's 7 per class, LoDM's 17).
 
   python benchmarks/eval_vs_torch.py --epochs=300 --calls=5       # one core
   python benchmarks/eval_vs_torch.py --epochs=300 --calls=5 --cores=2
+  python benchmarks/eval_vs_torch.py --epochs=1000 --calls=5 --sizes=170
+  python benchmarks/eval_vs_torch.py --dsa_strategy=none   # the loops alone
   python benchmarks/eval_vs_torch.py --epochs=2 --calls=1 --sizes=10 \
     --width=8 --test_size=50 --check_epochs=2                      # smoke
 
@@ -32,6 +36,7 @@ import numpy as np
 import sidebyside
 import torch
 import torch.nn.functional as F
+import torch_dsa
 import torch_models
 from absl import app, flags
 
@@ -50,6 +55,11 @@ flags.DEFINE_integer(
   "pin_cores): 1 is the primary figure, 2 the two-thread one, 0 every core.",
 )
 flags.DEFINE_string("conv_impl", "auto", "Ours: xla | im2col | auto.")
+flags.DEFINE_string(
+  "dsa_strategy",
+  "color_crop_cutout_scale_rotate",
+  "DSA on every training batch, both sides (MNIST's: no flip); 'none'.",
+)
 flags.DEFINE_string("torch_device", "cpu", "PyTorch's device: cpu | cuda.")
 flags.DEFINE_string("name", "eval_protocol", "Name of the SUMMARY line.")
 FLAGS = flags.FLAGS
@@ -73,9 +83,11 @@ def _torch_net(device):
   return net.to(device)
 
 
-def _torch_train(net, images, labels, *, epochs, device, decay: bool):
-  """The reference loop: E + 1 epochs of shuffled batches; returns the last
-  epoch's mean loss."""
+def _torch_train(
+  net, images, labels, *, epochs, device, decay: bool, strategy: str = "none"
+):
+  """The reference loop: E + 1 epochs of shuffled batches, each augmented
+  with `strategy`; returns the last epoch's mean loss."""
   n = images.shape[0]
 
   def optimizer(lr):
@@ -95,7 +107,8 @@ def _torch_train(net, images, labels, *, epochs, device, decay: bool):
     loss_sum = 0.0
     for start in range(0, n, BATCH):
       idx = order[start : start + BATCH]
-      loss = F.cross_entropy(net(images[idx]), labels[idx])
+      batch = torch_dsa.augment(images[idx], strategy)
+      loss = F.cross_entropy(net(batch), labels[idx])
       opt.zero_grad()
       loss.backward()
       opt.step()
@@ -205,6 +218,7 @@ def matmul_rate(n: int = 2048, calls: int = 5) -> tuple[float, float]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  torch_dsa.parse(FLAGS.dsa_strategy)  # a bad op fails before any compute
   placement = sidebyside.pin_cores(FLAGS.cores)
   device = sidebyside.torch_device(FLAGS.torch_device)
   torch.manual_seed(0)
@@ -213,10 +227,17 @@ def main(argv):
     f"{FLAGS.epochs} (+1), test {FLAGS.test_size}; {placement}; torch "
     f"{torch.__version__} ({device}, {torch.get_num_threads()} threads), "
     f"jax {jax.__version__} ({jax.default_backend()}, conv "
-    f"{FLAGS.conv_impl})",
+    f"{FLAGS.conv_impl}); DSA {FLAGS.dsa_strategy}",
     flush=True,
   )
   print(check_agreement(device), flush=True)
+  dsa_diffs = torch_dsa.check(SHAPE)
+  print(
+    "DSA ops, one per-image draw given to both sides, max |ours - torch|: "
+    + ", ".join(f"{op} {d:.1e}" for op, d in dsa_diffs.items())
+    + (": AGREE" if max(dsa_diffs.values()) < 1e-4 else ": DISAGREE"),
+    flush=True,
+  )
   per_image = training_flops_per_image(_model())
   ours_rate, torch_rate = matmul_rate()
   print(
@@ -254,12 +275,19 @@ def main(argv):
         lr=LR,
         model_options={"width": FLAGS.width},
         conv_impl=FLAGS.conv_impl,
+        dsa_strategy=FLAGS.dsa_strategy,
       )
 
     def theirs():
       net = _torch_net(device)
       _torch_train(
-        net, t_x, t_y, epochs=FLAGS.epochs, device=device, decay=True
+        net,
+        t_x,
+        t_y,
+        epochs=FLAGS.epochs,
+        device=device,
+        decay=True,
+        strategy=FLAGS.dsa_strategy,
       )
       _torch_test(net, t_test_x, t_test_y)
       sidebyside.sync(device)
