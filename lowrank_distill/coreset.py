@@ -120,10 +120,13 @@ def most_forgotten(key, forgetting, learned, *, k: int):
   return order[:k].astype(jnp.int32)
 
 
-def _embed_all(model, variables, images, *, batch_size: int = 500):
+def _embed_all(
+  model, variables, images, *, conv_impl: str, batch_size: int = 500
+):
   """[m, d] features of `images` [m, h, w, c] in bounded-memory batches."""
   embed = jax.jit(
-    lambda x: model.apply(variables, x, train=False, method="embed")
+    lambda x: model.apply(variables, x, train=False, method="embed"),
+    compiler_options=models.compiler_options(conv_impl),
   )
   return np.concatenate(
     [
@@ -193,7 +196,8 @@ def select(
       lr=lr,
       batch_size=batch_size,
       track_forgetting=method == "forgetting",
-    )
+    ),
+    compiler_options=models.compiler_options(conv_impl),
   )
   variables, stats = train(
     train_key, images, jax.nn.one_hot(labels, num_classes)
@@ -209,7 +213,7 @@ def select(
       for c, m in enumerate(by_class)
     ]
   else:
-    features = _embed_all(model, variables, images)
+    features = _embed_all(model, variables, images, conv_impl=conv_impl)
     pick_fn = herding if method == "herding" else kcenter
     picks = [pick_fn(features[m], k=ipc) for m in by_class]
   return np.stack([m[np.asarray(p)] for m, p in zip(by_class, picks)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import coreset as coreset_config
-from lowrank_distill import coreset, evaluate
+from lowrank_distill import coreset, evaluate, models
 
 
 def test_herding_first_pick_is_nearest_the_mean_then_balances():
@@ -62,6 +62,39 @@ def test_model_based_methods_pick_distinct_images_of_each_class(method):
   for c in range(10):
     assert set(labels[idx[c]].tolist()) == {c}
     assert len(set(idx[c].tolist())) == 3
+
+
+@pytest.mark.parametrize("program", [0, 1], ids=["training", "embedding"])
+def test_herding_compiles_its_programs_with_the_library_options(
+  monkeypatch, program
+):
+  # Each program's options come from `models.compiler_options`; an option
+  # XLA does not know, handed to one of them, must reach its compiler.
+  calls = []
+  real = models.compiler_options
+
+  def options(impl):
+    calls.append(impl)
+    if len(calls) - 1 == program:
+      return {"xla_no_such_option_for_the_test": True}
+    return real(impl)
+
+  monkeypatch.setattr(models, "compiler_options", options)
+  labels = np.repeat(np.arange(10), 2)
+  images = np.random.default_rng(0).normal(size=(20, 8, 8, 1))
+  with pytest.raises(Exception, match="xla_no_such_option_for_the_test"):
+    coreset.select(
+      jax.random.key(0),
+      images.astype(np.float32),
+      labels,
+      method="herding",
+      ipc=1,
+      num_classes=10,
+      model_options={"width": 4, "depth": 1},
+      train_epochs=0,
+      conv_impl="im2col",
+    )
+  assert calls[program] == "im2col"
 
 
 def test_unknown_method_and_too_large_ipc_are_refused(tiny_images, key):

@@ -300,6 +300,24 @@ def test_run_trains_saves_and_resumes_only_the_missing_expert(tmp_path, digits):
     experts.run(other, tmp_path)
 
 
+def test_run_compiles_the_experts_with_the_library_options(
+  tmp_path, monkeypatch
+):
+  # An option XLA does not know, from `models.compiler_options`, must reach
+  # the compiler of the experts' program.
+  impls = []
+
+  def options(impl):
+    impls.append(impl)
+    return {"xla_no_such_option_for_the_test": True}
+
+  monkeypatch.setattr(models, "compiler_options", options)
+  config = _run_config(num_experts=1, epochs=1, experts_in_parallel=1)
+  with pytest.raises(Exception, match="xla_no_such_option_for_the_test"):
+    experts.run(config, tmp_path)
+  assert impls == [config.model.conv_impl]
+
+
 @pytest.mark.parametrize(
   "field,value,match",
   [

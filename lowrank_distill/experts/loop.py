@@ -222,7 +222,9 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
     keys = train.model_keys(key, width, first=chunk.start)
     keys = sharding.put(keys, mesh, axis=0)
     start = time.perf_counter()
-    compiled = _train_and_test.lower(keys, *arrays, **hparams).compile()
+    compiled = _train_and_test.lower(keys, *arrays, **hparams).compile(
+      models.compiler_options(config.model.conv_impl)
+    )
     if (seconds := time.perf_counter() - start) > 1:
       logging.info("compiled %d experts in parallel in %.1f s", width, seconds)
     start = time.perf_counter()
