@@ -44,7 +44,9 @@ flags.DEFINE_integer(
   "pin_cores): 1 is the primary figure, 2 the two-thread one, 0 every core.",
 )
 flags.DEFINE_string("name", "dm_step", "Name of the SUMMARY line.")
-flags.DEFINE_string("conv_impl", "xla", "Ours: xla | im2col | auto.")
+flags.DEFINE_string(
+  "conv_impl", "xla", "Ours: xla | im2col | canonical | auto."
+)
 flags.DEFINE_integer("classes_in_parallel", 1, "Ours: classes at once.")
 FLAGS = flags.FLAGS
 

@@ -54,7 +54,9 @@ flags.DEFINE_integer(
   "CPUs the process runs on, torch on as many threads (sidebyside."
   "pin_cores): 1 is the primary figure, 2 the two-thread one, 0 every core.",
 )
-flags.DEFINE_string("conv_impl", "auto", "Ours: xla | im2col | auto.")
+flags.DEFINE_string(
+  "conv_impl", "auto", "Ours: xla | im2col | canonical | auto."
+)
 flags.DEFINE_string(
   "dsa_strategy",
   "color_crop_cutout_scale_rotate",

@@ -78,7 +78,10 @@ flags.DEFINE_integer("channels", 1, "Image channels (1: MNIST, 3: CIFAR).")
 flags.DEFINE_integer("width", 128, "ConvNet width (small for smoke runs).")
 flags.DEFINE_integer("steps", 5, "Timed iterations per side (after warm-up).")
 flags.DEFINE_enum(
-  "conv_impl", "auto", ["xla", "im2col", "auto"], "Ours: convolution."
+  "conv_impl",
+  "auto",
+  ["xla", "im2col", "canonical", "auto"],
+  "Ours: convolution.",
 )
 flags.DEFINE_integer("classes_in_parallel", 1, "Ours: classes at once.")
 flags.DEFINE_bool("check", True, "Compare losses on shared weights first.")

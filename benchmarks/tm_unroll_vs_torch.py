@@ -101,7 +101,10 @@ flags.DEFINE_integer("width", 128, "ConvNet width (small for smoke runs).")
 flags.DEFINE_float("lr", 0.01, "Student lr (differentiated).")
 flags.DEFINE_integer("steps", 3, "Timed iterations per side and N.")
 flags.DEFINE_enum(
-  "conv_impl", "auto", ["xla", "im2col", "auto"], "Ours: convolution."
+  "conv_impl",
+  "auto",
+  ["xla", "im2col", "canonical", "auto"],
+  "Ours: convolution.",
 )
 flags.DEFINE_bool("remat", True, "Ours: jax.checkpoint the scan body.")
 flags.DEFINE_bool("no_remat_too", False, "Also measure ours without remat.")
