@@ -101,11 +101,10 @@ def get_config(arg=None, **values):
   config.distill = config_utils.distill_config(
     iterations=arg.iterations or (1000 if digits else 20000),
     lr_images=1.0,
-    # The DM step differentiates no convolution inside a scan, so XLA's
-    # native conv is fastest on every backend (2-core CPU: 0.83x PyTorch's
-    # step time vs 1.00x with im2col, docs/RESULTS.md). Evaluation keeps
-    # model.conv_impl ('auto': im2col on CPU, where its training scan needs it).
-    conv_impl="xla",
+    # 'auto': 'canonical' on the CPU (the DM step on one core: 2.41 s, XLA's
+    # convs 2.75 s, im2col slower still; docs/RESULTS.md, session 13), XLA's
+    # elsewhere.
+    conv_impl="auto",
     eval_every=0 if digits else 2000,
     image_every=500,
     checkpoint_every=100,

@@ -109,7 +109,8 @@ def get_config(arg=None, **values):
     iterations=arg.iterations or (200 if digits else 1000),
     lr_images=0.1,
     # The inner loop differentiates convolutions inside a scan: 'auto' picks
-    # im2col on the CPU, where XLA's conv gradient in a loop is naive.
+    # 'canonical' on the CPU, where autodiff's conv gradients in a loop are
+    # naive (GM iteration on one core: 11.2 s with im2col, 8.2 s with it).
     conv_impl="auto",
     eval_every=0 if digits else 200,
     image_every=100,

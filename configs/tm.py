@@ -238,7 +238,8 @@ def get_config(arg=None, **values):
     iterations=arg.iterations or row["iterations"],
     lr_images=row["lr_images"],
     # The unroll differentiates convolutions inside a scan: 'auto' picks
-    # im2col on the CPU, where XLA's conv gradient in a loop is naive.
+    # 'canonical' on the CPU, where autodiff's conv gradients in a loop are
+    # naive.
     conv_impl="auto",
     eval_every=0,
     image_every=100,

@@ -317,7 +317,7 @@ def distill_config(
     optimizer: every group's update rule, 'sgd' (with `momentum`) or
       'adam'.
     conv_impl: the distillation network's convolution ('xla' | 'im2col' |
-      'auto'); evaluation uses `model.conv_impl`.
+      'canonical' | 'auto'); evaluation uses `model.conv_impl`.
     eval_every, image_every, checkpoint_every, log_every: intervals in
       iterations (0: never, except at the end).
     learn_lr, lr_student, lr_lr: the student lr (trajectory matching).

@@ -1,14 +1,14 @@
 """2-D convolution with a selectable implementation, and PyTorch-style layers.
 
-Two implementations of the same convolution (NHWC inputs, HWIO kernels):
+Three implementations of the same convolution (NHWC inputs, HWIO kernels):
 
 - `'xla'`: `lax.conv_general_dilated`, the right choice on GPU/TPU.
 - `'im2col'`: the `kh*kw` shifted (strided) slices of the padded input are
   concatenated on the channel axis and multiplied by the reshaped kernel in
-  one matmul. On XLA:CPU the gradients of `lax.conv` inside a `lax.scan`
-  (trajectory-matching unrolls) fall back to a naive loop that is more than
-  an order of magnitude slower; slices, concatenation and a matmul all have
-  fast CPU kernels, so this is the CPU default.
+  one matmul. On XLA:CPU the gradients autodiff gives `lax.conv` inside a
+  loop (training, trajectory-matching unrolls) fall back to a naive loop
+  that is more than an order of magnitude slower; slices, concatenation and
+  a matmul all have fast CPU kernels.
 - `'canonical'`: `lax.conv` for the forward pass, and its input and kernel
   gradients written as forward `lax.conv`s in the NHWC/HWIO layout too (a
   `custom_vjp` that calls itself, so every order of reverse derivative stays
@@ -16,6 +16,8 @@ Two implementations of the same convolution (NHWC inputs, HWIO kernels):
   loops as well; only the gradients autodiff derives (other dimension
   numbers) take the naive path. Inputs of fewer than
   `CANONICAL_MIN_CHANNELS` channels and strides other than 1 use im2col.
+  The CPU default ('auto'): faster than im2col in every loop measured
+  (docs/RESULTS.md, session 13), and than 'xla' for the DM step.
 
 Layers initialise as PyTorch's `nn.Conv2d` / `nn.Linear` defaults: weight and
 bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (`kaiming_uniform_(a=sqrt(5))` for
@@ -46,9 +48,9 @@ Padding = int | Sequence[int] | Sequence[tuple[int, int]]
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """'auto' -> 'im2col' on the CPU backend, 'xla' elsewhere; checks names."""
+  """'auto' -> 'canonical' on the CPU backend, 'xla' elsewhere; checks names."""
   if impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return "canonical" if jax.default_backend() == "cpu" else "xla"
   if impl not in CONV_IMPLS:
     raise ValueError(
       f"conv_impl must be one of {('auto', *CONV_IMPLS)}, got {impl!r}"
@@ -138,8 +140,9 @@ def conv2d(x, kernel, *, stride: int | Sequence[int] = 1, padding=0, impl):
     kernel: [kh, kw, cin, cout].
     stride: an int or (sh, sw).
     padding: zero padding, an int, (ph, pw) or ((top, bottom), (left, right)).
-    impl: 'xla' (`lax.conv_general_dilated`) or 'im2col' (shifted slices and
-      one matmul).
+    impl: 'xla' (`lax.conv_general_dilated`), 'im2col' (shifted slices and
+      one matmul) or 'canonical' (`lax.conv` with convolutions for
+      gradients; im2col for thin inputs and strides).
 
   Returns:
     [n, oh, ow, cout] with oh = (h + top + bottom - kh) // sh + 1 (same for w).
@@ -214,27 +217,57 @@ def _canonical_conv_fwd(x, kernel, pads):
   return _canonical_conv(x, kernel, pads), (x, kernel)
 
 
+def _input_gradient_pads(pads, kh: int, kw: int):
+  (top, bottom), (left, right) = pads
+  return ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+
+
+def _turned(kernel):
+  """The kernel turned by 180 degrees with its channels swapped."""
+  return jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+
+
 def _canonical_conv_bwd(pads, residuals, dy):
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
-  (top, bottom), (left, right) = pads
-  # dx: the full correlation of dy [n, oh, ow, cout] with the kernel turned
-  # by 180 degrees and its channels swapped, less the forward padding.
-  turned = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-  dx = _canonical_conv(
-    dy,
-    turned,
-    ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)),
-  )
-  # dkernel: the padded input with its channels as the batch and the images
-  # as the channels, correlated with dy as an [oh, ow, n, cout] kernel.
+  # dx: the full correlation of dy [n, oh, ow, cout] with the turned kernel,
+  # less the forward padding.
+  dx = _canonical_conv(dy, _turned(kernel), _input_gradient_pads(pads, kh, kw))
+  return dx, _kernel_gradient(x, dy, pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _kernel_gradient(x, dy, pads):
+  """d(sum(conv(x, k, pads) * dy))/dk as one stride-1 convolution.
+
+  The padded input with its channels as the batch and the images as the
+  channels, correlated with dy as an [oh, ow, n, cout] kernel. x: [n, h, w,
+  cin]; dy: [n, oh, ow, cout]. Returns [kh, kw, cin, cout].
+  """
   padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  dk = _canonical_conv(
+  dk = _forward_conv(
     jnp.transpose(padded, (3, 1, 2, 0)),
     jnp.transpose(dy, (1, 2, 0, 3)),
     ((0, 0), (0, 0)),
   )  # [cin, kh, kw, cout]
-  return dx, jnp.transpose(dk, (1, 2, 0, 3))
+  return jnp.transpose(dk, (1, 2, 0, 3))
+
+
+def _kernel_gradient_fwd(x, dy, pads):
+  return _kernel_gradient(x, dy, pads), (x, dy)
+
+
+def _kernel_gradient_bwd(pads, residuals, g):
+  # The kernel gradient is bilinear in (x, dy): its cotangents are the
+  # forward convolution and the input gradient with g [kh, kw, cin, cout]
+  # as the kernel; autodiff would instead correlate with dy-sized kernels.
+  x, dy = residuals
+  kh, kw = g.shape[:2]
+  d_x = _canonical_conv(dy, _turned(g), _input_gradient_pads(pads, kh, kw))
+  return d_x, _canonical_conv(x, g, pads)
+
+
+_kernel_gradient.defvjp(_kernel_gradient_fwd, _kernel_gradient_bwd)
 
 
 _canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
@@ -283,7 +316,7 @@ class Conv(nn.Module):
     stride: an int or (sh, sw).
     padding: see `conv2d`.
     use_bias: add a learned bias.
-    impl: 'xla' or 'im2col', see `conv2d`.
+    impl: 'xla', 'im2col' or 'canonical', see `conv2d`.
 
   Params: 'kernel' [kh, kw, cin, cout] and 'bias' [cout].
   """

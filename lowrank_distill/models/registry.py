@@ -175,8 +175,8 @@ def create(
     num_classes: size of the logits.
     image_shape: (h, w, c) of the input images; checked against the
       architecture (e.g. VGG11 needs at least 32x32, LeNet 16x16).
-    conv_impl: 'xla', 'im2col', or 'auto' ('im2col' when JAX's default
-      backend is the CPU, else 'xla'), resolved here.
+    conv_impl: 'xla', 'im2col', 'canonical', or 'auto' ('canonical' when
+      JAX's default backend is the CPU, else 'xla'), resolved here.
     **options: for the ConvNet family: width (128), depth (3), norm
       ('instance' | 'batch' | 'layer' | 'group' | 'none'), pooling ('avg' |
       'max' | 'none'), activation ('relu' | 'sigmoid' | 'leakyrelu'); a
