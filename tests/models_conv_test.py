@@ -269,7 +269,7 @@ def test_bias_free_strided_conv_init_and_shape():
   chex.assert_shape(conv.apply(variables, x), (2, 4, 4, 6))
 
 
-def test_compiler_options_turn_off_ynnpack_only_for_xla_conv_on_cpu():
+def test_compiler_options_turn_off_ynnpack_only_for_lax_convs_on_cpu():
   # The options this jaxlib accepts (jaxlib 0.10.2 accepts all of them).
   ynn = "xla_cpu_experimental_ynn_fusion_type"
   im2col = models.compiler_options("im2col")
@@ -284,6 +284,7 @@ def test_compiler_options_turn_off_ynnpack_only_for_xla_conv_on_cpu():
     }.items()
   )
   assert options[ynn] == ""
+  assert models.compiler_options("canonical") == options
   model = models.create(
     "convnet", num_classes=3, image_shape=(8, 8, 1), conv_impl="xla", width=4
   )

@@ -72,8 +72,9 @@ _CPU_OPTIONS = {
 # XLA:CPU hands convolutions and the reductions after them (instance norm)
 # to YNNPACK as one fused graph; for `lax.conv` outside a loop that ran the
 # DM network's forward 1.6x slower than XLA's own kernels on the 2-core
-# machine (docs/RESULTS.md). im2col's matmuls are faster with it, so only
-# 'xla' turns it off.
+# machine (docs/RESULTS.md), and a canonical conv layer trained in a loop
+# 2.6x slower (210 vs 82 ms, session 13). im2col's matmuls are faster with
+# it, so only 'xla' and 'canonical' turn it off.
 _CPU_XLA_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
