@@ -17,7 +17,7 @@ Three implementations of the same convolution (NHWC inputs, HWIO kernels):
   numbers) take the naive path. Inputs of fewer than
   `CANONICAL_MIN_CHANNELS` channels and strides other than 1 use im2col.
   The CPU default ('auto'): faster than im2col in every loop measured
-  (docs/RESULTS.md, session 13), and than 'xla' for the DM step.
+  (docs/RESULTS.md, session 13).
 
 Layers initialise as PyTorch's `nn.Conv2d` / `nn.Linear` defaults: weight and
 bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (`kaiming_uniform_(a=sqrt(5))` for
