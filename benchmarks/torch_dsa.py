@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lowrank_distill import augment as ours
+
 BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5
 CROP_RATIO, CUTOUT_RATIO, FLIP_PROB = 0.125, 0.5, 0.5
 SCALE_RATIO, ROTATE_DEGREES = 1.2, 15.0
@@ -116,15 +118,8 @@ FUNCTIONS = {
 
 
 def parse(strategy: str) -> tuple[str, ...]:
-  if strategy.strip().lower() in ("", "none"):
-    return ()
-  ops = tuple(strategy.split("_"))
-  unknown = [op for op in ops if op not in FUNCTIONS]
-  if unknown:
-    raise ValueError(
-      f"strategy {strategy!r}: unknown op(s) {unknown}; valid: {list(OPS)}"
-    )
-  return ops
+  """The op groups of `strategy`; ours parses it (the same names)."""
+  return ours.parse_strategy(strategy)
 
 
 def sample(n: int, h: int, w: int, device, generator=None) -> dict:
@@ -189,8 +184,6 @@ def from_ours(params) -> dict:
 def check(shape=(28, 28, 1), n: int = 64, seed: int = 0) -> dict:
   """Max |ours - this| per op for one per-image draw on random images."""
   import jax
-
-  from lowrank_distill import augment as ours
 
   images = np.random.default_rng(seed).normal(size=(n, *shape))
   images = images.astype(np.float32)
