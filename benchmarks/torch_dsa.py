@@ -18,6 +18,7 @@ U(-15, 15) degrees on `affine_grid` / `grid_sample` (bilinear, zeros,
 Not part of the library or the tests (those never import torch).
 """
 
+import dataclasses
 import math
 import sys
 
@@ -27,10 +28,15 @@ import torch.nn.functional as F
 
 from lowrank_distill import augment as ours
 
-BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5
-CROP_RATIO, CUTOUT_RATIO, FLIP_PROB = 0.125, 0.5, 0.5
-SCALE_RATIO, ROTATE_DEGREES = 1.2, 15.0
-OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+# The reference's `ParamDiffAug` values, as ours holds them.
+BRIGHTNESS, SATURATION, CONTRAST = (
+  ours.BRIGHTNESS,
+  ours.SATURATION,
+  ours.CONTRAST,
+)
+CROP_RATIO, CUTOUT_RATIO = ours.CROP_RATIO, ours.CUTOUT_RATIO
+FLIP_PROB, SCALE_RATIO = ours.FLIP_PROB, ours.SCALE_RATIO
+ROTATE_DEGREES = ours.ROTATE_DEGREES
 
 
 def _column(x):
@@ -115,6 +121,7 @@ FUNCTIONS = {
   "scale": scale,
   "rotate": rotate,
 }
+OPS = tuple(FUNCTIONS)
 
 
 def parse(strategy: str) -> tuple[str, ...]:
@@ -162,18 +169,11 @@ def augment(x, strategy: str, generator=None):
 
 def from_ours(params) -> dict:
   """`augment.AugParams` (numpy-convertible leaves) -> this module's dict."""
-  fields = (
-    "brightness",
-    "saturation",
-    "contrast",
-    "crop_shift",
-    "cutout_centre",
-    "flip",
-    "scale",
-    "rotate",
-  )
   out = {}
-  for name in fields:
+  for field in dataclasses.fields(params):
+    name = field.name
+    if name == "group":  # one op group per batch, drawn by `augment`
+      continue
     value = np.asarray(getattr(params, name))
     out[name] = torch.from_numpy(
       value.astype(np.int64) if value.dtype.kind == "i" else value.copy()

@@ -215,6 +215,8 @@ def _canonical_conv(x, kernel, pads):
 
 
 def _canonical_conv_fwd(x, kernel, pads):
+  # Itself, not `_forward_conv`: a second-order derivative differentiates
+  # this rule, and must meet the custom rule again rather than autodiff's.
   return _canonical_conv(x, kernel, pads), (x, kernel)
 
 
@@ -255,6 +257,7 @@ def _kernel_gradient(x, dy, pads):
 
 
 def _kernel_gradient_fwd(x, dy, pads):
+  # Itself, for the reason of `_canonical_conv_fwd`.
   return _kernel_gradient(x, dy, pads), (x, dy)
 
 
