@@ -1,5 +1,7 @@
 """Tests of lowrank_distill.models.layers."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -106,3 +108,136 @@ def test_moments_derivatives_match_the_two_pass_form_to_second_order():
     rtol=1e-4,
     atol=1e-4,
   )
+
+
+def _autodiff_group_norm(x, scale, bias, groups):
+  n, h, w, c = x.shape
+  grouped = x.reshape(n, h, w, groups, c // groups)
+  y = layers._normalize(grouped, (1, 2, 4)).reshape(x.shape)
+  return y * scale.reshape(1, 1, 1, c) + bias.reshape(1, 1, 1, c)
+
+
+def _norm_inputs(c=8):
+  keys = jax.random.split(jax.random.key(5), 3)
+  x = jax.random.normal(keys[0], (3, 5, 4, c)) * 1.5 + 0.7
+  scale = 1.0 + 0.3 * jax.random.normal(keys[1], (c,))
+  bias = 0.2 * jax.random.normal(keys[2], (c,))
+  return x, scale, bias
+
+
+@pytest.mark.parametrize("groups", [8, 4, 1])
+def test_group_norm_matches_autodiff_to_second_order(groups):
+  x, scale, bias = _norm_inputs()
+  weights = jax.random.normal(jax.random.key(6), x.shape)
+
+  def derivatives(norm):
+    def loss(x, scale, bias):
+      return jnp.sum(jnp.sin(norm(x, scale, bias, groups)) * weights)
+
+    first = jax.grad(loss, argnums=(0, 1, 2))
+
+    def gradient_norm(x, scale, bias):  # what matching or unrolling needs
+      return sum(jnp.sum(g**2) for g in first(x, scale, bias))
+
+    @jax.jit
+    def all_orders(x, scale, bias):
+      return (
+        norm(x, scale, bias, groups),
+        first(x, scale, bias),
+        jax.grad(gradient_norm, argnums=(0, 1, 2))(x, scale, bias),
+      )
+
+    return all_orders(x, scale, bias)
+
+  chex.assert_trees_all_close(
+    derivatives(layers.group_norm),
+    derivatives(_autodiff_group_norm),
+    rtol=2e-4,
+    atol=2e-5,
+  )
+
+
+def test_group_norm_vmaps_over_parameters_and_inputs():
+  x, scale, bias = _norm_inputs()
+  xs = jnp.stack([x, 2 * x + 1])
+  scales, biases = jnp.stack([scale, 2 * scale]), jnp.stack([bias, -bias])
+
+  def grads(norm):
+    def one(x, scale, bias):
+      return jax.grad(
+        lambda *a: jnp.sum(jnp.tanh(norm(*a, 8))), argnums=(0, 1, 2)
+      )(x, scale, bias)
+
+    return jax.jit(jax.vmap(one))(xs, scales, biases)
+
+  chex.assert_trees_all_close(
+    grads(layers.group_norm), grads(_autodiff_group_norm), rtol=1e-4, atol=1e-5
+  )
+
+
+def _plain_channel_bias(x, bias):
+  return x + bias.reshape(1, 1, 1, -1)
+
+
+def test_channel_bias_matches_autodiff_to_second_order():
+  x, _, bias = _norm_inputs()
+  weights = jax.random.normal(jax.random.key(7), x.shape)
+
+  def derivatives(add):
+    def loss(x, bias):
+      return jnp.sum(jnp.sin(add(x, bias)) * weights)
+
+    def gradient_norm(x, bias):
+      return sum(jnp.sum(g**2) for g in jax.grad(loss, (0, 1))(x, bias))
+
+    return jax.jit(
+      lambda x, b: (
+        add(x, b),
+        jax.grad(loss, (0, 1))(x, b),
+        jax.grad(gradient_norm, (0, 1))(x, b),
+      )
+    )(x, bias)
+
+  chex.assert_trees_all_close(
+    derivatives(layers.add_channel_bias),
+    derivatives(_plain_channel_bias),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+
+
+_PER_CHANNEL_LAYERS = {  # (written-out backward, autodiff's), on 16 channels
+  "group_norm": (
+    lambda x, s, b: layers.group_norm(x, s, b, 16),
+    lambda x, s, b: _autodiff_group_norm(x, s, b, 16),
+  ),
+  "channel_bias": (
+    lambda x, s, b: layers.add_channel_bias(x, b),
+    lambda x, s, b: _plain_channel_bias(x, b),
+  ),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(_PER_CHANNEL_LAYERS))
+def test_backward_sums_each_image_before_the_batch(layer):
+  # Autodiff's backward sums the per-channel gradients over (n, h, w) at
+  # once, and XLA:CPU splits that reduction into reduce-windows that read
+  # the activations at a fraction of the speed of the per-image sums.
+  x, scale, bias = _norm_inputs(c=16)
+  x = jnp.tile(x, (24, 6, 6, 1))  # [72, 30, 24, 16]: large enough to split
+
+  def hlo(fn):
+    def backward(x, scale, bias):
+      out, vjp = jax.vjp(fn, x, scale, bias)
+      return vjp(jnp.cos(out))
+
+    options = models.compiler_options("canonical")  # YNNPACK off, as there
+    with jax.default_device(jax.devices("cpu")[0]):
+      lowered = jax.jit(backward).lower(x, scale, bias)
+      return lowered.compile(options).as_text()
+
+  over_activations = re.compile(r"reduce-window\(.*window=\{size=\d+x\d+x\d+x")
+  written, autodiff = _PER_CHANNEL_LAYERS[layer]
+  assert over_activations.search(hlo(autodiff))
+  # (Summing the [72, 16] per-image sums may be split: it is tiny.)
+  assert not over_activations.search(hlo(written))

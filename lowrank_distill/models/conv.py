@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lowrank_distill.models import layers
+
 CONV_IMPLS = ("xla", "im2col", "canonical")
 # 'canonical' convolves inputs of at least this many channels; thinner ones
 # (a first layer) use im2col, whose small patches beat a convolution with
@@ -344,7 +346,7 @@ class Conv(nn.Module):
     )
     if self.use_bias:
       bias = self.param("bias", init, (self.features,))
-      y = y + bias.reshape(1, 1, 1, self.features)
+      y = layers.add_channel_bias(y, bias)
     return y
 
 
