@@ -137,6 +137,7 @@ def _group_norm_bwd(groups, residuals, dy):
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 
+@jax.custom_jvp
 def _image_sums(*maps):
   """Each [n, h, w, C] map summed over h and w: [n, C] each.
 
@@ -145,10 +146,24 @@ def _image_sums(*maps):
   (n, h, w), which XLA:CPU splits into reduce-windows that read the
   activations at a fraction of the speed: the first block's norm, ReLU and
   pool took twice as long backward (docs/RESULTS.md). The barrier keeps the
-  stages apart.
+  stages apart. The maps are summed in one variadic reduce (one pass over
+  what they are computed from); the derivative, linear, sums the tangents
+  with plain sums, which JAX can transpose.
   """
-  return jax.lax.optimization_barrier(
-    tuple(jnp.sum(m, axis=(1, 2)) for m in maps)
+  zero = jnp.zeros((), maps[0].dtype)
+  sums = jax.lax.reduce(
+    maps,
+    (zero,) * len(maps),
+    lambda a, b: tuple(x + y for x, y in zip(a, b)),
+    (1, 2),
+  )
+  return jax.lax.optimization_barrier(tuple(sums))
+
+
+@_image_sums.defjvp
+def _image_sums_jvp(maps, tangents):
+  return _image_sums(*maps), jax.lax.optimization_barrier(
+    tuple(jnp.sum(t, axis=(1, 2)) for t in tangents)
   )
 
 
