@@ -178,6 +178,9 @@ def _add_channel_bias_fwd(x, bias):
 
 
 def _add_channel_bias_bwd(_, dy):
+  # The layer below reads dy too (a conv's gradients): without the barrier
+  # XLA fuses what computes dy into this sum and computes it twice.
+  dy = jax.lax.optimization_barrier(dy)
   (per_image,) = _image_sums(dy)
   return dy, jnp.sum(per_image, 0)
 
