@@ -14,3 +14,16 @@ DSA_STRATEGY = {
 def dsa_strategy(dataset: str) -> str:
   """The DSA strategy of `dataset`: the table's, else DSA's default."""
   return DSA_STRATEGY.get(dataset, augment.DEFAULT_STRATEGY)
+
+
+# Model options by dataset for the objectives that differentiate through
+# training (trajectory matching and its expert buffers, which must share the
+# network; gradient matching). On 8x8 digits a depth-3 ConvNet
+# instance-normalises 2x2 maps in its last block (4 values per channel),
+# which makes second-order losses so sharp that they make the set worse:
+# the trajectory-matching loss's gradient disagreed with finite differences
+# at 1e-4 and MTT took a set from 66% to 16% (87% at depth 2); gradient
+# matching diverged within 5 iterations at lr_images 0.1 and reached 77.3%
+# on a held-out split at best (lr 1e-4; 91.0% at depth 2 and lr 0.1,
+# docs/RESULTS.md). DM (first order) keeps depth 3.
+MODEL_OPTIONS = {"digits": {"depth": 2}}

@@ -26,8 +26,8 @@ Settings sized for a CPU:
   digits rows of configs/tm.py), all four vmapped, with batch 32 instead of
   256: at batch 256 an epoch is 6 SGD steps and experts barely leave their
   init (~25% test accuracy after 5 epochs). The ConvNet has depth 2 (see
-  MODEL_OPTIONS). About 40 s of CPU time on the 2-core development CPU;
-  test accuracy 92.0 ± 0.5%.
+  configs/common.py's MODEL_OPTIONS). About 40 s of CPU time on the 2-core
+  development CPU; test accuracy 92.0 ± 0.5%.
 * `dataset=mnist`: 2 experts x 2 epochs, vmapped together (3 snapshots:
   every start epoch of the MNIST row of configs/tm.py, which matches one
   expert epoch from start 0 or 1). On the 2-core development CPU the buffer
@@ -56,13 +56,6 @@ SETTINGS = {
 RUNLOCAL = (2, 2, 2)
 # Datasets too small for batch 256 to give trajectories worth matching.
 BATCH_SIZE = {"digits": 32}
-# Model options by dataset, shared with configs/tm.py (buffers and
-# distillation must use the same network). On 8x8 digits a depth-3 ConvNet
-# instance-normalises 2x2 maps in its last block (4 values per channel): the
-# trajectory-matching loss is then so sharp that finite differences at 1e-4
-# disagree with its gradient and MTT makes the set worse (measured: 66% ->
-# 16%); at depth 2 (4x4 maps) they agree and MTT improves it (66% -> 87%).
-MODEL_OPTIONS = {"digits": {"depth": 2}}
 
 
 def get_config(arg=None, **values):
@@ -83,7 +76,7 @@ def get_config(arg=None, **values):
   )
   config.dataset.zca = ZCA.get(arg.dataset, "none")
   if not arg.runlocal:
-    config.model.options.update(MODEL_OPTIONS.get(arg.dataset, {}))
+    config.model.options.update(common.MODEL_OPTIONS.get(arg.dataset, {}))
   dsa = common.dsa_strategy(arg.dataset)
   config.eval.dsa_strategy = dsa
   num_experts, epochs, in_parallel = (

@@ -33,7 +33,8 @@ An IPC outside the loop table leaves `distill.outer_loop` and
 `distill.inner_loop` at 0 and the run refuses to start until both are set.
 
 `dataset=digits` (the embedded default, 8x8) runs in a few minutes on two
-CPU cores.
+CPU cores, with a depth-2 ConvNet (configs/common.py's MODEL_OPTIONS: at
+depth 3 the set diverged).
 
 Reached here (docs/RESULTS.md, 2-core CPU): MNIST IPC 1 at a CPU budget
 (100 iterations, 64 real images per class, 3 models): DC 88.05 ± 0.09, LoDC
@@ -85,6 +86,8 @@ def get_config(arg=None, **values):
     validation_per_class=arg.validation,
   )
   config.method = "gm"
+  if not arg.runlocal:
+    config.model.options.update(common.MODEL_OPTIONS.get(arg.dataset, {}))
   dsa = common.dsa_strategy(arg.dataset)
   config.eval.dsa_strategy = dsa
   config.synset = dict(

@@ -193,9 +193,7 @@ def get_config(arg=None, **values):
   )
   config.dataset.zca = ZCA.get(arg.dataset, "none")
   if not arg.runlocal:
-    config.model.options.update(
-      experts_config.MODEL_OPTIONS.get(arg.dataset, {})
-    )
+    config.model.options.update(common.MODEL_OPTIONS.get(arg.dataset, {}))
   dsa = common.dsa_strategy(arg.dataset)
   config.eval.dsa_strategy = dsa
   config.method = "tm"

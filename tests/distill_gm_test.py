@@ -299,3 +299,14 @@ def test_a_missing_label_buffer_names_the_field(tmp_path):
   config = _soft_expert_config(tmp_path / "nowhere")
   with pytest.raises(Exception, match="labels.experts"):
     distill.make_plan(config)
+
+
+def test_the_digits_setting_keeps_the_set_in_the_real_range(tmp_path):
+  # configs/gm.py's digits row, its network and step sizes: with a depth-3
+  # ConvNet one iteration took the factors from the real images' range to
+  # +-2e3 (the run ends in DegenerateResultError).
+  config = gm_config.get_config()
+  config.eval.update(epochs=1, num_models=1)
+  config.distill.update(iterations=1, checkpoint_every=1)
+  summary = distill.run(config, tmp_path / "digits")
+  assert summary["iterations"] == 1
