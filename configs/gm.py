@@ -32,9 +32,10 @@ epochs with DSA).
 An IPC outside the loop table leaves `distill.outer_loop` and
 `distill.inner_loop` at 0 and the run refuses to start until both are set.
 
-`dataset=digits` (the embedded default, 8x8) runs in a few minutes on two
-CPU cores, with a depth-2 ConvNet (configs/common.py's MODEL_OPTIONS: at
-depth 3 the set diverged).
+`dataset=digits` (the embedded default, 8x8) runs in about a minute on
+one CPU core, with a depth-2 ConvNet (configs/common.py's MODEL_OPTIONS: at
+depth 3 the set diverged in one iteration): LoDSA 90.28 ± 0.71 on the test
+split (means of 5 models, seeds 0-4).
 
 Reached here (docs/RESULTS.md, 2-core CPU): MNIST IPC 1 at a CPU budget
 (100 iterations, 64 real images per class, 3 models): DC 88.05 ± 0.09, LoDC
