@@ -18,6 +18,19 @@ POOLINGS = ("avg", "max", "none")
 ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
 
 
+def _sums(arrays, axes: tuple[int, ...]) -> tuple:
+  """Each array summed over `axes`, all in one variadic reduce (one pass)."""
+  zero = jnp.zeros((), arrays[0].dtype)
+  return tuple(
+    jax.lax.reduce(
+      tuple(arrays),
+      (zero,) * len(arrays),
+      lambda a, b: tuple(x + y for x, y in zip(a, b)),
+      axes,
+    )
+  )
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def moments(x, axes):
   """Mean and biased variance over `axes` (kept), in one pass over `x`.
@@ -34,13 +47,7 @@ def moments(x, axes):
     tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))
   ]
   d = x - shift
-  zero = jnp.zeros((), x.dtype)
-  sum_d, sum_d2 = jax.lax.reduce(
-    (d, jnp.square(d)),
-    (zero, zero),
-    lambda a, b: (a[0] + b[0], a[1] + b[1]),
-    tuple(axes),
-  )
+  sum_d, sum_d2 = _sums((d, jnp.square(d)), tuple(axes))
   count = math.prod(x.shape[a] for a in axes)
   kept = [1 if a in axes else n for a, n in enumerate(x.shape)]
   mean_d = (sum_d / count).reshape(kept)
@@ -150,14 +157,7 @@ def _image_sums(*maps):
   what they are computed from); the derivative, linear, sums the tangents
   with plain sums, which JAX can transpose.
   """
-  zero = jnp.zeros((), maps[0].dtype)
-  sums = jax.lax.reduce(
-    maps,
-    (zero,) * len(maps),
-    lambda a, b: tuple(x + y for x, y in zip(a, b)),
-    (1, 2),
-  )
-  return jax.lax.optimization_barrier(tuple(sums))
+  return jax.lax.optimization_barrier(_sums(maps, (1, 2)))
 
 
 @_image_sums.defjvp
