@@ -323,3 +323,32 @@ def test_compiler_options_keep_the_input_gradient(impl):
     rtol=1e-4,
     atol=1e-5 * float(jnp.max(jnp.abs(default))),
   )
+
+
+def test_a_cancelled_bias_changes_only_its_own_zero_gradient():
+  """A ConvNet with instance norms (every conv's bias cancelled) computes
+  what the same net with the biases' gradients summed computes: the same
+  logits, the same other gradients, and bias gradients that vanish there
+  and are exactly zero here."""
+  shape = (8, 8, 1)
+  model = models.create("convnet", num_classes=4, image_shape=shape, **TINY)
+  variables = _random_variables(model, shape)
+  x = _normal((3, *shape))
+
+  def loss(params):
+    return jnp.sum(jnp.tanh(model.apply({"params": params}, x, train=True)))
+
+  def run():
+    return model.apply(variables, x), jax.grad(loss)(variables["params"])
+
+  logits, grads = run()
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(models.layers, "cancels_channel_bias", lambda _: False)
+    summed_logits, summed = run()
+  chex.assert_trees_all_equal(logits, summed_logits)
+  for d in range(TINY["depth"]):
+    np.testing.assert_array_equal(grads["features"][f"conv_{d}"]["bias"], 0.0)
+    bias = summed["features"][f"conv_{d}"]["bias"]
+    assert 0.0 < np.abs(np.asarray(bias)).max() < 1e-5  # rounding only
+    summed["features"][f"conv_{d}"]["bias"] = jnp.zeros_like(bias)
+  _assert_close(grads, summed)

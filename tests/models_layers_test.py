@@ -3,6 +3,7 @@
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -245,3 +246,37 @@ def test_backward_sums_each_image_before_the_batch(layer):
   assert over_activations.search(hlo(autodiff))
   # (Summing the [72, 16] per-image sums may be split: it is tiny.)
   assert not over_activations.search(hlo(written))
+
+
+class _Norm(nn.Module):
+  kind: str
+  train: bool
+
+  @nn.compact
+  def __call__(self, y):
+    return layers.norm(y, self.kind, train=self.train, name="norm")
+
+
+@pytest.mark.parametrize("kind", layers.NORMS)
+def test_cancels_channel_bias_names_the_norms_that_zero_a_bias_gradient(kind):
+  """The premise of `Conv(bias_cancelled=True)`: a per-channel constant
+  added before the norm has a zero gradient exactly for the norms named.
+  Train mode, but eval mode for batch norm (its nets are matched so), with
+  off-centre running statistics."""
+  x, dy = _normal((3, 5, 5, 8), seed=2), _normal((3, 5, 5, 8), seed=3)
+  norm = _Norm(kind, train=kind != "batch")
+  variables = norm.init(jax.random.key(0), x)
+  if "batch_stats" in variables:
+    variables = {
+      **variables,
+      "batch_stats": {"norm": {"mean": jnp.full(8, 0.3), "var": jnp.ones(8)}},
+    }
+
+  def out(bias):
+    return jnp.sum(norm.apply(variables, x + bias.reshape(1, 1, 1, -1)) * dy)
+
+  grad = np.abs(np.asarray(jax.grad(out)(jnp.zeros(8))))
+  if layers.cancels_channel_bias(kind):
+    assert grad.max() < 1e-5
+  else:
+    assert grad.max() > 1e-2

@@ -107,7 +107,12 @@ class AlexNetFeatures(nn.Module):
     )
     for i, (features, kernel, padding, pooled) in enumerate(specs):
       x = Conv(
-        features, kernel, padding=padding, impl=self.conv_impl, name=f"conv_{i}"
+        features,
+        kernel,
+        padding=padding,
+        impl=self.conv_impl,
+        bias_cancelled=layers.cancels_channel_bias(self.norm),
+        name=f"conv_{i}",
       )(x)
       x = jax.nn.relu(layers.norm(x, self.norm, train=train, name=f"norm_{i}"))
       if pooled:
@@ -162,6 +167,7 @@ class VGGFeatures(nn.Module):
         3,
         padding=pad if i == 0 else 1,
         impl=self.conv_impl,
+        bias_cancelled=layers.cancels_channel_bias(self.norm),
         name=f"conv_{i}",
       )(x)
       x = jax.nn.relu(layers.norm(x, self.norm, train=train, name=f"norm_{i}"))

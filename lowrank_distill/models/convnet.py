@@ -36,6 +36,7 @@ class ConvNetFeatures(nn.Module):
         3,
         padding=pad if d == 0 else 1,
         impl=self.conv_impl,
+        bias_cancelled=layers.cancels_channel_bias(self.norm),
         name=f"conv_{d}",
       )(x)
       x = layers.norm(x, self.norm, train=train, name=f"norm_{d}")

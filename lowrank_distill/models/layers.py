@@ -273,6 +273,17 @@ class BatchNorm(nn.Module):
     return y * scale.reshape(bshape) + bias.reshape(bshape)
 
 
+def cancels_channel_bias(kind: str) -> bool:
+  """Whether norm `kind` removes a per-channel constant added to its input.
+
+  The instance norm subtracts each image's per-channel mean in every mode,
+  so a conv bias before it never changes the output and its gradient is
+  exactly zero. Batch norm does so only in train mode (its nets are matched
+  in eval mode), the group and layer norms mix channels: not these.
+  """
+  return kind == "instance"
+
+
 def norm(x, kind: str, *, train: bool, name: str):
   """Applies one of `NORMS` by name; 'none' is the identity.
 
