@@ -248,6 +248,46 @@ def test_backward_sums_each_image_before_the_batch(layer):
   assert not over_activations.search(hlo(written))
 
 
+@pytest.mark.parametrize(
+  "shape,axes",
+  [
+    ((3, 5, 4, 6), (1, 2)),  # an image's h and w, one axis at a time
+    ((3, 5, 4, 6), (0, 1, 2)),  # batch norm's
+    ((3, 5, 4, 6), (1, 2, 3)),  # with the minor axis: one reduce
+    ((3, 5, 4, 6, 1), (1, 2, 4)),  # the instance norm's grouped view
+    ((3, 5, 4, 2, 3), (1, 2, 4)),  # the group norm's
+    ((3, 1, 4, 6), (1,)),  # only a size-1 axis
+    ((2, 3), (0,)),
+  ],
+)
+def test_sums_equal_numpy_sums(shape, axes):
+  x = _normal(shape, seed=4)
+  sums = jax.jit(lambda x: layers._sums((x, x * x), axes))(x)
+  chex.assert_trees_all_close(
+    sums,
+    (np.sum(x, axis=axes), np.sum(x * x, axis=axes)),
+    atol=1e-5,
+    rtol=1e-5,
+  )
+
+
+@pytest.mark.skipif(
+  jax.default_backend() != "cpu",
+  reason="checks XLA:CPU's compiled program, which only a CPU-backend run "
+  "builds",
+)
+def test_sums_over_an_image_reduce_one_axis_at_a_time():
+  x = jnp.zeros((4, 16, 16, 32))
+  compiled = (
+    jax.jit(lambda x: layers._sums((x, x * x), (1, 2)))
+    .lower(x)
+    .compile(models.compiler_options("canonical"))
+    .as_text()
+  )
+  reduced = re.findall(r" reduce\(.*?dimensions=\{([\d,]+)\}", compiled)
+  assert reduced and all("," not in dims for dims in reduced)
+
+
 class _Norm(nn.Module):
   kind: str
   train: bool

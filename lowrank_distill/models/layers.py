@@ -19,29 +19,59 @@ ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
 
 
 def _sums(arrays, axes: tuple[int, ...]) -> tuple:
-  """Each array summed over `axes`, all in one variadic reduce (one pass)."""
-  zero = jnp.zeros((), arrays[0].dtype)
-  return tuple(
-    jax.lax.reduce(
-      tuple(arrays),
-      (zero,) * len(arrays),
-      lambda a, b: tuple(x + y for x, y in zip(a, b)),
-      axes,
+  """Each array summed over `axes`, all in one variadic reduce per axis.
+
+  Axes above the minor one are summed one at a time: one reduce over
+  several of them (an image's h and w, the channels kept) reads the
+  activations strided, and XLA:CPU took 6x as long as for the same sums
+  one axis at a time (the first norm's statistics, 10 MNIST images: 1.2 ms
+  of a 20 ms training step, docs/RESULTS.md); the barrier keeps XLA from
+  merging the stages back. A sum over the minor axis reads contiguous rows
+  and stays one reduce. Size-1 axes are dropped first.
+  """
+  arrays = tuple(arrays)
+  shape = arrays[0].shape
+  singles = {a for a in axes if shape[a] == 1}
+  if singles:
+    squeezed = [n for a, n in enumerate(shape) if a not in singles]
+    arrays = tuple(x.reshape(squeezed) for x in arrays)
+    axes = tuple(
+      a - sum(b < a for b in singles) for a in axes if a not in singles
     )
-  )
+  if not axes:
+    return arrays
+  zero = jnp.zeros((), arrays[0].dtype)
+
+  def reduce(arrays, axes):
+    return tuple(
+      jax.lax.reduce(
+        arrays,
+        (zero,) * len(arrays),
+        lambda a, b: tuple(x + y for x, y in zip(a, b)),
+        axes,
+      )
+    )
+
+  if arrays[0].ndim - 1 in axes:
+    return reduce(arrays, axes)
+  for done, axis in enumerate(sorted(axes)):
+    if done:
+      arrays = jax.lax.optimization_barrier(arrays)
+    arrays = reduce(arrays, (axis - done,))
+  return arrays
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def moments(x, axes):
   """Mean and biased variance over `axes` (kept), in one pass over `x`.
 
-  The sums of d and d**2 with d = x - x[first element along `axes`] are one
-  variadic reduce: one read of `x` where the two-pass form reads the first
-  layer's activations twice more (~10% of a DM step on CPU). The shift keeps
-  E[d**2] - E[d]**2 from cancelling when the mean is large against the
-  spread. Derivatives use the textbook formulas (`_moments_jvp`): JAX's
-  derivative of a variadic reduce made second-order unrolls (trajectory
-  matching) ~25% slower.
+  The sums of d and d**2 with d = x - x[first element along `axes`] are
+  taken together (`_sums`): one read of `x` where the two-pass form reads
+  the first layer's activations twice more (~10% of a DM step on CPU). The
+  shift keeps E[d**2] - E[d]**2 from cancelling when the mean is large
+  against the spread. Derivatives use the textbook formulas
+  (`_moments_jvp`): JAX's derivative of a variadic reduce made second-order
+  unrolls (trajectory matching) ~25% slower.
   """
   shift = x[
     tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))
