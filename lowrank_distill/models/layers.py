@@ -19,7 +19,7 @@ ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
 
 
 def _sums(arrays, axes: tuple[int, ...]) -> tuple:
-  """Each array summed over `axes`, all in one variadic reduce per axis.
+  """Each array summed over `axes`, all arrays in each variadic reduce.
 
   Axes above the minor one are summed one at a time: one reduce over
   several of them (an image's h and w, the channels kept) reads the
@@ -183,9 +183,9 @@ def _image_sums(*maps):
   (n, h, w), which XLA:CPU splits into reduce-windows that read the
   activations at a fraction of the speed: the first block's norm, ReLU and
   pool took twice as long backward (docs/RESULTS.md). The barrier keeps the
-  stages apart. The maps are summed in one variadic reduce (one pass over
-  what they are computed from); the derivative, linear, sums the tangents
-  with plain sums, which JAX can transpose.
+  stages apart. The maps are summed together (`_sums`: one pass over what
+  they are computed from, then over the partial sums); the derivative,
+  linear, sums the tangents with plain sums, which JAX can transpose.
   """
   return jax.lax.optimization_barrier(_sums(maps, (1, 2)))
 
