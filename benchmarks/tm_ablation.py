@@ -23,7 +23,8 @@ whose most likely label is their class; for every row the fraction whose
 label (argmax) is what the fully trained first expert predicts for the final
 image, and the images each class gets by its labels (how many classes
 learned labels left with none); for mappers the range of their singular
-values (1 at init). The markdown table goes to stdout and
+values (1 at init); and the images' root mean square (standardised real
+images: about 1). The markdown table goes to stdout and
 `<root>/ablation.md`, every figure to `<root>/ablation.json`, and
 `<root>/ablation.png` plots every row's loss and labels' entropy against
 the iteration and its final mappers' singular values.
@@ -74,6 +75,35 @@ ROWS = {
   ),
   "lss_lr10": ("MTT-LSS, label lr 10", "variant=mtt_lss,lr_labels=10.0"),
   "lss_lr100": ("MTT-LSS, label lr 100", "variant=mtt_lss,lr_labels=100.0"),
+  "lss_orth": (
+    "MTT-LSS, mappers held orthonormal",
+    "variant=mtt_lss,orthonormal_mappers=true",
+  ),
+  "lss_orth_lr1": (
+    "MTT-LSS, mappers held orthonormal, their lr 1",
+    "variant=mtt_lss,orthonormal_mappers=true,lr_mappers=1.0",
+  ),
+  "lss_orth_lr01": (
+    "MTT-LSS, mappers held orthonormal, their lr 0.1",
+    "variant=mtt_lss,orthonormal_mappers=true,lr_mappers=0.1",
+  ),
+  "lss_lr1": ("MTT-LSS, mappers' lr 1", "variant=mtt_lss,lr_mappers=1.0"),
+  "lss_expert_lr1": (
+    "MTT-LSS, expert labels, mappers' lr 1",
+    "variant=mtt_lss,label_init=expert,lr_mappers=1.0",
+  ),
+  "lss_expert_orth": (
+    "MTT-LSS, expert labels, mappers held orthonormal",
+    "variant=mtt_lss,label_init=expert,orthonormal_mappers=true",
+  ),
+  "lss_expert_orth_lr1": (
+    "MTT-LSS, expert labels, mappers held orthonormal, their lr 1",
+    "variant=mtt_lss,label_init=expert,orthonormal_mappers=true,lr_mappers=1.0",
+  ),
+  "lss_expert_orth_lr01": (
+    "MTT-LSS, expert labels, mappers held orthonormal, their lr 0.1",
+    "variant=mtt_lss,label_init=expert,orthonormal_mappers=true,lr_mappers=0.1",
+  ),
   "lomtt": ("LoMTT (factors)", "variant=lomtt"),
   "lomtt_soft": (
     "LoMTT + soft labels from one-hot",
@@ -242,6 +272,17 @@ def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
   return float(np.mean(predicted == labels)), counts.tolist()
 
 
+def image_rms(workdir: pathlib.Path) -> float:
+  """The root mean square of the final set's images (standardised real
+  images: about 1; a scale-blind loss lets low-rank sets grow past it)."""
+  import numpy as np
+
+  from lowrank_distill import synset as synset_lib
+
+  images = np.asarray(synset_lib.load(workdir / "synset").images, np.float64)
+  return float(np.sqrt(np.mean(np.square(images))))
+
+
 def row_summary(root: pathlib.Path, name: str) -> dict | None:
   """The row's figures from its workdir, or None before it finished."""
   workdir = root / name
@@ -274,6 +315,7 @@ def row_summary(root: pathlib.Path, name: str) -> dict | None:
     "lr": results.get("lr"),
     "labels": stats.get("labels"),
     "mappers": stats.get("mappers"),
+    "image_rms": image_rms(workdir),
     **dict(
       zip(
         ("expert_agreement", "label_counts"),
@@ -294,14 +336,14 @@ def table(rows: list[dict]) -> str:
     "| row | storage | img/class | accuracy (%) | per model | loss first -> "
     "last | label entropy | own-class prob | label argmax = class | label "
     "= expert's prediction | images per class by label (min-max, classes "
-    "with none) | mapper singular values |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "with none) | mapper singular values | image rms |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     if "failed" in r:
       lines.append(
         f"| {r['what']} (`{r['args']}`) | failed: {r['failed'][-160:]} "
-        "|||||||||||"
+        "||||||||||||"
       )
       continue
     labels = r["labels"] or {}
@@ -327,7 +369,8 @@ def table(rows: list[dict]) -> str:
       f"{_fmt(labels.get('argmax_accuracy'), '.2f')} | "
       f"{_fmt(r['expert_agreement'], '.2f')} | "
       f"{min(r['label_counts'])}-{max(r['label_counts'])}, "
-      f"{r['label_counts'].count(0)} | {span} |"
+      f"{r['label_counts'].count(0)} | {span} | "
+      f"{_fmt(r.get('image_rms'), '.2f')} |"
     )
   return "\n".join(lines)
 

@@ -21,7 +21,10 @@ lowrank_hallucinators), labels
 (hard|soft), label_init (random|onehot|expert), lr_labels (0: the table's),
 start (uniform|progressive), image_init (real: the images, factors or
 mappers from real images, the default | noise), formation (multi-formation,
-IDC: every stored image gives formation**2 training images; 1: none). E.g.
+IDC: every stored image gives formation**2 training images; 1: none),
+orthonormal_mappers (true: mappers made orthonormal again after every
+update, their scale moved into the codes; `distill.orthonormal_mappers`),
+lr_mappers (the mappers' own lr; 0: the images'). E.g.
 MTT-LSS's mappers with hard labels: `variant=mtt_lss,labels=hard`; MTT with
 learnable soft labels: `variant=mtt,labels=soft`.
 
@@ -182,6 +185,8 @@ def get_config(arg=None, **values):
     formation=1,
     num_bases=16,
     num_hallucinators=5,
+    orthonormal_mappers=False,
+    lr_mappers=0.0,
   )
   checks.check_choice("config arg variant", arg.variant, VARIANTS)
   variant = dict(VARIANTS[arg.variant])
@@ -238,6 +243,8 @@ def get_config(arg=None, **values):
     image_every=100,
     checkpoint_every=20,
     learn_lr=True,
+    orthonormal_mappers=arg.orthonormal_mappers,
+    lr_mappers=arg.lr_mappers,
     lr_student=lr_teacher,
     lr_lr=row["lr_lr"] / lr_teacher**2,
     max_loss=1e3,

@@ -304,6 +304,8 @@ def distill_config(
   learn_images: bool = True,
   lr_hallucinators: float = 0.0,
   optimizer: str = "sgd",
+  lr_mappers: float = 0.0,
+  orthonormal_mappers: bool = False,
   **objective_fields,
 ) -> ml_collections.ConfigDict:
   """`config.distill`: the loop's fields every objective has, plus its own.
@@ -316,6 +318,11 @@ def distill_config(
       images' lr).
     optimizer: every group's update rule, 'sgd' (with `momentum`) or
       'adam'.
+    lr_mappers: the lr of shared mappers (`synset.param='mappers'`; 0: the
+      images' lr, their codes keep it).
+    orthonormal_mappers: shared mappers (`synset.param='mappers'`) are made
+      orthonormal again after every update, their scale moved into the
+      codes (`mappers.orthonormalize`; the images do not change).
     conv_impl: the distillation network's convolution ('xla' | 'im2col' |
       'canonical' | 'auto'); evaluation uses `model.conv_impl`.
     eval_every, image_every, checkpoint_every, log_every: intervals in
@@ -331,6 +338,8 @@ def distill_config(
       "learn_images": learn_images,
       "lr_hallucinators": lr_hallucinators,
       "optimizer": optimizer,
+      "lr_mappers": lr_mappers,
+      "orthonormal_mappers": orthonormal_mappers,
       "momentum": momentum,
       "conv_impl": conv_impl,
       "learn_lr": learn_lr,

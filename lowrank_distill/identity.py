@@ -60,6 +60,8 @@ ADDED_FIELDS = {
   "distill.learn_images": True,
   "distill.lr_hallucinators": 0.0,
   "distill.optimizer": "sgd",
+  "distill.orthonormal_mappers": False,
+  "distill.lr_mappers": 0.0,
   "labels.experts": "",
   "distill.club_weight": 0.0,
   "distill.extractor_lr": 0.001,

@@ -77,6 +77,122 @@ def test_hallucinators_take_their_own_lr_inside_the_images_group():
   np.testing.assert_allclose(updates["images"]["hallucinators"]["scale"], -0.01)
 
 
+def test_a_projected_optimizer_lands_on_the_projected_params():
+  def project(trainable):
+    return {"images": {"a": trainable["images"]["a"] / 2}}
+
+  plain = distill.make_optimizer({"images": (1.0, 0.5)})
+  projected = distill.make_optimizer({"images": (1.0, 0.5)}, project=project)
+  params = {"images": {"a": jnp.arange(3.0)}}
+  grads = {"images": {"a": jnp.ones(3)}}
+  state = projected.init(params)
+  # The state is the plain optimiser's: checkpoints keep their structure.
+  chex.assert_trees_all_equal_structs(state, plain.init(params))
+  updates, _ = projected.update(grads, state, params)
+  np.testing.assert_allclose(
+    (params["images"]["a"] + updates["images"]["a"]),
+    (params["images"]["a"] - 1.0) / 2,
+  )
+
+
+def _mapper_config(**distill_overrides):
+  config = tm_config.get_config("runlocal=true,variant=mtt_lss")
+  config.distill.update(distill_overrides)
+  config.eval.update(epochs=2, num_models=1)
+  return config
+
+
+def _mapper_singular_values(trainable):
+  u, v = trainable["images"]["u"], trainable["images"]["v"]
+  return np.concatenate(
+    [
+      np.linalg.svd(np.asarray(u), compute_uv=False).ravel(),
+      np.linalg.svd(np.asarray(v), compute_uv=False).ravel(),
+    ]
+  )
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_orthonormal_mappers_stay_orthonormal_through_distillation(hold):
+  """A loss blind to each image's and channel's scale (as the instance-
+  normalised ConvNet's) has gradients orthogonal to every mapper, so each
+  SGD step lengthens them unless they are held orthonormal."""
+  config = _mapper_config(lr_images=1000.0, orthonormal_mappers=hold)
+  plan = distill.make_plan(config, check_inputs=False)
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
+  np.testing.assert_allclose(
+    _mapper_singular_values(state.trainable), 1.0, atol=1e-5
+  )
+
+  def scale_blind_loss(trainable, key):
+    del key
+    images = plan.reconstructor.materialize(trainable["images"])
+    norms = jnp.linalg.norm(images, axis=(1, 2), keepdims=True)
+    return jnp.sum(jnp.tanh(images / norms))
+
+  step = jax.jit(
+    distill.make_train_step(scale_blind_loss, optimizer, max_loss=1e8)
+  )
+  before = plan.reconstructor.materialize(state.trainable["images"])
+  for i in range(3):
+    state, metrics = step(state, jax.random.key(i))
+    assert not bool(metrics["skipped"])
+  values = _mapper_singular_values(state.trainable)
+  after = plan.reconstructor.materialize(state.trainable["images"])
+  assert not np.allclose(after, before, atol=1e-3)
+  if hold:
+    np.testing.assert_allclose(values, 1.0, atol=1e-4)
+  else:
+    assert values.max() > 1.01
+
+
+def test_mappers_take_their_own_lr_and_their_codes_the_images():
+  optimizer = distill.make_optimizer(
+    {"images": (1.0, 0.0), "mappers": (0.01, 0.0)}
+  )
+  params = {
+    "images": {"u": jnp.zeros(2), "v": jnp.zeros(3), "codes": jnp.zeros(4)}
+  }
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  np.testing.assert_allclose(updates["images"]["u"], -0.01)
+  np.testing.assert_allclose(updates["images"]["v"], -0.01)
+  np.testing.assert_allclose(updates["images"]["codes"], -1.0)
+
+
+def test_a_mapper_lr_is_planned_only_when_set():
+  config = _mapper_config()
+  plan = distill.make_plan(config, check_inputs=False)
+  trainable = distill.initial_trainable(jax.random.key(0), plan)
+  assert "mappers" not in distill.optimizer_groups(plan, trainable)
+  config = _mapper_config(lr_mappers=0.5)
+  plan = distill.make_plan(config, check_inputs=False)
+  groups = distill.optimizer_groups(plan, trainable)
+  assert groups["mappers"] == (0.5, config.distill.momentum)
+  assert groups["images"] == (config.distill.lr_images, config.distill.momentum)
+
+
+def test_mapper_settings_are_refused_for_sets_without_mappers():
+  config = _mapper_config(orthonormal_mappers=True)
+  config.synset.param = "factors"
+  with pytest.raises(
+    ValueError, match=r"distill.orthonormal_mappers.*'factors'.*'mappers'"
+  ):
+    distill.validate(config, check_inputs=False)
+  config = _mapper_config(lr_mappers=0.5)
+  config.synset.param = "pixels"
+  with pytest.raises(
+    ValueError, match=r"distill.lr_mappers.*'pixels'.*'mappers'"
+  ):
+    distill.validate(config, check_inputs=False)
+  config = _mapper_config(orthonormal_mappers=True, learn_images=False)
+  config.labels.lr = 1.0
+  with pytest.raises(
+    ValueError, match=r"distill.orthonormal_mappers.*learn_images"
+  ):
+    distill.validate(config, check_inputs=False)
+
+
 def test_a_hallucinator_run_plans_their_lr_and_the_others_do_not():
   config = _config("param=lowrank_hallucinators,num_hallucinators=2,ipc=2")
   config.distill.lr_hallucinators = 0.25

@@ -476,3 +476,50 @@ def test_unknown_name_error_lists_the_valid_names():
     ValueError, match=r"'voxels'.*valid: \[.*'lowrank_hallucinators'\]"
   ):
     registry.kind_kwargs("voxels", rank=2)
+
+
+def _skewed_mappers(seed=0):
+  """Mappers far from orthonormal (scaled, sheared, one column negative)."""
+  params = _init("mappers", (7, 5, 2), num_classes=3, ipc=3, rank=3, num_sets=2)
+  rng = np.random.default_rng(seed)
+  mix_u = rng.normal(size=(2, 2, 3, 3)).astype(np.float32) + 3 * np.eye(3)
+  mix_v = rng.normal(size=(2, 2, 3, 3)).astype(np.float32) + 3 * np.eye(3)
+  return {
+    "u": -5.0 * params["u"] @ mix_u,
+    "v": 0.2 * mix_v @ params["v"],
+    "codes": params["codes"],
+  }
+
+
+def test_orthonormalize_keeps_the_images_and_makes_the_mappers_orthonormal():
+  params = _skewed_mappers()
+  out = mappers.orthonormalize(params)
+  chex.assert_trees_all_equal_shapes(out, params)
+  np.testing.assert_allclose(
+    mappers.materialize(out),
+    mappers.materialize(params),
+    rtol=1e-4,
+    atol=1e-4 * float(jnp.max(jnp.abs(mappers.materialize(params)))),
+  )
+  u, v = np.asarray(out["u"]), np.asarray(out["v"])
+  eye = np.broadcast_to(np.eye(3), (2, 2, 3, 3))
+  np.testing.assert_allclose(np.swapaxes(u, -1, -2) @ u, eye, atol=1e-5)
+  np.testing.assert_allclose(v @ np.swapaxes(v, -1, -2), eye, atol=1e-5)
+  # The mappers' columns (rows of v) span what they spanned before.
+  for s in range(2):
+    for ch in range(2):
+      before = np.asarray(params["u"][s, ch])
+      np.testing.assert_allclose(
+        u[s, ch] @ u[s, ch].T @ before, before, atol=1e-4
+      )
+
+
+def test_orthonormalize_leaves_orthonormal_mappers_as_they_are():
+  params = _skewed_mappers(seed=1)
+  once = mappers.orthonormalize(params)
+  # Orthonormal but with negatively oriented columns: kept, not flipped.
+  flipped = {**once, "u": -once["u"], "codes": -once["codes"]}
+  for orthonormal in (once, flipped):
+    chex.assert_trees_all_close(
+      mappers.orthonormalize(orthonormal), orthonormal, atol=2e-5
+    )

@@ -58,10 +58,13 @@ class Plan:
       have)}; None: the objective's own experts (`Objective.expert_logits`).
     lr_init: the student lr a learned lr starts from.
     optimizer: trainable group name -> (lr, momentum) of its SGD, or None
-      for a group kept as initialised (`distill.learn_images` False).
+      for a group kept as initialised (`distill.learn_images` False); also
+      sub-groups with their own lr (`step.SUBGROUPS`).
     evaluation: `config_utils.evaluation_settings`.
     schedule: the loop's `Schedule`.
     optimizer_kind: every group's update rule ('sgd' | 'adam').
+    orthonormal_mappers: shared mappers are made orthonormal again after
+      every update (`mappers.orthonormalize`; the images do not change).
   """
 
   method: str
@@ -81,6 +84,7 @@ class Plan:
   schedule: Schedule
   optimizer_kind: str = "sgd"
   label_experts: dict | None = None
+  orthonormal_mappers: bool = False
 
   @property
   def num_classes(self) -> int:

@@ -23,11 +23,13 @@ from lowrank_distill.distill.objective import Objective, Plan, Schedule
 from lowrank_distill.distill.step import (
   OPTIMIZERS,
   SUBGROUPS,
+  holds_subgroup,
   init_state,
   make_optimizer,
 )
 from lowrank_distill.parameterize import budget as budget_lib
 from lowrank_distill.parameterize import labels as labels_lib
+from lowrank_distill.parameterize import mappers as mappers_lib
 
 # Config fields that may change when a run resumes: they steer the loop or
 # its reporting, not the state a checkpoint holds.
@@ -60,6 +62,7 @@ RANGES = {
   "distill.lr_images": checks.RATE,
   # 0: the images' lr.
   "distill.lr_hallucinators": checks.NON_NEGATIVE,
+  "distill.lr_mappers": checks.NON_NEGATIVE,
   # > 0 when the lr is learned (`validate`); unused otherwise.
   "distill.lr_lr": checks.NON_NEGATIVE,
   # The fixed student lr, or where a learned one starts (its log).
@@ -162,6 +165,7 @@ def validate(config, *, check_inputs: bool = True) -> None:
     )
   checks.check_choice("synset.init", config.synset.init, ("noise", "real"))
   _check_something_learned(config)
+  _check_mapper_settings(config)
   augment.parse_strategy(config.distill.dsa_strategy)
   augment.parse_strategy(config.eval.dsa_strategy)
   models.check_names([config.model.name, *config.eval.models])
@@ -183,6 +187,41 @@ def learns_images(config) -> bool:
   """`distill.learn_images`: True unless the images are kept as initialised
   (absent in configs written before the field existed: True)."""
   return config.distill.get("learn_images", True)
+
+
+def mapper_lr(config) -> float:
+  """`distill.lr_mappers`: the shared mappers' own lr (0, or absent in
+  configs written before the field existed: the images' lr)."""
+  return float(config.distill.get("lr_mappers", 0.0))
+
+
+def holds_mappers_orthonormal(config) -> bool:
+  """`distill.orthonormal_mappers` (absent in configs written before the
+  field existed: False)."""
+  return bool(config.distill.get("orthonormal_mappers", False))
+
+
+def _check_mapper_settings(config) -> None:
+  if mapper_lr(config) and config.synset.param != "mappers":
+    raise ValueError(
+      f"distill.lr_mappers is the lr of shared mappers; synset.param "
+      f"{config.synset.param!r} has none (valid with synset.param="
+      f"'mappers'; else set lr_mappers=0)"
+    )
+  if not holds_mappers_orthonormal(config):
+    return
+  if config.synset.param != "mappers":
+    raise ValueError(
+      f"distill.orthonormal_mappers holds shared mappers orthonormal; "
+      f"synset.param {config.synset.param!r} has none (valid with "
+      f"synset.param='mappers'; else set orthonormal_mappers=False)"
+    )
+  if not learns_images(config):
+    raise ValueError(
+      "distill.orthonormal_mappers: distill.learn_images is False, so the "
+      "mappers are kept as initialised and there is nothing to hold; set "
+      "one of them to its other value"
+    )
 
 
 def _check_something_learned(config) -> None:
@@ -286,6 +325,13 @@ def make_plan(
       else None,
       "labels": (config.labels.lr, config.labels.momentum),
       "log_lr": (cfg.lr_lr, cfg.momentum),
+      # Shared mappers beside their codes, only when given their own lr, so
+      # that the optimiser state of a run without it keeps its structure.
+      **(
+        {"mappers": (mapper_lr(config), cfg.momentum)}
+        if mapper_lr(config) and learns_images(config)
+        else {}
+      ),
     },
     evaluation=config_utils.evaluation_settings(config),
     schedule=Schedule(
@@ -296,6 +342,7 @@ def make_plan(
       checkpoint_every=cfg.checkpoint_every,
     ),
     optimizer_kind=cfg.optimizer,
+    orthonormal_mappers=holds_mappers_orthonormal(config),
   )
   if check_inputs:
     objective.check_plan(plan)
@@ -392,10 +439,28 @@ def initial_state(key, plan: Plan):
   with the objective's own networks (`Objective.init_aux`) if it has any."""
   trainable = initial_trainable(key, plan)
   optimizer = make_optimizer(
-    optimizer_groups(plan, trainable), kind=plan.optimizer_kind
+    optimizer_groups(plan, trainable),
+    kind=plan.optimizer_kind,
+    project=projection(plan),
   )
   aux = OBJECTIVES[plan.method].init_aux(jax.random.fold_in(key, 1), plan)
   return init_state(trainable, optimizer, aux=aux), optimizer
+
+
+def projection(plan: Plan):
+  """What the optimiser applies to the trainable dict after every update:
+  the mappers made orthonormal again (`mappers.orthonormalize`, images
+  unchanged) with `Plan.orthonormal_mappers`; else None."""
+  if not plan.orthonormal_mappers:
+    return None
+
+  def orthonormal_mappers(trainable: dict) -> dict:
+    return {
+      **trainable,
+      "images": mappers_lib.orthonormalize(trainable["images"]),
+    }
+
+  return orthonormal_mappers
 
 
 def optimizer_groups(plan: Plan, trainable: dict) -> dict:
@@ -404,5 +469,9 @@ def optimizer_groups(plan: Plan, trainable: dict) -> dict:
   names = list(trainable)
   for group, subs in SUBGROUPS.items():
     held = trainable.get(group)
-    names += [sub for sub in subs if isinstance(held, dict) and sub in held]
+    names += [
+      sub
+      for sub, keys in subs.items()
+      if sub in plan.optimizer and holds_subgroup(held, keys)
+    ]
   return {name: plan.optimizer[name] for name in names}

@@ -57,6 +57,11 @@ class DistillStateWithAux(DistillState):
   aux: dict
 
 
+def holds_subgroup(group, keys) -> bool:
+  """Whether a trainable group (a dict) holds every key of a sub-group."""
+  return isinstance(group, dict) and all(key in group for key in keys)
+
+
 def _keep() -> optax.GradientTransformation:
   """Updates that leave the params as they are, bit for bit.
 
@@ -72,8 +77,12 @@ def _keep() -> optax.GradientTransformation:
 
 
 # Parts of a trainable group that take their own optimiser when `groups`
-# names them: a hallucinator set's networks beside its bases.
-SUBGROUPS = {"images": ("hallucinators",)}
+# names them: sub-group name -> the keys of the group's dict it takes (a
+# hallucinator set's networks beside its bases; shared mappers beside their
+# codes).
+SUBGROUPS = {
+  "images": {"hallucinators": ("hallucinators",), "mappers": ("u", "v")}
+}
 
 
 # The update rules a set's groups can take: SGD with momentum (DC, DM, MTT)
@@ -81,18 +90,43 @@ SUBGROUPS = {"images": ("hallucinators",)}
 OPTIMIZERS = ("sgd", "adam")
 
 
+def _projected(
+  inner: optax.GradientTransformation, project: Callable[[dict], dict]
+) -> optax.GradientTransformation:
+  """`inner`'s update, then `project` on the updated params.
+
+  The returned updates are `project(params + inner's) - params`, so that
+  `optax.apply_updates` lands on the projected params (to float rounding).
+  The state is `inner`'s: checkpoints keep their structure.
+  """
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("a projected optimiser needs the params")
+    updates, state = inner.update(updates, state, params)
+    projected = project(optax.apply_updates(params, updates))
+    return jax.tree.map(jnp.subtract, projected, params), state
+
+  return optax.GradientTransformation(inner.init, update)
+
+
 def make_optimizer(
-  groups: dict[str, tuple[float, float] | None], *, kind: str = "sgd"
+  groups: dict[str, tuple[float, float] | None],
+  *,
+  kind: str = "sgd",
+  project: Callable[[dict], dict] | None = None,
 ):
   """SGD with momentum (or Adam) per parameter group.
 
   Args:
     groups: group name -> (learning rate, momentum), or None for a group
       kept as initialised (frozen: every update leaves it unchanged). A
-      name of `SUBGROUPS` (e.g. 'hallucinators') takes that part of its
-      group ('images') out of the group's optimiser.
+      name of `SUBGROUPS` (e.g. 'hallucinators', 'mappers') takes that part
+      of its group ('images') out of the group's optimiser.
     kind: 'sgd' (momentum from each group) or 'adam' (optax's defaults,
       the group's lr).
+    project: applied to the whole trainable dict after every update (e.g.
+      mappers held orthonormal, `planning.projection`); None: no projection.
 
   Returns:
     An optax transformation over a dict with exactly these groups.
@@ -112,15 +146,17 @@ def make_optimizer(
   def label(name, subtree):
     """Leaves of a group, with its sub-groups that have an optimiser."""
     labels = jax.tree.map(lambda _: name, subtree)
-    for sub in SUBGROUPS.get(name, ()):
-      if sub in groups and isinstance(subtree, dict) and sub in subtree:
-        labels[sub] = jax.tree.map(lambda _: sub, subtree[sub])
+    for sub, keys in SUBGROUPS.get(name, {}).items():
+      if sub in groups and holds_subgroup(subtree, keys):
+        for key in keys:
+          labels[key] = jax.tree.map(lambda _: sub, subtree[key])
     return labels
 
   def group_of(tree):
     return {name: label(name, tree[name]) for name in tree}
 
-  return optax.multi_transform(transforms, group_of)
+  optimizer = optax.multi_transform(transforms, group_of)
+  return optimizer if project is None else _projected(optimizer, project)
 
 
 def init_state(trainable: dict, optimizer, *, aux=None) -> DistillState:

@@ -146,6 +146,53 @@ def init(
   return {"u": u, "v": jnp.swapaxes(v, -1, -2), "codes": codes}
 
 
+def _qr_positive(a):
+  """Reduced QR with diag(R) >= 0: [..., m, r] -> ([..., m, r], [..., r, r]).
+
+  The signs are fixed so that an orthonormal `a` with positive column
+  orientation comes back as itself and the columns of `Q` never flip from
+  one call to the next (a flip would turn SGD's momentum around).
+  """
+  q, r = jnp.linalg.qr(a)
+  signs = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0)
+  return q * signs[..., None, :], r * signs[..., :, None]
+
+
+def orthonormalize(params: dict) -> dict:
+  """The same images, with orthonormal mappers and the scale in the codes.
+
+  Per set and channel, `u = Q_u R_u` and `v^T = Q_v R_v` (QR, diag(R) >= 0);
+  then `u' = Q_u`, `v' = Q_v^T` and each of the set's codes becomes
+  `R_u @ code @ R_v^T`, so that `u' @ code' @ v' = u @ code @ v` to float
+  rounding. Orthonormal mappers are returned as they are (up to rounding).
+
+  Why (`distill.orthonormal_mappers`, applied after every update): the
+  ConvNet's instance norm cannot see an image's scale, so the loss's
+  gradient on each of `u`, `v` and the codes is orthogonal to it, and every
+  SGD step lengthens them. At MTT's lr_images the mappers' singular values
+  grow from 1 to 3-13 within a run and the images leave the real range by
+  10-100x (docs/RESULTS.md). Held orthonormal, the mappers only rotate and
+  each image's scale lives in its codes, which move as pixels do: with
+  orthonormal mappers a code's gradient is the pixel gradient projected
+  onto the set's subspace.
+
+  Args:
+    params: {'u': [k, c, h, r], 'v': [k, c, r, w], 'codes': [n, c, r, r]}.
+
+  Returns:
+    The same structure; `u` has orthonormal columns and `v` orthonormal
+    rows (per set and channel).
+  """
+  u, v, codes = params["u"], params["v"], params["codes"]
+  q_u, r_u = _qr_positive(u)
+  q_v, r_v = _qr_positive(jnp.swapaxes(v, -1, -2))
+  sets = set_of(codes.shape[0], u.shape[0])
+  codes = jnp.einsum(
+    "ncab,ncbd,nced->ncae", r_u[sets], codes, r_v[sets], precision="highest"
+  )
+  return {"u": q_u, "v": jnp.swapaxes(q_v, -1, -2), "codes": codes}
+
+
 def materialize(params: dict) -> jax.Array:
   """Images from mappers and codes.
 
