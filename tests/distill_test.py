@@ -161,7 +161,7 @@ def test_mappers_take_their_own_lr_and_their_codes_the_images():
 
 
 def test_a_mapper_lr_is_planned_only_when_set():
-  config = _mapper_config()
+  config = _mapper_config(lr_mappers=0.0)
   plan = distill.make_plan(config, check_inputs=False)
   trainable = distill.initial_trainable(jax.random.key(0), plan)
   assert "mappers" not in distill.optimizer_groups(plan, trainable)
@@ -173,7 +173,7 @@ def test_a_mapper_lr_is_planned_only_when_set():
 
 
 def test_mapper_settings_are_refused_for_sets_without_mappers():
-  config = _mapper_config(orthonormal_mappers=True)
+  config = _mapper_config(orthonormal_mappers=True, lr_mappers=0.0)
   config.synset.param = "factors"
   with pytest.raises(
     ValueError, match=r"distill.orthonormal_mappers.*'factors'.*'mappers'"
@@ -426,7 +426,9 @@ def test_after_the_plan_only_the_plan_is_read():
   config = tm_config.get_config("runlocal=true,variant=mtt_lss")
   plan = distill.make_plan(config, check_inputs=False)
   before = _settings(plan)
-  config.distill.update(lr_images=123.0, lr_lr=7.0, syn_steps=99)
+  config.distill.update(
+    lr_images=123.0, lr_lr=7.0, syn_steps=99, lr_mappers=55.0
+  )
   config.labels.update(lr=5.0, init="uniform")
   config.eval.update(epochs=1234)
   assert _settings(plan) == before
@@ -435,8 +437,10 @@ def test_after_the_plan_only_the_plan_is_read():
     "images": (plan.optimizer["images"]),
     "labels": (plan.optimizer["labels"]),
     "log_lr": (plan.optimizer["log_lr"]),
+    "mappers": (plan.optimizer["mappers"]),
   }
   assert plan.optimizer["images"][0] != 123.0
+  assert plan.optimizer["mappers"][0] != 55.0
   assert plan.step["syn_steps"] != 99 and plan.evaluation["epochs"] != 1234
 
 
