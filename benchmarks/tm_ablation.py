@@ -75,9 +75,20 @@ ROWS = {
   ),
   "lss_lr10": ("MTT-LSS, label lr 10", "variant=mtt_lss,lr_labels=10.0"),
   "lss_lr100": ("MTT-LSS, label lr 100", "variant=mtt_lss,lr_labels=100.0"),
+  # configs/tm.py gives mappers their own lr (MAPPER_LR) since session
+  # 16; these rows pin the images' lr 100 that every mapper row before
+  # took (the rows above now run at MAPPER_LR).
+  "lss_images_lr": (
+    "MTT-LSS, mappers at the images' lr 100",
+    "variant=mtt_lss,lr_mappers=100.0",
+  ),
+  "lss_expert_images_lr": (
+    "MTT-LSS, expert labels, mappers at the images' lr 100",
+    "variant=mtt_lss,label_init=expert,lr_mappers=100.0",
+  ),
   "lss_orth": (
-    "MTT-LSS, mappers held orthonormal",
-    "variant=mtt_lss,orthonormal_mappers=true",
+    "MTT-LSS, mappers held orthonormal at the images' lr 100",
+    "variant=mtt_lss,orthonormal_mappers=true,lr_mappers=100.0",
   ),
   "lss_orth_lr1": (
     "MTT-LSS, mappers held orthonormal, their lr 1",
@@ -93,8 +104,9 @@ ROWS = {
     "variant=mtt_lss,label_init=expert,lr_mappers=1.0",
   ),
   "lss_expert_orth": (
-    "MTT-LSS, expert labels, mappers held orthonormal",
-    "variant=mtt_lss,label_init=expert,orthonormal_mappers=true",
+    "MTT-LSS, expert labels, mappers held orthonormal at the images' lr",
+    "variant=mtt_lss,label_init=expert,orthonormal_mappers=true,"
+    "lr_mappers=100.0",
   ),
   "lss_expert_orth_lr1": (
     "MTT-LSS, expert labels, mappers held orthonormal, their lr 1",
