@@ -252,8 +252,9 @@ def save_plot(root: pathlib.Path, names: list[str]) -> pathlib.Path | None:
   return analysis.save_runs_plot(root / "ablation.png", runs)
 
 
-def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
-  """(agreement, counts): the fraction of the final set whose label's argmax
+def expert_agreement(exported, experts: pathlib.Path):
+  """(agreement, counts) of the exported set (`synset.load`): the fraction
+  of the final set whose label's argmax
   is what the buffer's first expert, fully trained, predicts for its image
   (whether labels and images agree; a low-rank image need not look like the
   class it was initialised from), and how many images each class has by
@@ -262,9 +263,7 @@ def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
 
   from lowrank_distill import experts as experts_lib
   from lowrank_distill import models
-  from lowrank_distill import synset as synset_lib
 
-  exported = synset_lib.load(workdir / "synset")
   buffer = experts_lib.open_buffer(experts)
   model_identity = buffer.identity["model"]
   model = models.create(
@@ -284,14 +283,12 @@ def expert_agreement(workdir: pathlib.Path, experts: pathlib.Path):
   return float(np.mean(predicted == labels)), counts.tolist()
 
 
-def image_rms(workdir: pathlib.Path) -> float:
-  """The root mean square of the final set's images (standardised real
+def image_rms(exported) -> float:
+  """The root mean square of the exported set's images (standardised real
   images: about 1; a scale-blind loss lets low-rank sets grow past it)."""
   import numpy as np
 
-  from lowrank_distill import synset as synset_lib
-
-  images = np.asarray(synset_lib.load(workdir / "synset").images, np.float64)
+  images = np.asarray(exported.images, np.float64)
   return float(np.sqrt(np.mean(np.square(images))))
 
 
@@ -308,7 +305,10 @@ def row_summary(root: pathlib.Path, name: str) -> dict | None:
     }
   if not path.exists():
     return None
+  from lowrank_distill import synset as synset_lib
+
   results = json.loads(path.read_text())
+  exported = synset_lib.load(workdir / "synset")
   convnet = results["results"].get("convnet", {})
   stats = results.get("set_statistics", {})
   budget = results["budget"]
@@ -327,11 +327,11 @@ def row_summary(root: pathlib.Path, name: str) -> dict | None:
     "lr": results.get("lr"),
     "labels": stats.get("labels"),
     "mappers": stats.get("mappers"),
-    "image_rms": image_rms(workdir),
+    "image_rms": image_rms(exported),
     **dict(
       zip(
         ("expert_agreement", "label_counts"),
-        expert_agreement(workdir, root / "experts"),
+        expert_agreement(exported, root / "experts"),
       )
     ),
     "skipped_updates": results["skipped_updates"],

@@ -149,9 +149,9 @@ def init(
 def _qr_positive(a):
   """Reduced QR with diag(R) >= 0: [..., m, r] -> ([..., m, r], [..., r, r]).
 
-  The signs are fixed so that an orthonormal `a` with positive column
-  orientation comes back as itself and the columns of `Q` never flip from
-  one call to the next (a flip would turn SGD's momentum around).
+  The signs are fixed so that an orthonormal `a` comes back as itself and
+  the columns of `Q` never flip from one call to the next (a flip would
+  turn SGD's momentum around).
   """
   q, r = jnp.linalg.qr(a)
   signs = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0)
@@ -174,7 +174,9 @@ def orthonormalize(params: dict) -> dict:
   10-100x (docs/RESULTS.md). Held orthonormal, the mappers only rotate and
   each image's scale lives in its codes, which move as pixels do: with
   orthonormal mappers a code's gradient is the pixel gradient projected
-  onto the set's subspace.
+  onto the set's subspace. The hold needs a mapper lr small enough for the
+  steps it removes (`distill.lr_mappers`): at lr 100 the triangular factors
+  grow every step and the codes blew up (docs/RESULTS.md, session 16).
 
   Args:
     params: {'u': [k, c, h, r], 'v': [k, c, r, w], 'codes': [n, c, r, r]}.
