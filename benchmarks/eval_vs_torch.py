@@ -22,12 +22,15 @@ min, `--cores` pinned), for each of `--sizes` images
   python benchmarks/eval_vs_torch.py --epochs=300 --calls=5 --cores=2
   python benchmarks/eval_vs_torch.py --epochs=1000 --calls=5 --sizes=170
   python benchmarks/eval_vs_torch.py --dsa_strategy=none   # the loops alone
+  python benchmarks/eval_vs_torch.py --grad_chunks=0,-1   # ours: whole batch
+                                                # vs gradient in chunks
   python benchmarks/eval_vs_torch.py --epochs=2 --calls=1 --sizes=10 \
     --width=8 --test_size=50 --check_epochs=2                      # smoke
 
 Needs `torch` (the `bench` extra).
 """
 
+import functools
 import time
 
 import jax
@@ -61,6 +64,17 @@ flags.DEFINE_string(
   "dsa_strategy",
   "color_crop_cutout_scale_rotate",
   "DSA on every training batch, both sides (MNIST's: no flip); 'none'.",
+)
+flags.DEFINE_integer(
+  "grad_chunk",
+  -1,
+  "Ours: images per gradient chunk (evaluate_set's grad_chunk); -1: auto.",
+)
+flags.DEFINE_list(
+  "grad_chunks",
+  [],
+  "Instead of PyTorch: ours at each of these grad_chunk values (-1: auto, "
+  "0: the whole batch), alternating, each against the first.",
 )
 flags.DEFINE_string("torch_device", "cpu", "PyTorch's device: cpu | cuda.")
 flags.DEFINE_string("name", "eval_protocol", "Name of the SUMMARY line.")
@@ -263,7 +277,7 @@ def main(argv):
     t_y = torch.from_numpy(labels).to(device)
     calls = iter(range(10**9))
 
-    def ours():
+    def ours(grad_chunk=FLAGS.grad_chunk):
       evaluate.evaluate_set(
         jax.random.key(next(calls)),
         images,
@@ -278,7 +292,14 @@ def main(argv):
         model_options={"width": FLAGS.width},
         conv_impl=FLAGS.conv_impl,
         dsa_strategy=FLAGS.dsa_strategy,
+        grad_chunk=None if grad_chunk < 0 else grad_chunk,
       )
+
+    if FLAGS.grad_chunks:
+      ratios.append(
+        (size, *_ours_at_each_grad_chunk(ours, size, per_image, ours_rate))
+      )
+      continue
 
     def theirs():
       net = _torch_net(device)
@@ -310,14 +331,41 @@ def main(argv):
       f"[{time.perf_counter() - start:.0f} s]",
       flush=True,
     )
+  against = (
+    f"grad_chunk {FLAGS.grad_chunks[-1]}/{FLAGS.grad_chunks[0]}"
+    if FLAGS.grad_chunks
+    else "ours/torch"
+  )
   sidebyside.summary_line(
     FLAGS.name,
     "; ".join(
-      f"{size} images ours/torch median {r:.2f}x (target <= 0.70x), min "
-      f"{m:.2f}x"
+      f"{size} images {against} median {r:.2f}x"
+      + ("" if FLAGS.grad_chunks else " (target <= 0.70x)")
+      + f", min {m:.2f}x"
       for size, r, m in ratios
     ),
   )
+
+
+def _ours_at_each_grad_chunk(ours, size: int, per_image: float, matmul: float):
+  """Times `ours` at each `--grad_chunks` value, alternating; prints each
+  one's time and share of the matmul rate. -> (last/first median, min)."""
+  start = time.perf_counter()
+  chunks = [int(c) for c in FLAGS.grad_chunks]
+  times = sidebyside.alternate(
+    {str(c): functools.partial(ours, c) for c in chunks}, calls=FLAGS.calls
+  )
+  flops = per_image * (size * (FLAGS.epochs + 1) + FLAGS.test_size / 3)
+  for c in chunks:
+    achieved = flops / times[str(c)].median / 1e9
+    print(
+      f"{size} images, grad_chunk {c}: {times[str(c)]}; at {achieved:.1f} "
+      f"GFLOP/s ({100 * achieved / matmul:.0f}% of the matmul rate)",
+      flush=True,
+    )
+  first, last = times[str(chunks[0])], times[str(chunks[-1])]
+  print(f"[{time.perf_counter() - start:.0f} s]", flush=True)
+  return last.median / first.median, last.min / first.min
 
 
 if __name__ == "__main__":

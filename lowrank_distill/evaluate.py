@@ -95,6 +95,7 @@ def train_network(
   weight_decay: float = 5e-4,
   dsa_strategy: str = "none",
   track_forgetting: bool = False,
+  grad_chunk: int = 0,
 ) -> tuple[PyTree, dict]:
   """Trains one fresh network with the protocol's SGD schedule.
 
@@ -117,6 +118,8 @@ def train_network(
     dsa_strategy: DSA strategy string or 'none'.
     track_forgetting: also count, per example, forgetting events (correct at
       one presentation, wrong at the next) as Toneva et al. (2019) do.
+    grad_chunk: 0, or each batch's gradient in chunks of at most this many
+      images (`train.chunked_cross_entropy_grad`: equal to float rounding).
 
   Returns:
     (variables, stats): the trained Flax variables, and when tracking,
@@ -138,6 +141,7 @@ def train_network(
     weight_decay=weight_decay,
     restart_momentum_at=decay_epoch(epochs) + 1,
     keep_batches=track_forgetting,
+    grad_chunk=grad_chunk,
   )
   if not track_forgetting:
     return variables, {}
@@ -261,6 +265,7 @@ def _train_and_test_program(
   weight_decay: float,
   dsa_strategy: str,
   test_batch_size: int,
+  grad_chunk: int | None,
   mesh,
 ):
   """`evaluate_set`'s jitted programs: K seeds -> K test-correct counts.
@@ -286,6 +291,8 @@ def _train_and_test_program(
     )
 
   model, test_model = create(conv_impl), create("xla")
+  if grad_chunk is None:
+    grad_chunk = auto_grad_chunk(model, image_shape)
 
   @functools.partial(
     sharding.jit, mesh=mesh, compiler_options=models.compiler_options(conv_impl)
@@ -305,6 +312,7 @@ def _train_and_test_program(
         momentum=momentum,
         weight_decay=weight_decay,
         dsa_strategy=dsa_strategy,
+        grad_chunk=grad_chunk,
       )
       return variables
 
@@ -327,6 +335,30 @@ def _train_and_test_program(
     )
 
   return train_and_test
+
+
+# The evaluation's training step on one CPU core, ms, whole batch -> its
+# gradient in chunks (the ConvNet-3 of the protocol, DSA, MNIST-size
+# images; docs/RESULTS.md, session 17): 170 images 385 -> 331 (chunks of
+# 34), 333 (17); 70 images 153 -> 131 (14), 130 (10); chunks of 85 and
+# 35 gained half as much.
+CPU_GRAD_CHUNK = 32
+
+
+def auto_grad_chunk(model, image_shape) -> int:
+  """Images per gradient chunk when the config leaves it open.
+
+  On a CPU `CPU_GRAD_CHUNK` for models without batch statistics (a
+  chunk's activations stay in cache); 0, the whole batch, for models with
+  them (a chunk's statistics are not the batch's) and on accelerators,
+  which a large batch fills better.
+  """
+  if jax.default_backend() != "cpu":
+    return 0
+  variables = jax.eval_shape(
+    lambda: train.init_variables(jax.random.key(0), model, image_shape)
+  )
+  return 0 if train.split_variables(variables)[1] else CPU_GRAD_CHUNK
 
 
 def auto_models_per_batch(num_models: int, mesh=None) -> int:
@@ -365,6 +397,7 @@ def evaluate_set(
   models_per_batch: int | None = None,
   test_batch_size: int = 500,
   conv_impl: str = "auto",
+  grad_chunk: int | None = None,
   mesh=None,
   log: ModelLog | None = None,
 ) -> EvalResult:
@@ -393,6 +426,9 @@ def evaluate_set(
       (one per device on a CPU, all of them on an accelerator).
     test_batch_size: test images per forward pass.
     conv_impl: convolution implementation for `models.create`.
+    grad_chunk: each batch's gradient in chunks of at most this many images
+      (0: the whole batch); None: `auto_grad_chunk`. Accuracies agree to
+      float rounding, so a resumed log mixes models of either setting.
     mesh: a `sharding` mesh to split the models over; None: one device.
     log: a `ModelLog` to resume from and record to; None: train all.
 
@@ -414,6 +450,7 @@ def evaluate_set(
     weight_decay=weight_decay,
     dsa_strategy=dsa_strategy,
     test_batch_size=test_batch_size,
+    grad_chunk=grad_chunk,
     mesh=mesh,
   )
   images = jnp.asarray(images, jnp.float32)
@@ -577,7 +614,12 @@ def _load_set(config):
 
 # Fields an evaluation resumed in its workdir may change: where and how
 # fast it runs, not what it computes.
-RESUMABLE_FIELDS = ("mesh", "eval.models_per_batch", "eval.test_batch_size")
+RESUMABLE_FIELDS = (
+  "mesh",
+  "eval.models_per_batch",
+  "eval.test_batch_size",
+  "eval.grad_chunk",
+)
 
 
 def check_workdir(workdir, config) -> None:

@@ -103,6 +103,71 @@ def masked_cross_entropy(model, params, state, images, targets, mask):
   return jnp.sum(losses * mask) / jnp.sum(mask), (state, correct)
 
 
+def chunk_layout(batch: int, grad_chunk: int) -> tuple[int, int]:
+  """(chunks, rows per chunk) for a batch's gradient in chunks of at most
+  `grad_chunk` rows: as few chunks as that allows, then rows spread evenly
+  over them (170 rows in chunks of 32: 6 x 29, 4 padding rows). 0, or a
+  chunk no smaller than the batch: (1, batch)."""
+  if grad_chunk <= 0 or grad_chunk >= batch:
+    return 1, batch
+  chunks = math.ceil(batch / grad_chunk)
+  return chunks, math.ceil(batch / chunks)
+
+
+def chunked_cross_entropy_grad(
+  model, params, images, targets, mask, *, grad_chunk
+):
+  """`masked_cross_entropy`'s value and gradient, the batch in chunks.
+
+  The loss is a mean over the batch's valid rows, so its gradient is the
+  sum of the chunks' gradients of their rows' share of that mean. On a CPU
+  one chunk's activations stay in cache where the whole batch's do not:
+  the evaluation's training step at 170 and 70 MNIST-size images took
+  0.82-0.86x the whole batch's time in chunks of 14-34 images, one core
+  (docs/RESULTS.md, session 17). Equal to the whole batch's to float
+  rounding (the sums run in another order). Only for models without
+  batch statistics (`state` empty): a chunk's statistics are not the
+  batch's.
+
+  Args:
+    model: a Linen module without mutable collections.
+    params: its parameters.
+    images: [b, h, w, c]; targets: [b, C]; mask: [b], 1 for valid rows.
+    grad_chunk: rows per chunk at most (`chunk_layout`).
+
+  Returns:
+    ((loss, ({}, correct [b] bool)), grads): `masked_cross_entropy`'s
+    value-and-grad structure.
+  """
+  batch = images.shape[0]
+  chunks, rows = chunk_layout(batch, grad_chunk)
+  pad = chunks * rows - batch
+
+  def split(x):
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(chunks, rows, *x.shape[1:])
+
+  valid = jnp.sum(mask)
+
+  def share(params, x, y, m):
+    logits, _ = train_logits(model, params, {}, x)
+    losses = labels_lib.soft_cross_entropy(logits, y)
+    correct = jnp.argmax(logits, -1) == jnp.argmax(y, -1)
+    return jnp.sum(losses * m) / valid, correct
+
+  share_grad = jax.value_and_grad(share, has_aux=True)
+
+  def body(total, chunk):
+    (loss, correct), grads = share_grad(params, *chunk)
+    return jax.tree.map(jnp.add, total, (loss, grads)), correct
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), correct = jax.lax.scan(
+    body, zeros, (split(images), split(targets), split(mask))
+  )
+  return (loss, ({}, correct.reshape(-1)[:batch])), grads
+
+
 def sgd_epoch(
   carry,
   epoch,
@@ -116,6 +181,7 @@ def sgd_epoch(
   dsa_strategy: str,
   update,
   mix=None,
+  grad_chunk: int = 0,
 ):
   """One epoch of minibatch SGD: the loop every network here trains with.
 
@@ -139,6 +205,8 @@ def sgd_epoch(
     mix: None, or `(key, images, targets) -> (images, targets)` applied to
       every (augmented) batch, e.g. `functools.partial(augment.cutmix,
       prob=0.5)`.
+    grad_chunk: 0, or each batch's gradient in chunks of at most this many
+      rows (`chunked_cross_entropy_grad`; models without batch statistics).
 
   Returns:
     (carry, per_step): per_step = (loss_sums [steps], indices [steps, b],
@@ -153,9 +221,24 @@ def sgd_epoch(
     min(batch_size, num_examples),
   )
   steps_per_epoch = indices.shape[0]
-  grad_fn = jax.value_and_grad(
-    functools.partial(masked_cross_entropy, model), has_aux=True
-  )
+  if chunk_layout(indices.shape[1], grad_chunk)[0] > 1:
+    if carry[1]:
+      raise ValueError(
+        f"a gradient in chunks (grad_chunk={grad_chunk}) needs a model "
+        f"without batch statistics; this one has {sorted(carry[1])}: "
+        "train it on the whole batch (grad_chunk=0)"
+      )
+
+    def grad_fn(params, state, x, y, valid):
+      del state  # empty
+      return chunked_cross_entropy_grad(
+        model, params, x, y, valid, grad_chunk=grad_chunk
+      )
+
+  else:
+    grad_fn = jax.value_and_grad(
+      functools.partial(masked_cross_entropy, model), has_aux=True
+    )
 
   def step(carry, batch):
     params, state, opt_state = carry
@@ -238,6 +321,7 @@ def train_epochs(
   restart_momentum_at: int | None = None,
   keep_snapshots: bool = False,
   keep_batches: bool = False,
+  grad_chunk: int = 0,
 ) -> tuple[PyTree, EpochRecord]:
   """Trains `variables` for `epochs` epochs of minibatch SGD (`sgd_epoch`).
 
@@ -260,6 +344,9 @@ def train_epochs(
       zeroed (a new optimiser, as the reference's lr decay builds), or None.
     keep_snapshots: record the params after every epoch.
     keep_batches: record every batch's indices, mask and correctness.
+    grad_chunk: 0, or each batch's gradient in chunks of at most this many
+      rows (`chunked_cross_entropy_grad`: the same to float rounding, faster
+      on a CPU; models without batch statistics).
 
   Returns:
     (variables, record): the trained variables and the `EpochRecord`.
@@ -296,6 +383,7 @@ def train_epochs(
       aug_key=aug_key,
       dsa_strategy=dsa_strategy,
       update=update,
+      grad_chunk=grad_chunk,
     )
     batches = (indices, mask, correct) if keep_batches else (None,) * 3
     record = EpochRecord(

@@ -357,3 +357,47 @@ def test_run_resumes_its_own_workdir_and_refuses_another_configs(tmp_path):
     with pytest.raises(Exception, match="another config"):
       evaluate.run(other, workdir)
   assert {p: p.read_bytes() for p in files} == files
+
+
+def test_auto_grad_chunk_chunks_on_a_cpu_unless_the_model_has_batch_stats():
+  def create(name):
+    return models.create(name, num_classes=10, image_shape=(8, 8, 1), **TINY)
+
+  assert jax.default_backend() == "cpu"
+  assert evaluate.auto_grad_chunk(create("convnet"), (8, 8, 1)) == (
+    evaluate.CPU_GRAD_CHUNK
+  )
+  assert evaluate.auto_grad_chunk(create("convnet_bn"), (8, 8, 1)) == 0
+
+
+def test_evaluate_set_agrees_with_its_gradient_in_chunks(tiny_images):
+  images, labels = tiny_images
+  kwargs = dict(model_options=TINY, num_classes=10, num_models=2, epochs=2)
+  results = [
+    evaluate.evaluate_set(
+      jax.random.key(1),
+      images,
+      labels,
+      images,
+      labels,
+      batch_size=8,
+      grad_chunk=grad_chunk,
+      **kwargs,
+    ).accuracies
+    for grad_chunk in (8, 3)
+  ]
+  # Sums in another order: at most one of the 20 test images changes.
+  np.testing.assert_allclose(results[0], results[1], atol=0.05)
+  # The setting reaches the training: batch-norm models refuse it.
+  with pytest.raises(ValueError, match="grad_chunk=3"):
+    evaluate.evaluate_set(
+      jax.random.key(1),
+      images,
+      labels,
+      images,
+      labels,
+      model_name="convnet_bn",
+      batch_size=8,
+      grad_chunk=3,
+      **kwargs,
+    )

@@ -274,3 +274,69 @@ def test_zero_epochs_return_the_variables():
 def test_plain_sgd_keeps_no_optimiser_state():
   assert train.sgd(momentum=0.0, weight_decay=0.0) is None
   assert train.sgd(momentum=0.9, weight_decay=0.0) is not None
+
+
+@pytest.mark.parametrize(
+  "batch, grad_chunk, layout",
+  [
+    (170, 32, (6, 29)),
+    (70, 32, (3, 24)),
+    (256, 32, (8, 32)),
+    (10, 32, (1, 10)),
+    (32, 32, (1, 32)),
+    (170, 0, (1, 170)),
+  ],
+)
+def test_chunk_layout_uses_the_fewest_even_chunks(batch, grad_chunk, layout):
+  assert train.chunk_layout(batch, grad_chunk) == layout
+
+
+@pytest.mark.parametrize("grad_chunk", [3, 4, 9])
+def test_a_gradient_in_chunks_is_the_whole_batchs(grad_chunk):
+  # 10 rows, the last two padding: chunks of 3 and 4 pad the batch itself.
+  model = _model()
+  images, targets = _problem(10)
+  mask = jnp.arange(10) < 8
+  params = train.init_variables(jax.random.key(0), model, (8, 8, 1))["params"]
+  whole = jax.value_and_grad(
+    functools.partial(train.masked_cross_entropy, model), has_aux=True
+  )(params, {}, images, targets, mask.astype(jnp.float32))
+  chunked = train.chunked_cross_entropy_grad(
+    model,
+    params,
+    images,
+    targets,
+    mask.astype(jnp.float32),
+    grad_chunk=grad_chunk,
+  )
+  (loss, (state, correct)), grads = chunked
+  chex.assert_shape(correct, (10,))
+  assert state == {}
+  chex.assert_trees_all_close(loss, whole[0][0], rtol=1e-6)
+  chex.assert_trees_all_equal(correct, whole[0][1][1])
+  chex.assert_trees_all_close(grads, whole[1], rtol=1e-5, atol=1e-7)
+
+
+def test_training_with_a_gradient_in_chunks_follows_the_whole_batch():
+  settings = dict(
+    epochs=2,
+    momentum=0.9,
+    weight_decay=5e-4,
+    dsa_strategy="color_crop_cutout_scale_rotate",
+    keep_batches=True,
+  )
+  start, whole, whole_record = _train_epochs(**settings)
+  _, chunked, chunked_record = _train_epochs(grad_chunk=3, **settings)
+  # Batches of 4 (the last of each epoch 2 rows) in chunks of 2: the same
+  # augmented images and order, sums in another order.
+  chex.assert_trees_all_close(chunked, whole, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(jax.tree.leaves(chunked)[0], jax.tree.leaves(start)[0])
+  chex.assert_trees_all_close(chunked_record.loss, whole_record.loss, rtol=1e-5)
+  chex.assert_trees_all_equal(chunked_record.correct, whole_record.correct)
+
+
+def test_a_gradient_in_chunks_refuses_batch_statistics():
+  with pytest.raises(ValueError, match=r"grad_chunk=2.*batch_stats"):
+    _train_epochs(norm="batch", grad_chunk=2)
+  # A chunk as large as the batch is the whole batch: allowed.
+  _train_epochs(norm="batch", grad_chunk=4, epochs=1)

@@ -31,6 +31,7 @@ RESUMABLE_FIELDS = (
   "mesh",
   "eval.models_per_batch",
   "eval.test_batch_size",
+  "eval.grad_chunk",  # the evaluation's sums in another order: rounding
 )
 
 # ---------------------------------------------------------------------------
