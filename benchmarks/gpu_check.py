@@ -119,7 +119,9 @@ MNIST_DM_FLAGS = (
   "--config.distill.eval_every=2000",
 )
 MNIST_TM = ("lomtt", "mtt_lss")
-# --tiny: one TM row (LoMTT runs the same code with another parameterization).
+# --tiny: one row of each (DM and LoMTT run the same code as LoDM and
+# MTT-LSS with another parameterization).
+TINY_MNIST_DM = ("lodm",)
 TINY_MNIST_TM = ("mtt_lss",)
 # --tiny: MNIST cut to its first images (still IDX files) and tiny networks.
 TINY_MNIST = {"train": 1000, "t10k": 200}
@@ -377,6 +379,8 @@ def part_c_runs(args, workroot: pathlib.Path) -> list:
   """The DM / LoDM runs as (name, cmd, workdir, iterations)."""
   runs = []
   for name, config in MNIST_DM.items():
+    if args.tiny and name not in TINY_MNIST_DM:
+      continue
     workdir = workroot / name
     cmd = [
       args.python,

@@ -46,8 +46,12 @@ def _config(buffer_dir, variant):
   return config
 
 
+# One variant through the launcher (each costs a process and its compiles):
+# MTT-LSS has mappers, soft labels and the progressive start; MTT's step
+# runs in-process below, and LoMTT's factors reach the same step as a
+# reconstructor (the objectives' reconstructor tests).
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["mtt", "lomtt", "mtt_lss"])
+@pytest.mark.parametrize("variant", ["mtt_lss"])
 def test_one_iteration_of_each_variant_runs_through_the_launcher(
   variant, buffer_dir, tmp_path
 ):

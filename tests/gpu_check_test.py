@@ -106,11 +106,12 @@ def test_tiny_parts_a_and_c_run_and_report(
   assert any(
     line.startswith("a tests: exit 0; 1 passed") for line in summary
   ), text
-  for row in ("dm", "lodm", *gpu_check.TINY_MNIST_TM):
+  for row in (*gpu_check.TINY_MNIST_DM, *gpu_check.TINY_MNIST_TM):
     line = [s for s in summary if s.startswith(f"c {row}")]
     assert len(line) == 1, text
     assert f"c {row}: iteration 2/2" in line[0], text
     assert "FINAL {'convnet': '" in line[0] and "(2 models)" in line[0], text
+  assert not [s for s in summary if s.startswith("c dm:")], text
   assert any(line.startswith("c experts: buffer trained") for line in summary)
   assert (out / "c_workdirs.tar.gz").stat().st_size > 0
   assert summary[-1].startswith("done in ")
