@@ -548,9 +548,7 @@ def parts_a_and_c(report: Report, args, deadline: float) -> None:
 
     _wait_all(procs, deadline, done)
   if runs:
-    finished = all(
-      (workroot / name / "results.json").exists() for name in MNIST_DM
-    )
+    finished = all((workroot / name / "results.json").exists() for name in runs)
     if finished and not args.skip_tm:
       part_c_tm(report, args, workroot, deadline, c_log, env)
     elif not finished:
