@@ -37,8 +37,10 @@ def _problem(dtype=jnp.float32, model=None):
   return model, variables, params, images, logits, real, labels
 
 
-def _loss(model, params, real, labels, **kwargs):
-  """(images, log_lr, label logits) -> the meta-loss of `_problem`."""
+def _loss(model, params, real, labels, *, jit=True, **kwargs):
+  """(images, log_lr, label logits) -> the meta-loss of `_problem`; jitted
+  unless `jit` is False (called eagerly, every call compiles its unroll's
+  scan again)."""
 
   def loss(images, log_lr, logits):
     return bptt.meta_loss(
@@ -53,7 +55,7 @@ def _loss(model, params, real, labels, **kwargs):
       **kwargs,
     )
 
-  return loss
+  return jax.jit(loss) if jit else loss
 
 
 def test_with_no_student_step_it_is_the_fresh_networks_loss():
@@ -166,7 +168,7 @@ class MetaLossVariantsTest(parameterized.TestCase):
   def test_meta_loss_agrees_jitted_and_eager(self):
     model, _, params, images, logits, real, labels = _problem()
     loss = self.variant(
-      _loss(model, params, real, labels, steps=2, batch_size=3)
+      _loss(model, params, real, labels, jit=False, steps=2, batch_size=3)
     )
     value = loss(images, jnp.float32(np.log(0.05)), logits)
     chex.assert_shape(value, ())

@@ -316,6 +316,7 @@ def test_train_on_real_lowers_the_real_loss_and_carries_the_momentum():
     targets = jax.nn.one_hot(labels, 3)
     return float(jnp.mean(-jnp.sum(targets * jax.nn.log_softmax(logits), -1)))
 
+  @jax.jit  # one compilation for the nine passes
   def update(key, carry):
     return gm.train_on_real(
       key,

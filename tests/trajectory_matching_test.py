@@ -37,8 +37,10 @@ def _problem(dtype=jnp.float32, model=None):
   return model, variables, start, target, images, targets
 
 
-def _matching_loss(model, start, target, targets, **unroll_kwargs):
-  """(images, lr) -> the DSA trajectory loss of `_problem`'s student."""
+def _matching_loss(model, start, target, targets, *, jit=True, **unroll_kwargs):
+  """(images, lr) -> the DSA trajectory loss of `_problem`'s student; jitted
+  unless `jit` is False (called eagerly, every call compiles its unroll's
+  scan again)."""
 
   def loss(images, lr):
     return tm.trajectory_loss(
@@ -53,7 +55,7 @@ def _matching_loss(model, start, target, targets, **unroll_kwargs):
       **unroll_kwargs,
     )
 
-  return loss
+  return jax.jit(loss) if jit else loss
 
 
 def test_with_no_student_step_the_loss_is_exactly_one():
@@ -261,7 +263,9 @@ class TrajectoryLossVariantsTest(parameterized.TestCase):
   def test_trajectory_loss_agrees_jitted_and_eager(self):
     model, _, start, target, images, targets = _problem()
     loss = self.variant(
-      _matching_loss(model, start, target, targets, steps=2, batch_size=3)
+      _matching_loss(
+        model, start, target, targets, jit=False, steps=2, batch_size=3
+      )
     )
     value = loss(images, jnp.float32(0.01))
     chex.assert_shape(value, ())
