@@ -9,6 +9,10 @@ lowrank_distill/released.py) names its dataset, since the file does not:
   python launch/evaluate.py --workdir=/tmp/eval_released \
     --config=configs/evaluate.py:released=dc_pt,dataset=mnist,synset=res.pt
 
+DSA on every batch is the set's own (the strategy its recipe names: no flip
+for digit datasets), or the named dataset's; `--config.eval.dsa_strategy`
+overrides it.
+
 with `--config.released.layout`, `.labels` (hard|onehot|probs|logits),
 `.value_range` (normalized|unit|uint8) and `--config.dataset.zca` for what
 the file does not say.
@@ -21,7 +25,8 @@ another. Papers report mean ± std over 5 distilled sets x 20 models, with
 DSA: 1000 epochs.
 """
 
-from lowrank_distill import config_utils
+from configs import common
+from lowrank_distill import config_utils, evaluate
 
 
 def get_config(arg=None, **values):
@@ -40,6 +45,12 @@ def get_config(arg=None, **values):
   )
   config.synset = arg.synset
   config.use_learned_lr = True
+  # DSA as the set was evaluated where it was made (its recipe: MNIST's
+  # drops flip), or as the named dataset's configs do.
+  if arg.dsa:
+    config.eval.dsa_strategy = (
+      common.dsa_strategy(arg.dataset) if arg.dataset else evaluate.SET_STRATEGY
+    )
   # A set released by another codebase (lowrank_distill/released.py): what
   # the file does not say. `format` '' reads our own export.
   config.released = dict(

@@ -580,6 +580,11 @@ def released_format(config) -> released_lib.ReleasedFormat | None:
   return released_lib.ReleasedFormat(**cfg)
 
 
+# `eval.dsa_strategy` of an evaluation run that takes the strategy the
+# set's own recipe names (our exports; configs/evaluate.py's default).
+SET_STRATEGY = "set"
+
+
 def validate(config) -> None:
   """Checks an evaluation config's names and values before anything loads."""
   if not config.synset:
@@ -587,7 +592,14 @@ def validate(config) -> None:
       "synset: the path of a saved set to evaluate is required "
       "(configs/evaluate.py:synset=<workdir>/synset)"
     )
-  augment.parse_strategy(config.eval.dsa_strategy)
+  if config.eval.dsa_strategy != SET_STRATEGY:
+    augment.parse_strategy(config.eval.dsa_strategy)
+  elif released_format(config) is not None:
+    raise ValueError(
+      f"eval.dsa_strategy {SET_STRATEGY!r} reads the strategy from a set "
+      "exported here; a released set has none: name its strategy "
+      "(e.g. color_crop_cutout_scale_rotate) or 'none'"
+    )
   models.check_names(config.eval.models)
   checks.check_ranges(config, RANGES)
   if (fmt := released_format(config)) is not None:
@@ -597,6 +609,20 @@ def validate(config) -> None:
         "dataset.name: a released set does not say which dataset it was "
         "distilled from; name it (configs/evaluate.py:dataset=mnist)"
       )
+
+
+def _recipe_strategy(chosen, path) -> str:
+  """The DSA strategy a set's recipe names for its evaluation."""
+  strategy = chosen.info.get("recipe", {}).get("evaluation", {})
+  strategy = strategy.get("dsa_strategy")
+  if strategy is None:
+    raise ValueError(
+      f"eval.dsa_strategy {SET_STRATEGY!r}: synset {path} has no recipe "
+      "naming its evaluation's DSA strategy; name one (e.g. "
+      "color_crop_cutout_scale_rotate) or 'none'"
+    )
+  augment.parse_strategy(strategy)
+  return strategy
 
 
 def _load_set(config):
@@ -662,12 +688,16 @@ def run(config, workdir) -> dict:
       f"synset {config.synset} has {chosen.num_classes} classes, but dataset "
       f"{dataset.name!r} has {dataset.num_classes}"
     )
+  strategy = config.eval.dsa_strategy
+  if strategy == SET_STRATEGY:
+    strategy = _recipe_strategy(chosen, config.synset)
   lr = chosen.lr if config.use_learned_lr else None
   mesh = sharding.mesh_from_config(config)
   writer = workdir_lib.start(workdir, config)
   settings = config_utils.evaluation_settings(config)
   if lr is not None:
     settings["lr"] = lr
+  settings["dsa_strategy"] = strategy
   results = evaluate_on_test_set(
     rng.stream(jax.random.key(config.seed), "eval"),
     chosen.images,
@@ -682,6 +712,7 @@ def run(config, workdir) -> dict:
     "param": chosen.param,
     "storage_floats": chosen.storage_floats,
     "lr": config.eval.lr if lr is None else lr,
+    "dsa_strategy": settings["dsa_strategy"],
     "results": {name: r.to_json() for name, r in results.items()},
   }
   workdir_lib.write_json(workdir / "results.json", summary)

@@ -257,6 +257,11 @@ def test_run_exports_a_set_that_reloads_and_evaluates(finished_run, tmp_path):
   assert recipe["dataset"]["mean"] == list(plan.dataset.mean)
   assert recipe["distilled_on"]["model"]["class"] == "ConvNet"
   assert recipe["evaluation"]["dsa_strategy"] == _config().eval.dsa_strategy
+  # configs/evaluate.py evaluates the set with its recipe's DSA (digits: no
+  # flip), not DSA's default.
+  assert eval_cfg.eval.dsa_strategy == evaluate.SET_STRATEGY
+  assert results["dsa_strategy"] == recipe["evaluation"]["dsa_strategy"]
+  assert "flip" not in results["dsa_strategy"]
   assert recipe["labels"].startswith("hard") and "table" in recipe["storage"]
   npz_cfg = evaluate_config.get_config(
     synset=str(run_dir / "synset.npz"),

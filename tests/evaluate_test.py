@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import common
+from configs import evaluate as evaluate_config
 from lowrank_distill import evaluate, models, sharding, train
 
 TINY = {"width": 8, "depth": 1}
@@ -311,7 +313,7 @@ def test_cross_architecture_runs_each_model(tiny_images):
     np.testing.assert_array_equal(results[name].accuracies, alone.accuracies)
 
 
-def _saved_digit_set(path, *, seed: int):
+def _saved_digit_set(path, *, seed: int, recipe: bool = True):
   from lowrank_distill import data, synset
 
   digits = data.load("digits")
@@ -325,7 +327,14 @@ def _saved_digit_set(path, *, seed: int):
       param="pixels",
       storage_floats=int(images.size),
       dataset=digits.metadata(),
-      info={"dataset_config": {"name": "digits"}},
+      info={
+        "dataset_config": {"name": "digits"},
+        **(
+          {"recipe": {"evaluation": {"dsa_strategy": common.DSA_NO_FLIP}}}
+          if recipe
+          else {}
+        ),
+      },
     ),
   )
   return path
@@ -346,6 +355,7 @@ def test_run_resumes_its_own_workdir_and_refuses_another_configs(tmp_path):
   workdir = tmp_path / "eval"
   summary = evaluate.run(_evaluate_config(first), workdir)
   assert 0.0 <= summary["results"]["convnet"]["mean"] <= 1.0
+  assert summary["dsa_strategy"] == common.DSA_NO_FLIP  # the set's recipe
   # The same config with another speed setting resumes and reads back.
   again = evaluate.run(_evaluate_config(first, test_batch_size=7), workdir)
   assert again["results"] == summary["results"]
@@ -401,3 +411,35 @@ def test_evaluate_set_agrees_with_its_gradient_in_chunks(tiny_images):
       grad_chunk=3,
       **kwargs,
     )
+
+
+def test_the_evaluate_config_takes_dsa_from_the_set_or_the_named_dataset():
+  own = evaluate_config.get_config("synset=/a/synset")
+  assert own.eval.dsa_strategy == evaluate.SET_STRATEGY
+  mnist = evaluate_config.get_config(
+    "synset=/a/res.pt,released=dc_pt,dataset=mnist"
+  )
+  assert mnist.eval.dsa_strategy == common.DSA_NO_FLIP
+  cifar = evaluate_config.get_config(
+    "synset=/a/res.pt,released=dc_pt,dataset=cifar10"
+  )
+  assert cifar.eval.dsa_strategy == common.dsa_strategy("cifar10")
+  assert "flip" in cifar.eval.dsa_strategy
+  assert evaluate_config.get_config(
+    "synset=/a,dsa=false"
+  ).eval.dsa_strategy == ("none")
+  # A released set has no recipe to read the strategy from.
+  mnist.eval.dsa_strategy = evaluate.SET_STRATEGY
+  with pytest.raises(ValueError, match="eval.dsa_strategy 'set'"):
+    evaluate.validate(mnist)
+
+
+def test_a_set_without_a_recipe_needs_its_dsa_strategy_named(tmp_path):
+  path = _saved_digit_set(tmp_path / "set", seed=0, recipe=False)
+  with pytest.raises(ValueError, match="no recipe naming its evaluation"):
+    evaluate.run(_evaluate_config(path), tmp_path / "eval")
+  assert not (tmp_path / "eval").exists()  # refused before any file
+  named = evaluate.run(
+    _evaluate_config(path, dsa_strategy="crop"), tmp_path / "eval_named"
+  )
+  assert named["dsa_strategy"] == "crop"
