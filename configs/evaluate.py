@@ -26,7 +26,7 @@ DSA: 1000 epochs.
 """
 
 from configs import common
-from lowrank_distill import config_utils, evaluate
+from lowrank_distill import config_utils
 
 
 def get_config(arg=None, **values):
@@ -49,7 +49,9 @@ def get_config(arg=None, **values):
   # drops flip), or as the named dataset's configs do.
   if arg.dsa:
     config.eval.dsa_strategy = (
-      common.dsa_strategy(arg.dataset) if arg.dataset else evaluate.SET_STRATEGY
+      common.dsa_strategy(arg.dataset)
+      if arg.dataset
+      else config_utils.DSA_FROM_SET
     )
   # A set released by another codebase (lowrank_distill/released.py): what
   # the file does not say. `format` '' reads our own export.

@@ -106,6 +106,12 @@ def dataset_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return config
 
 
+# `eval.dsa_strategy` of an evaluation run (`evaluate.run`) that takes the
+# strategy the set's own recipe names (our exports; configs/evaluate.py's
+# default).
+DSA_FROM_SET = "set"
+
+
 def eval_config(
   *, dsa: bool, num_models: int = 5, runlocal: bool = False, **overrides
 ) -> ml_collections.ConfigDict:

@@ -580,11 +580,6 @@ def released_format(config) -> released_lib.ReleasedFormat | None:
   return released_lib.ReleasedFormat(**cfg)
 
 
-# `eval.dsa_strategy` of an evaluation run that takes the strategy the
-# set's own recipe names (our exports; configs/evaluate.py's default).
-SET_STRATEGY = "set"
-
-
 def validate(config) -> None:
   """Checks an evaluation config's names and values before anything loads."""
   if not config.synset:
@@ -592,12 +587,12 @@ def validate(config) -> None:
       "synset: the path of a saved set to evaluate is required "
       "(configs/evaluate.py:synset=<workdir>/synset)"
     )
-  if config.eval.dsa_strategy != SET_STRATEGY:
+  if config.eval.dsa_strategy != config_utils.DSA_FROM_SET:
     augment.parse_strategy(config.eval.dsa_strategy)
   elif released_format(config) is not None:
     raise ValueError(
-      f"eval.dsa_strategy {SET_STRATEGY!r} reads the strategy from a set "
-      "exported here; a released set has none: name its strategy "
+      f"eval.dsa_strategy {config_utils.DSA_FROM_SET!r} reads the strategy "
+      "from a set exported here; a released set has none: name its strategy "
       "(e.g. color_crop_cutout_scale_rotate) or 'none'"
     )
   models.check_names(config.eval.models)
@@ -617,8 +612,8 @@ def _recipe_strategy(chosen, path) -> str:
   strategy = strategy.get("dsa_strategy")
   if strategy is None:
     raise ValueError(
-      f"eval.dsa_strategy {SET_STRATEGY!r}: synset {path} has no recipe "
-      "naming its evaluation's DSA strategy; name one (e.g. "
+      f"eval.dsa_strategy {config_utils.DSA_FROM_SET!r}: synset {path} has no "
+      "recipe naming its evaluation's DSA strategy; name one (e.g. "
       "color_crop_cutout_scale_rotate) or 'none'"
     )
   augment.parse_strategy(strategy)
@@ -689,7 +684,7 @@ def run(config, workdir) -> dict:
       f"{dataset.name!r} has {dataset.num_classes}"
     )
   strategy = config.eval.dsa_strategy
-  if strategy == SET_STRATEGY:
+  if strategy == config_utils.DSA_FROM_SET:
     strategy = _recipe_strategy(chosen, config.synset)
   lr = chosen.lr if config.use_learned_lr else None
   mesh = sharding.mesh_from_config(config)

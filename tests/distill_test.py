@@ -18,7 +18,7 @@ from configs import dm as dm_config
 from configs import evaluate as evaluate_config
 from configs import gm as gm_config
 from configs import tm as tm_config
-from lowrank_distill import checkpoint, distill, evaluate, synset
+from lowrank_distill import checkpoint, config_utils, distill, evaluate, synset
 
 
 def _config(arg="", **distill_overrides):
@@ -259,7 +259,7 @@ def test_run_exports_a_set_that_reloads_and_evaluates(finished_run, tmp_path):
   assert recipe["evaluation"]["dsa_strategy"] == _config().eval.dsa_strategy
   # configs/evaluate.py evaluates the set with its recipe's DSA (digits: no
   # flip), not DSA's default.
-  assert eval_cfg.eval.dsa_strategy == evaluate.SET_STRATEGY
+  assert eval_cfg.eval.dsa_strategy == config_utils.DSA_FROM_SET
   assert results["dsa_strategy"] == recipe["evaluation"]["dsa_strategy"]
   assert "flip" not in results["dsa_strategy"]
   assert recipe["labels"].startswith("hard") and "table" in recipe["storage"]

@@ -10,7 +10,7 @@ import pytest
 
 from configs import common
 from configs import evaluate as evaluate_config
-from lowrank_distill import evaluate, models, sharding, train
+from lowrank_distill import config_utils, evaluate, models, sharding, train
 
 TINY = {"width": 8, "depth": 1}
 
@@ -415,7 +415,7 @@ def test_evaluate_set_agrees_with_its_gradient_in_chunks(tiny_images):
 
 def test_the_evaluate_config_takes_dsa_from_the_set_or_the_named_dataset():
   own = evaluate_config.get_config("synset=/a/synset")
-  assert own.eval.dsa_strategy == evaluate.SET_STRATEGY
+  assert own.eval.dsa_strategy == config_utils.DSA_FROM_SET
   mnist = evaluate_config.get_config(
     "synset=/a/res.pt,released=dc_pt,dataset=mnist"
   )
@@ -429,7 +429,7 @@ def test_the_evaluate_config_takes_dsa_from_the_set_or_the_named_dataset():
     "synset=/a,dsa=false"
   ).eval.dsa_strategy == ("none")
   # A released set has no recipe to read the strategy from.
-  mnist.eval.dsa_strategy = evaluate.SET_STRATEGY
+  mnist.eval.dsa_strategy = config_utils.DSA_FROM_SET
   with pytest.raises(ValueError, match="eval.dsa_strategy 'set'"):
     evaluate.validate(mnist)
 
