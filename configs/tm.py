@@ -67,7 +67,9 @@ LoMTT 91.52 ± 0.64 (9.4-11.7 s); MTT-LSS with the mappers at the images'
 lr (before MAPPER_LR): 85.98 ± 0.67, session 9 84.40 ± 0.61, with
 `label_init=expert` 89.47 ± 0.20, with `labels=hard` (9 images per class)
 90.81 ± 0.74. With MAPPER_LR (session 16, one shared core, 19-21 s per
-iteration, 57 min with the evaluation): **MTT-LSS 93.69 ± 0.22**.
+iteration, 57 min with the evaluation): **MTT-LSS 93.69 ± 0.22**; at 200
+iterations (session 17, 45 min) 93.14 ± 0.13: more iterations did not help
+at this buffer.
 Fashion-MNIST, the same budget and sizes: MTT 65.74 ± 0.51, LoMTT 79.04 ±
 0.18 (session 14, ~15 s per iteration), MTT-LSS 78.87 ± 0.36 (session 16;
 at the images' lr its images grew ~100x and the result check refused it).

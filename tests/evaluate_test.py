@@ -382,35 +382,28 @@ def test_auto_grad_chunk_chunks_on_a_cpu_unless_the_model_has_batch_stats():
 
 def test_evaluate_set_agrees_with_its_gradient_in_chunks(tiny_images):
   images, labels = tiny_images
-  kwargs = dict(model_options=TINY, num_classes=10, num_models=2, epochs=2)
-  results = [
-    evaluate.evaluate_set(
+
+  def accuracies(grad_chunk, model_name="convnet"):
+    return evaluate.evaluate_set(
       jax.random.key(1),
       images,
       labels,
       images,
       labels,
+      model_name=model_name,
+      model_options=TINY,
+      num_classes=10,
+      num_models=2,
+      epochs=2,
       batch_size=8,
       grad_chunk=grad_chunk,
-      **kwargs,
     ).accuracies
-    for grad_chunk in (8, 3)
-  ]
+
   # Sums in another order: at most one of the 20 test images changes.
-  np.testing.assert_allclose(results[0], results[1], atol=0.05)
+  np.testing.assert_allclose(accuracies(8), accuracies(3), atol=0.05)
   # The setting reaches the training: batch-norm models refuse it.
   with pytest.raises(ValueError, match="grad_chunk=3"):
-    evaluate.evaluate_set(
-      jax.random.key(1),
-      images,
-      labels,
-      images,
-      labels,
-      model_name="convnet_bn",
-      batch_size=8,
-      grad_chunk=3,
-      **kwargs,
-    )
+    accuracies(3, model_name="convnet_bn")
 
 
 def test_the_evaluate_config_takes_dsa_from_the_set_or_the_named_dataset():
