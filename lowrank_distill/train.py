@@ -81,7 +81,9 @@ def train_logits(model, params, state, images):
   return model.apply(variables, images, train=True), state
 
 
-def masked_cross_entropy(model, params, state, images, targets, mask):
+def masked_cross_entropy(
+  model, params, state, images, targets, mask, *, valid=None
+):
   """Mean cross-entropy over the valid rows of a padded batch, train mode.
 
   Args:
@@ -92,6 +94,9 @@ def masked_cross_entropy(model, params, state, images, targets, mask):
     images: [b, h, w, c] images.
     targets: [b, C] target probabilities.
     mask: [b], 1 for valid rows, 0 for padding.
+    valid: what the valid rows' loss sum is divided by; None: their number
+      (`sum(mask)`). A chunk of a batch divides by the whole batch's, so
+      the chunks' losses and gradients add up to the batch's.
 
   Returns:
     (loss, (new_state, correct)), correct [b] bool: the argmax of the logits
@@ -100,7 +105,8 @@ def masked_cross_entropy(model, params, state, images, targets, mask):
   logits, state = train_logits(model, params, state, images)
   losses = labels_lib.soft_cross_entropy(logits, targets)
   correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
-  return jnp.sum(losses * mask) / jnp.sum(mask), (state, correct)
+  valid = jnp.sum(mask) if valid is None else valid
+  return jnp.sum(losses * mask) / valid, (state, correct)
 
 
 def chunk_layout(batch: int, grad_chunk: int) -> tuple[int, int]:
@@ -147,18 +153,13 @@ def chunked_cross_entropy_grad(
     x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
     return x.reshape(chunks, rows, *x.shape[1:])
 
-  valid = jnp.sum(mask)
-
-  def share(params, x, y, m):
-    logits, _ = train_logits(model, params, {}, x)
-    losses = labels_lib.soft_cross_entropy(logits, y)
-    correct = jnp.argmax(logits, -1) == jnp.argmax(y, -1)
-    return jnp.sum(losses * m) / valid, correct
-
-  share_grad = jax.value_and_grad(share, has_aux=True)
+  share_grad = jax.value_and_grad(
+    functools.partial(masked_cross_entropy, model, valid=jnp.sum(mask)),
+    has_aux=True,
+  )
 
   def body(total, chunk):
-    (loss, correct), grads = share_grad(params, *chunk)
+    (loss, (_, correct)), grads = share_grad(params, {}, *chunk)
     return jax.tree.map(jnp.add, total, (loss, grads)), correct
 
   zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
