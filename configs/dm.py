@@ -12,7 +12,8 @@ setting), runlocal (a few seconds on a CPU),
 validation (images per class held out of training and evaluated on instead of
 the test split, for choosing settings; 0: the test split), formation
 (multi-formation, IDC: every stored image is cut into formation x formation
-blocks, each upsampled to a training image; 1: none).
+blocks, each upsampled to a training image; 1: none), lr_mappers (the shared
+mappers' own lr; 0: MAPPER_LR).
 
 Published settings (Zhao & Bilen, WACV 2023, DM): 20,000 iterations, SGD
 momentum 0.5, lr 1.0 on the images, 256 real images per class, init from
@@ -60,6 +61,17 @@ RANKS = {
   ("cifar100", 10): 8,
 }
 DEFAULT_RANK = 2
+# The shared mappers' own lr (`distill.lr_mappers`; their codes keep the
+# images' lr 1.0). One mapper set spans every image of its set, so its
+# gradient sums theirs; the ConvNet's instance norm makes DM's embedding
+# blind to an image's scale, and at the images' lr those steps went into the
+# mappers' length: MNIST, rank 4, 1 set (470 images), held-out split,
+# after 200 iterations the images spanned [-1.5e6, 2.0e6] and the result
+# check refused the set. Over 30 iterations (mapper rms 0.189 at init):
+# lr 0.01 tripled the mappers in one step and raised the loss (507 ->
+# 1337 at iteration 10); 1e-3 doubled them (loss 231 at 30); 1e-4 kept them
+# within 2 % (loss 235). docs/RESULTS.md, "Session 18".
+MAPPER_LR = 1e-4
 
 
 def get_config(arg=None, **values):
@@ -78,6 +90,7 @@ def get_config(arg=None, **values):
     formation=1,
     num_bases=16,
     num_hallucinators=5,
+    lr_mappers=0.0,
   )
   config = config_utils.base_config(
     dataset=arg.dataset,
@@ -104,6 +117,7 @@ def get_config(arg=None, **values):
   config.distill = config_utils.distill_config(
     iterations=arg.iterations or (1000 if digits else 20000),
     lr_images=1.0,
+    lr_mappers=arg.lr_mappers or (MAPPER_LR if arg.param == "mappers" else 0.0),
     # The DM step differentiates no convolution inside a loop: XLA's own
     # conv on every backend. 'canonical' stepped faster on one core (2.41 vs
     # 2.75 s) but its digits sets evaluated lower in every seed tried at 200

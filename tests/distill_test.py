@@ -172,6 +172,21 @@ def test_a_mapper_lr_is_planned_only_when_set():
   assert groups["images"] == (config.distill.lr_images, config.distill.momentum)
 
 
+@pytest.mark.parametrize("module", [dm_config, tm_config])
+def test_the_configs_give_mappers_their_own_lr_and_other_sets_none(module):
+  # At the images' lr the shared mappers grew until the set diverged (DM:
+  # images at 1e6 on MNIST; TM: 13-68x the real images' scale).
+  config = module.get_config("runlocal=true,param=mappers")
+  plan = distill.make_plan(config, check_inputs=False)
+  trainable = distill.initial_trainable(jax.random.key(0), plan)
+  groups = distill.optimizer_groups(plan, trainable)
+  assert groups["mappers"] == (module.MAPPER_LR, config.distill.momentum)
+  assert module.MAPPER_LR < config.distill.lr_images / 10
+  config = module.get_config("runlocal=true,param=factors")
+  assert config.distill.lr_mappers == 0.0
+  distill.validate(config, check_inputs=False)
+
+
 def test_mapper_settings_are_refused_for_sets_without_mappers():
   config = _mapper_config(orthonormal_mappers=True, lr_mappers=0.0)
   config.synset.param = "factors"
