@@ -2,43 +2,20 @@
 
 The helpers and the one-device no-op are tested here. The sharded paths
 (DM, gradient-matching and trajectory-matching steps, experts, evaluation,
-checkpoints) run in `tests/sharded_checks.py`, in a subprocess with 8 fake
-CPU devices (the device count is fixed when JAX starts), which compares
-each of them on meshes of 4 and 8 devices with the single-device result.
+checkpoints) are the checks of `tests/sharded_checks.py`, run here on the 4
+fake CPU devices of `tests/conftest.py`: each compares a mesh of 4 devices
+with the single-device result.
 """
-
-import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import sharded_checks
 
 from configs import continual, coreset, dm, evaluate, experts, gm, tm
 from lowrank_distill import distill, sharding
-
-CHECKS_SCRIPT = pathlib.Path(__file__).with_name("sharded_checks.py")
-CHECK_NAMES = (
-  "dm",
-  "gm",
-  "experts",
-  "tm",
-  "batch_norm_student",
-  "evaluate",
-  "checkpoint",
-  "uneven_real_batch",
-)
-# Compile time dominates the checks; the backend's optimisation level does
-# not change what is compared (both sides compile with the same flags).
-SUBPROCESS_XLA_FLAGS = (
-  "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-)
-
 
 # ----------------------------------------------------------------------------
 # Meshes and helpers (this process).
@@ -122,40 +99,11 @@ def test_to_host_and_abstract_on_a_mesh():
 
 
 # ----------------------------------------------------------------------------
-# The sharded paths, on 4 and 8 fake devices (a subprocess).
-
-
-@pytest.fixture(scope="module")
-def sharded_results():
-  env = {
-    **os.environ,
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": SUBPROCESS_XLA_FLAGS,
-  }
-  done = subprocess.run(
-    [sys.executable, str(CHECKS_SCRIPT), *CHECK_NAMES],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  records = {}
-  for line in done.stdout.splitlines():
-    if line.startswith("{"):
-      record = json.loads(line)
-      records[record["check"]] = record
-  if not records:
-    pytest.fail(
-      f"{CHECKS_SCRIPT.name} reported nothing (exit {done.returncode}):\n"
-      f"{done.stderr[-4000:]}"
-    )
-  return records
+# The sharded paths, on conftest's 4 fake devices (in this process).
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CHECK_NAMES)
-def test_the_sharded_path_matches_one_device(sharded_results, name):
-  record = sharded_results.get(name)
-  assert record is not None, f"check {name!r} did not report"
-  assert record["devices"] == [4, 8]
-  assert record["ok"], f"{name} failed on 4/8 devices:\n{record['detail']}"
+@pytest.mark.parametrize("name", sharded_checks.CHECKS)
+def test_the_sharded_path_matches_one_device(name, tmp_path):
+  assert jax.device_count() == sharded_checks.MESH_DEVICES
+  sharded_checks.CHECKS[name](tmp_path)
