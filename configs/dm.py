@@ -99,6 +99,8 @@ def get_config(arg=None, **values):
     validation_per_class=arg.validation,
   )
   config.method = "dm"
+  if not arg.runlocal:
+    config.model.options.update(common.MODEL_OPTIONS.get(arg.dataset, {}))
   dsa = common.dsa_strategy(arg.dataset)
   config.eval.dsa_strategy = dsa
   config.synset = dict(
