@@ -175,7 +175,12 @@ def test_check_grads_of_formed_materialize(name):
     image_shape=(4, 4, 1),
     **KINDS[name],
   )
-  jtu.check_grads(recon.materialize, (params,), order=1, modes=["rev"])
+  # float32 finite differences: on an Intel Xeon the mappers' projection
+  # differed by 0.28 % (check_grads' default tolerance 0.2 %; AMD EPYC
+  # passed). A wrong gradient is off by far more.
+  jtu.check_grads(
+    recon.materialize, (params,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2
+  )
 
 
 @pytest.mark.parametrize("name", list(KINDS))

@@ -316,12 +316,13 @@ def test_compiler_options_keep_the_input_gradient(impl):
   )
   options = models.compiler_options(impl)
   default = jax.jit(grad)(x)
-  # Elementwise 1e-4, and 1e-5 of the largest entry for those near zero.
+  # Elementwise 1e-4, and 3e-5 of the largest entry for those near zero
+  # (an Intel Xeon put one of 256 entries at 1.5e-5 of it; AMD EPYC 1e-5).
   chex.assert_trees_all_close(
     jax.jit(grad, compiler_options=options)(x),
     default,
     rtol=1e-4,
-    atol=1e-5 * float(jnp.max(jnp.abs(default))),
+    atol=3e-5 * float(jnp.max(jnp.abs(default))),
   )
 
 
