@@ -28,16 +28,16 @@ IPC 10 -> 17 images at rank 8; published MNIST 91.2 / 97.7 (vs DM 89.7 /
 `dataset=digits` (the embedded default, 8x8) runs in a few minutes on two
 CPU cores: 1,000 iterations, 128 real images per class, no flip in DSA.
 
-Reached here (docs/RESULTS.md, 2-core CPU, with DSA): digits LoDM at
-depth 2 (session 18, chosen on the held-out split; configs/common.py's
-MODEL_OPTIONS) **90.86 ± 0.45** (5 models, 4.6 min on a shared core).
-At depth 3 (ConvNet-3, before session 18): digits LoDM 91.81 ± 1.01 (5 models, ~6 min in all) on the first development
-machine; on session 9's machine the same code distils a set with the same
-losses to the last bit and evaluates it at 89.81 ± 0.89 (all 5 models at
-once) or 89.97 ± 0.53 (one at a time, the CPU default since session 9);
-with session 12's compiler options (other float paths) 89.36 ± 1.36 in
-2.5 min; with session 13's canonical convs in the evaluation 89.86 ± 1.11
-(3.3 min on a slower day).
+Reached here (docs/RESULTS.md, 2-core CPU, with DSA): digits LoDM at depth 2
+(session 18, chosen on the held-out split; configs/common.py's
+MODEL_OPTIONS) **90.86 ± 0.45** (5 models, 4.6 min on a shared core). At
+depth 3 (ConvNet-3, before session 18): digits LoDM 91.81 ± 1.01 (5 models,
+~6 min in all) on the first development machine; on session 9's machine the
+same code distils a set with the same losses to the last bit and evaluates
+it at 89.81 ± 0.89 (all 5 models at once) or 89.97 ± 0.53 (one at a time,
+the CPU default since session 9); with session 12's compiler options (other
+float paths) 89.36 ± 1.36 in 2.5 min; with session 13's canonical convs in
+the evaluation 89.86 ± 1.11 (3.3 min on a slower day).
 MNIST at a CPU budget (400 iterations, 64 real images per class, 3
 models): IPC 1 DM 89.93 ± 0.69, LoDM 92.19 ± 0.25, one shared mapper set
 (`param=mappers,rank=6,num_sets=1`: 20 images per class, 7,536 floats;
