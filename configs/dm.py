@@ -39,11 +39,11 @@ the CPU default since session 9); with session 12's compiler options (other
 float paths) 89.36 ± 1.36 in 2.5 min; with session 13's canonical convs in
 the evaluation 89.86 ± 1.11 (3.3 min on a slower day).
 MNIST at a CPU budget (400 iterations, 64 real images per class, 3
-models): IPC 1 DM 89.93 ± 0.69, LoDM 92.19 ± 0.25, one shared mapper set
-(`param=mappers,rank=6,num_sets=1`: 20 images per class, 7,536 floats;
-the shape chosen on a held-out split, session 18) **94.64 ± 0.29**
-(2.0-4.4 s per iteration, 13 min a model's evaluation) (1.3-3.3 s per
-iteration; evaluating 3 models 3.5 min on 10 images, 46 min on 70); IPC 10
+models): IPC 1 DM 89.93 ± 0.69, LoDM 92.19 ± 0.25 (1.3-3.3 s per
+iteration; evaluating 3 models 3.5 min on 10 images, 46 min on 70), one
+shared mapper set (`param=mappers,rank=6,num_sets=1`: 20 images per class,
+7,536 floats; the shape chosen on a held-out split, session 18) **94.64 ±
+0.29** (2.0-4.4 s per iteration, 13 min a model's evaluation); IPC 10
 (200 iterations) DM 96.34 ± 0.09, LoDM 97.14 ± 0.08 (1.0-1.2 s per
 iteration, evaluation 18 / 38 min). Fashion-MNIST, the same IPC 1 budget
 (session 13): DM 71.35 ± 0.74, LoDM 76.25 ± 0.19 (0.55-0.9 s per

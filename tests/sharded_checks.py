@@ -12,6 +12,12 @@ experts, 10 student images and 3 evaluation models: padded to 4, 12 and
 4). Run as a script, each check prints one JSON line `{"check", "devices",
 "ok", "seconds", "detail"}`; the exit status is 1 when a check failed.
 Without arguments every check in `CHECKS` runs.
+
+Tolerance: rtol 1e-5, atol 1e-6. A split axis turns one reduction (a mean
+over real images, a sum of per-trajectory or per-image gradients) into
+per-device partial sums plus an all-reduce; float32 addition in another
+order differs in the last bits, so sharded and single-device results agree
+to rounding, not bit for bit.
 """
 
 import os
