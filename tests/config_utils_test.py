@@ -228,6 +228,23 @@ def test_dm_config_holds_the_published_settings():
   assert config.eval.epochs == 1000
 
 
+def test_dm_config_takes_the_mapper_shape_chosen_on_held_out_data():
+  from configs import dm
+
+  mappers = dm.get_config("dataset=mnist,param=mappers").synset
+  assert (mappers.rank, mappers.num_sets) == dm.MAPPER_SHAPES[("mnist", 1)]
+  given = dm.get_config("dataset=mnist,param=mappers,rank=6,num_sets=2").synset
+  assert (given.rank, given.num_sets) == (6, 2)
+  factors = dm.get_config("dataset=mnist,param=factors").synset
+  assert factors.rank == dm.RANKS[("mnist", 1)]
+  unlisted = dm.get_config("dataset=mnist,ipc=10,param=mappers").synset
+  assert ("mnist", 10) not in dm.MAPPER_SHAPES
+  assert (unlisted.rank, unlisted.num_sets) == (
+    dm.RANKS[("mnist", 10)],
+    dm.MAPPER_SETS,
+  )
+
+
 def test_configs_import_no_run_module(fresh_python):
   code = (
     "import sys, importlib\n"
