@@ -6,10 +6,9 @@ r"""Distribution matching: DM (pixels) and LoDM (low-rank factors).
 Arguments: dataset, ipc (the storage budget in full-size images per class),
 param (pixels|factors|mappers|memories|lowrank_memories|hallucinators|
 lowrank_hallucinators), rank (0: the tables below), num_sets (mappers; 0:
-MAPPER_SHAPES),
-num_bases (memories), num_hallucinators (hallucinators), budget
-(same-memory|same-images), iterations (0: the published 20,000, or the digits
-setting), runlocal (a few seconds on a CPU),
+MAPPER_SHAPES, else MAPPER_SETS), num_bases (memories), num_hallucinators
+(hallucinators), budget (same-memory|same-images), iterations (0: the
+published 20,000, or the digits setting), runlocal (a few seconds on a CPU),
 validation (images per class held out of training and evaluated on instead of
 the test split, for choosing settings; 0: the test split), formation
 (multi-formation, IDC: every stored image is cut into formation x formation
