@@ -139,7 +139,12 @@ def get_config(arg=None, **values):
     num_bases=arg.num_bases,
     num_hallucinators=arg.num_hallucinators,
   )
-  config.labels = dict(kind="hard", init="onehot", lr=0.0, momentum=0.5)
+  # DM gives labels no gradient: soft labels (kind 'soft', lr 0) are stored
+  # as they start, from the predictions of the trained expert of the buffer
+  # that labels.experts names (launch/experts.py's workdir; init 'expert').
+  config.labels = dict(
+    kind="hard", init="onehot", lr=0.0, momentum=0.5, experts=""
+  )
   digits = arg.dataset == "digits"
   config.distill = config_utils.distill_config(
     iterations=arg.iterations or (1000 if digits else 20000),

@@ -102,7 +102,7 @@ CASES = [
   ("dm", "synset.budget", "same", "synset.budget 'same' is not known"),
   ("dm", "eval.models", ("convnet", "resnet"), "resnet"),
   ("dm", "distill.dsa_strategy", "colour_crop", "colour"),
-  ("dm", "labels.kind", "soft", "labels.kind 'soft'"),
+  ("dm", "labels.kind", "smooth", "labels.kind 'smooth' is not known"),
   # Gradient matching.
   ("gm", "distill.outer_loop", 0, "distill.outer_loop"),
   ("gm", "distill.lr_net", 0.0, "distill.lr_net must"),

@@ -16,9 +16,18 @@ from absl.testing import parameterized
 from configs import bptt as bptt_config
 from configs import dm as dm_config
 from configs import evaluate as evaluate_config
+from configs import experts as experts_config
 from configs import gm as gm_config
 from configs import tm as tm_config
-from lowrank_distill import checkpoint, config_utils, distill, evaluate, synset
+from lowrank_distill import (
+  checkpoint,
+  config_utils,
+  distill,
+  evaluate,
+  experts,
+  rng,
+  synset,
+)
 
 
 def _config(arg="", **distill_overrides):
@@ -363,11 +372,66 @@ def test_bad_input_is_refused_before_compute(tmp_path, arg, field):
   assert not (tmp_path / "run").exists()
 
 
-def test_soft_labels_are_refused_for_dm():
+@pytest.mark.parametrize(
+  "labels, field",
+  [
+    (dict(lr=0.1, init="onehot"), r"labels.lr 0.1.*'dm'.*no gradient"),
+    (
+      dict(lr=0.0, init="random"),
+      r"labels.init 'random'.*\['expert', 'onehot'\]",
+    ),
+  ],
+)
+def test_dm_refuses_soft_labels_it_would_have_to_learn(labels, field):
   config = _config()
-  config.labels.kind = "soft"
-  with pytest.raises(ValueError, match="labels.kind"):
+  config.labels.update(kind="soft", **labels)
+  with pytest.raises(ValueError, match=field):
     distill.validate(config)
+
+
+@pytest.fixture(scope="module")
+def label_buffer(tmp_path_factory):
+  """One expert trained 2 epochs on digits with `_config`'s network."""
+  config = experts_config.get_config("runlocal=true")
+  config.experts.update(num_experts=1, epochs=2, experts_in_parallel=1)
+  workdir = tmp_path_factory.mktemp("label_experts")
+  experts.run(config, workdir)
+  return workdir
+
+
+def test_dm_stores_expert_soft_labels_as_they_start(label_buffer, tmp_path):
+  config = _config("param=mappers,rank=2,num_sets=1", iterations=2)
+  config.labels.update(kind="soft", init="expert", experts=str(label_buffer))
+  plan = distill.make_plan(config)
+  hard = distill.make_plan(_config("param=mappers,rank=2,num_sets=1"))
+  assert plan.budget.soft_labels
+  # The label logits take storage: fewer images fit the same memory.
+  assert plan.images_per_class < hard.images_per_class
+  state, optimizer = distill.initial_state(jax.random.key(0), plan)
+  images = plan.reconstructor.materialize(state.trainable["images"])
+  buffer = experts.open_buffer(label_buffer)
+  trained = buffer.snapshot(0, buffer.num_snapshots - 1)
+  expected = plan.model.apply({"params": trained}, images, train=True)
+  chex.assert_trees_all_close(state.trainable["labels"], expected, atol=1e-5)
+  objective = distill.OBJECTIVES["dm"]
+  new, _ = jax.jit(objective.build_step(plan, optimizer))(
+    state, jax.random.key(1), *objective.inputs(plan)(0)
+  )
+  chex.assert_trees_all_equal(new.trainable["labels"], expected)
+  assert not np.allclose(
+    plan.reconstructor.materialize(new.trainable["images"]), images
+  )
+  # A whole run exports the labels its own initial images were given.
+  summary = distill.run(config, tmp_path / "run")
+  exported = synset.load(tmp_path / "run" / "synset")
+  run_start, _ = distill.initial_state(
+    rng.stream(jax.random.key(plan.seed), "init"), plan
+  )
+  chex.assert_trees_all_close(
+    exported.labels, run_start.trainable["labels"], atol=1e-5
+  )
+  assert exported.storage_floats <= plan.budget.floats_allowed
+  assert summary["results"]["convnet"]["mean"] > 0.0
 
 
 def test_expert_label_init_is_refused_without_an_expert():

@@ -137,11 +137,7 @@ def validate(config, *, check_inputs: bool = True) -> None:
       "labels.init", config.labels.init, labels_lib.LABEL_INITS
     )
     if not OBJECTIVES[config.method].learns_labels:
-      raise ValueError(
-        f"labels.kind 'soft': objective {config.method!r} gives label "
-        f"logits no gradient; use labels.kind='hard' (objectives that learn "
-        f"labels: {learning_objectives('labels')})"
-      )
+      _check_fixed_labels(config)
     if (
       config.labels.init == "expert"
       and not label_experts_path(config)
@@ -175,6 +171,33 @@ def validate(config, *, check_inputs: bool = True) -> None:
     checks.check_range("distill.lr_lr", config.distill.lr_lr, checks.RATE)
   if check_inputs:
     OBJECTIVES[config.method].check_inputs(config)
+
+
+# How soft labels may start under an objective that gives them no gradient
+# (DM): they are stored as they start, so a random start is refused.
+FIXED_LABEL_INITS = ("expert", "onehot")
+
+
+def _check_fixed_labels(config) -> None:
+  """Soft labels under an objective that gives label logits no gradient are
+  kept as they start (an expert's predictions of the initial images, or
+  one-hot logits that put 0.9 of the mass on the image's class):
+  `labels.lr` must be 0 and `labels.init` one of FIXED_LABEL_INITS."""
+  method = config.method
+  if config.labels.lr != 0:
+    raise ValueError(
+      f"labels.lr {config.labels.lr}: objective {method!r} gives label "
+      f"logits no gradient, so its soft labels stay as they start; set "
+      f"labels.lr=0, or labels.kind='hard' (objectives that learn labels: "
+      f"{learning_objectives('labels')})"
+    )
+  if config.labels.init not in FIXED_LABEL_INITS:
+    raise ValueError(
+      f"labels.init {config.labels.init!r}: objective {method!r} keeps soft "
+      f"labels as they start, so they must start from one of "
+      f"{list(FIXED_LABEL_INITS)} ('expert' with labels.experts naming a "
+      f"trained buffer), or use labels.kind='hard'"
+    )
 
 
 def label_experts_path(config) -> str:
