@@ -7,10 +7,10 @@ import pathlib
 
 import chex
 import jax
+import label_experts_helpers
 import numpy as np
 import pytest
 
-from configs import experts as experts_config
 from configs import gm as gm_config
 from configs import idc as idc_config
 from lowrank_distill import checkpoint, distill, experts
@@ -252,12 +252,9 @@ def test_clamp_images_is_refused_for_a_set_without_pixels():
 @pytest.fixture(scope="module")
 def label_buffer(tmp_path_factory):
   """One expert trained 2 epochs on digits with `_config`'s network."""
-  config = experts_config.get_config("runlocal=true")
-  config.model.options.update(width=8, depth=1)
-  config.experts.update(num_experts=1, epochs=2, experts_in_parallel=1)
-  workdir = tmp_path_factory.mktemp("label_experts")
-  experts.run(config, workdir)
-  return workdir
+  return label_experts_helpers.train_label_buffer(
+    tmp_path_factory.mktemp("label_experts"), width=8, depth=1
+  )
 
 
 def _soft_expert_config(path):
@@ -272,12 +269,14 @@ def test_soft_labels_start_from_the_named_buffers_trained_expert(
   plan = distill.make_plan(_soft_expert_config(label_buffer))
   state, optimizer = distill.initial_state(jax.random.key(0), plan)
   images = plan.reconstructor.materialize(state.trainable["images"])
-  buffer = experts.open_buffer(label_buffer)
-  trained = buffer.snapshot(0, buffer.num_snapshots - 1)
-  expected = plan.model.apply({"params": trained}, images, train=True)
+  expected = label_experts_helpers.trained_expert_predictions(
+    label_buffer, plan.model, images
+  )
   chex.assert_trees_all_close(state.trainable["labels"], expected, atol=1e-5)
   untrained = plan.model.apply(
-    {"params": buffer.snapshot(0, 0)}, images, train=True
+    {"params": experts.open_buffer(label_buffer).snapshot(0, 0)},
+    images,
+    train=True,
   )
   assert not np.allclose(state.trainable["labels"], untrained, atol=1e-3)
   # Gradient matching then learns them.

@@ -9,6 +9,7 @@ import shutil
 import chex
 import jax
 import jax.numpy as jnp
+import label_experts_helpers
 import numpy as np
 import pytest
 from absl.testing import parameterized
@@ -16,7 +17,6 @@ from absl.testing import parameterized
 from configs import bptt as bptt_config
 from configs import dm as dm_config
 from configs import evaluate as evaluate_config
-from configs import experts as experts_config
 from configs import gm as gm_config
 from configs import tm as tm_config
 from lowrank_distill import (
@@ -24,7 +24,6 @@ from lowrank_distill import (
   config_utils,
   distill,
   evaluate,
-  experts,
   rng,
   synset,
 )
@@ -392,11 +391,9 @@ def test_dm_refuses_soft_labels_it_would_have_to_learn(labels, field):
 @pytest.fixture(scope="module")
 def label_buffer(tmp_path_factory):
   """One expert trained 2 epochs on digits with `_config`'s network."""
-  config = experts_config.get_config("runlocal=true")
-  config.experts.update(num_experts=1, epochs=2, experts_in_parallel=1)
-  workdir = tmp_path_factory.mktemp("label_experts")
-  experts.run(config, workdir)
-  return workdir
+  return label_experts_helpers.train_label_buffer(
+    tmp_path_factory.mktemp("label_experts")
+  )
 
 
 def test_dm_stores_expert_soft_labels_as_they_start(label_buffer, tmp_path):
@@ -409,9 +406,9 @@ def test_dm_stores_expert_soft_labels_as_they_start(label_buffer, tmp_path):
   assert plan.images_per_class < hard.images_per_class
   state, optimizer = distill.initial_state(jax.random.key(0), plan)
   images = plan.reconstructor.materialize(state.trainable["images"])
-  buffer = experts.open_buffer(label_buffer)
-  trained = buffer.snapshot(0, buffer.num_snapshots - 1)
-  expected = plan.model.apply({"params": trained}, images, train=True)
+  expected = label_experts_helpers.trained_expert_predictions(
+    label_buffer, plan.model, images
+  )
   chex.assert_trees_all_close(state.trainable["labels"], expected, atol=1e-5)
   objective = distill.OBJECTIVES["dm"]
   new, _ = jax.jit(objective.build_step(plan, optimizer))(
