@@ -17,7 +17,8 @@ mappers' own lr; 0: MAPPER_LR). Soft labels are stored as they start, from
 a trained expert's predictions: `--config.labels.kind=soft
 --config.labels.init=expert --config.labels.experts=<launch/experts.py's
 workdir>` (on the Fashion-MNIST held-out split they cost 7 points: the
-expert misreads a quarter of the initial mapper images; session 20).
+expert misreads a quarter of the initial mapper images, and labels of the
+final images still lose to hard ones; session 20).
 
 Published settings (Zhao & Bilen, WACV 2023, DM): 20,000 iterations, SGD
 momentum 0.5, lr 1.0 on the images, 256 real images per class, init from
