@@ -12,6 +12,7 @@ import sys
 
 import chex
 import jax
+import label_experts_helpers
 import numpy as np
 import pytest
 
@@ -268,13 +269,15 @@ def test_expert_label_init_is_the_trained_experts_prediction(buffer_dir):
   plan = distill.make_plan(config)
   trainable = distill.initial_trainable(jax.random.key(0), plan)
   images = plan.reconstructor.materialize(trainable["images"])
-  buffer = experts.open_buffer(buffer_dir)
-  params = buffer.snapshot(0, buffer.num_snapshots - 1)
-  expected = plan.model.apply({"params": params}, images, train=True)
+  expected = label_experts_helpers.trained_expert_predictions(
+    buffer_dir, plan.model, images
+  )
   chex.assert_trees_all_close(trainable["labels"], expected, atol=1e-5)
   # Not the untrained expert's (nor the random init's) logits.
   first = plan.model.apply(
-    {"params": buffer.snapshot(0, 0)}, images, train=True
+    {"params": experts.open_buffer(buffer_dir).snapshot(0, 0)},
+    images,
+    train=True,
   )
   assert not np.allclose(trainable["labels"], first, atol=1e-3)
 
