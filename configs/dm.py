@@ -169,6 +169,15 @@ def get_config(arg=None, **values):
     batch_real=128 if digits else 256,
     dsa_strategy=dsa,
     classes_in_parallel=1,
+    # IDM's model sampling (lowrank_distill/distill/dm.py); 0: a fresh
+    # random network every iteration, the paper's DM.
+    embedder_pool=0,
+    embedder_refresh=10,
+    embedder_lr=0.01,
+    embedder_momentum=0.9,
+    embedder_real_per_class=10,
+    embedder_batch=256,
+    ce_weight=0.0,
   )
   if arg.runlocal:
     config.distill.update(config_utils.RUNLOCAL_DISTILL, batch_real=16)

@@ -99,6 +99,14 @@ RANGES = {
   "distill.extractor_cls_weight": checks.NON_NEGATIVE,
   "distill.extractor_likelihood_weight": checks.NON_NEGATIVE,
   "distill.extractor_contrast_weight": checks.NON_NEGATIVE,
+  # DM's embedder pool (IDM); 0: a fresh random network every iteration.
+  "distill.embedder_pool": checks.count_or(0, "a fresh random network"),
+  "distill.embedder_refresh": checks.COUNT,
+  "distill.embedder_lr": checks.RATE,
+  "distill.embedder_momentum": checks.MOMENTUM,
+  "distill.embedder_real_per_class": checks.COUNT,
+  "distill.embedder_batch": checks.COUNT,
+  "distill.ce_weight": checks.NON_NEGATIVE,
   "experts.num_experts": checks.count_or(0, "every expert of the buffer"),
   "experts.max_host_bytes": checks.count_or(0, "no limit"),
 }

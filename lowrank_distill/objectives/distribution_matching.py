@@ -51,8 +51,10 @@ def loss(
   dsa_strategy: str,
   classes_in_parallel: int = 1,
   mesh=None,
+  variables=None,
 ):
-  """The DM loss of one iteration, with a fresh random network.
+  """The DM loss of one iteration, with a fresh random network (or the
+  given one).
 
   Args:
     key: draws the network and the per-class siamese augmentations.
@@ -66,12 +68,16 @@ def loss(
       class's real batch.
     mesh: split each class's real batch (m) over the mesh's 'data' axis;
       None or one device: unsplit.
+    variables: the network's variables (e.g. a trained one of IDM's pool),
+      seen without gradient; None: a fresh random init drawn from `key`.
 
   Returns:
     A scalar: the sum over classes of the squared mean-embedding distance.
   """
   net_key, aug_key = jax.random.split(key)
-  variables = jax.lax.stop_gradient(model.init(net_key, real_images[0, :1]))
+  if variables is None:
+    variables = model.init(net_key, real_images[0, :1])
+  variables = jax.lax.stop_gradient(variables)
 
   def embed(x):
     # Train mode as the reference (`net.train()`): BatchNorm uses the
