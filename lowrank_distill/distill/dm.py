@@ -18,7 +18,7 @@ References:
 import jax
 import jax.numpy as jnp
 
-from lowrank_distill import augment, data, sharding, train
+from lowrank_distill import augment, data, models, sharding, train
 from lowrank_distill.distill.objective import Objective, Plan, syn_targets
 from lowrank_distill.distill.step import StepFn, make_train_step
 from lowrank_distill.objectives import distribution_matching, gradient_matching
@@ -162,6 +162,13 @@ def make_step(
     pooled_loss, optimizer, max_loss=max_loss, has_aux=True
   )
   net_optimizer = _embedder_optimizer(embedder_momentum)
+  # The update is a loop over minibatches: on XLA:CPU, XLA's own conv
+  # gradient inside a loop takes a naive path (a Fashion-MNIST step of 40 s
+  # against 5 s with im2col, docs/RESULTS.md, session 22), so a step
+  # network on 'xla' trains its pool with 'auto' (XLA's conv elsewhere).
+  trainer = model
+  if plan.conv_impl == "xla":
+    trainer = model.clone(conv_impl=models.resolve_conv_impl("auto"))
 
   def train_embedder(key, embedder, real_images, class_index):
     params, net_state = train.split_variables(embedder["variables"])
@@ -170,7 +177,7 @@ def make_step(
       (params, net_state, embedder["opt_state"]),
       real_images,
       class_index,
-      model=model,
+      model=trainer,
       images_per_class=embedder_real_per_class,
       lr=embedder_lr,
       batch_size=embedder_batch,
