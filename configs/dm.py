@@ -178,6 +178,9 @@ def get_config(arg=None, **values):
     embedder_real_per_class=10,
     embedder_batch=256,
     ce_weight=0.0,
+    # M3D's Gaussian-kernel MMD, its width in units of the real embeddings'
+    # mean squared distance; 0: DM's mean embeddings.
+    mmd_width=0.0,
   )
   if arg.runlocal:
     config.distill.update(config_utils.RUNLOCAL_DISTILL, batch_real=16)

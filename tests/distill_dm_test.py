@@ -202,6 +202,7 @@ def test_a_killed_and_resumed_pool_run_matches_an_uninterrupted_one(tmp_path):
     (dict(embedder_lr=0.0), r"distill.embedder_lr must"),
     (dict(embedder_momentum=1.0), r"distill.embedder_momentum must"),
     (dict(ce_weight=-1.0), r"distill.ce_weight must"),
+    (dict(mmd_width=-1.0), r"distill.mmd_width must"),
   ],
 )
 def test_bad_pool_settings_are_refused_before_anything_loads(
@@ -216,3 +217,14 @@ def test_more_real_images_than_a_class_has_are_refused_at_the_plan(tmp_path):
   with pytest.raises(ValueError, match="distill.embedder_real_per_class"):
     distill.run(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
+
+
+def test_the_step_matches_by_the_kernel_its_config_names():
+  losses = {}
+  for width in (0.0, 1e3, 0.5):
+    _, state, step, inputs = _start(_config(embedder_pool=0, mmd_width=width))
+    _, metrics = jax.jit(step)(state, jax.random.key(1), *inputs(0))
+    losses[width] = float(metrics["loss"])
+  # A wide kernel's scaled MMD is DM's mean distance; a narrow one is not.
+  assert losses[1e3] == pytest.approx(losses[0.0], rel=1e-2)
+  assert losses[0.5] != pytest.approx(losses[0.0], rel=0.05)

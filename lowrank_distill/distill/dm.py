@@ -60,6 +60,7 @@ def settings(config) -> dict:
     embedder_real_per_class=cfg.embedder_real_per_class,
     embedder_batch=cfg.embedder_batch,
     ce_weight=cfg.ce_weight,
+    mmd_width=cfg.mmd_width,
   )
 
 
@@ -104,9 +105,12 @@ def make_step(
   embedder_real_per_class: int = 10,
   embedder_batch: int = 256,
   ce_weight: float = 0.0,
+  mmd_width: float = 0.0,
 ) -> StepFn:
   """One DM iteration; the real batch [C, batch_real, ...] is split along
-  its second axis over the mesh.
+  its second axis over the mesh. `mmd_width` > 0 matches each class's
+  embeddings by M3D's Gaussian-kernel MMD instead of their means
+  (`distribution_matching.embedding_distance`).
 
   With `embedder_pool` > 0 the step reads and updates the state's pool
   (`init_aux`): it draws a network, matches with it (and adds `ce_weight`
@@ -132,6 +136,7 @@ def make_step(
       classes_in_parallel=classes_in_parallel,
       mesh=mesh,
       variables=variables,
+      mmd_width=mmd_width,
     )
 
   if not embedder_pool:

@@ -107,6 +107,8 @@ RANGES = {
   "distill.embedder_real_per_class": checks.COUNT,
   "distill.embedder_batch": checks.COUNT,
   "distill.ce_weight": checks.NON_NEGATIVE,
+  # DM's Gaussian-kernel MMD (M3D); 0: the mean embeddings.
+  "distill.mmd_width": checks.NON_NEGATIVE,
   "experts.num_experts": checks.count_or(0, "every expert of the buffer"),
   "experts.max_host_bytes": checks.count_or(0, "no limit"),
 }
