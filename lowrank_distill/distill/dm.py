@@ -176,10 +176,10 @@ def make_step(
     trainer = model.clone(conv_impl=models.resolve_conv_impl("auto"))
 
   def train_embedder(key, embedder, real_images, class_index):
-    params, net_state = train.split_variables(embedder["variables"])
-    params, net_state, opt_state = gradient_matching.train_on_real(
+    variables, opt_state = gradient_matching.train_variables_on_real(
       key,
-      (params, net_state, embedder["opt_state"]),
+      embedder["variables"],
+      embedder["opt_state"],
       real_images,
       class_index,
       model=trainer,
@@ -189,10 +189,7 @@ def make_step(
       dsa_strategy=dsa_strategy,
       optimizer=net_optimizer,
     )
-    return {
-      "variables": {"params": params, **net_state},
-      "opt_state": opt_state,
-    }
+    return {"variables": variables, "opt_state": opt_state}
 
   def step(state, key, real_images, class_index):
     pick_key, set_key, train_key, fresh_key = jax.random.split(key, 4)

@@ -201,10 +201,10 @@ def make_step(
   )
 
   def train_on_real(key, variables, opt_state, real_images, class_index):
-    params, net_state = train.split_variables(variables)
-    params, net_state, opt_state = gradient_matching.train_on_real(
+    return gradient_matching.train_variables_on_real(
       key,
-      (params, net_state, opt_state),
+      variables,
+      opt_state,
       real_images,
       class_index,
       model=model,
@@ -215,7 +215,6 @@ def make_step(
       optimizer=net_optimizer,
       cutmix_prob=net_cutmix,
     )
-    return {"params": params, **net_state}, opt_state
 
   if clamp_images:
     # Per-channel bounds, broadcast against [n, h, w, c].

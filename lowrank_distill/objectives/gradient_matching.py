@@ -390,3 +390,15 @@ def train_on_real(
     else None,
   )
   return carry
+
+
+def train_variables_on_real(
+  key, variables, opt_state, real_images, class_index, **settings
+):
+  """`train_on_real` on a network's Flax variables: (variables, opt_state)
+  after the pass. `settings` are `train_on_real`'s keywords."""
+  params, state = train.split_variables(variables)
+  params, state, opt_state = train_on_real(
+    key, (params, state, opt_state), real_images, class_index, **settings
+  )
+  return {"params": params, **state}, opt_state
