@@ -145,6 +145,8 @@ def get_config(arg=None, **values):
     num_sets=arg.num_sets,
     budget=arg.budget or BUDGET_BY_PARAM.get(arg.param, "same-memory"),
     init="noise" if dd else "real",
+    # With init 'set': an exported set to start from (a `synset` folder).
+    init_set="",
     formation=arg.formation,
     num_bases=arg.num_bases,
     num_hallucinators=arg.num_hallucinators,

@@ -149,6 +149,8 @@ def get_config(arg=None, **values):
     num_sets=arg.num_sets or num_sets,
     budget=arg.budget,
     init="real",
+    # With init 'set': an exported set to start from (a `synset` folder).
+    init_set="",
     formation=arg.formation,
     num_bases=arg.num_bases,
     num_hallucinators=arg.num_hallucinators,

@@ -232,6 +232,8 @@ def get_config(arg=None, **values):
     num_sets=arg.num_sets or NUM_SETS,
     budget=arg.budget or BUDGET_BY_PARAM.get(param, "same-memory"),
     init=arg.image_init,
+    # With init 'set': an exported set to start from (a `synset` folder).
+    init_set="",
     formation=arg.formation,
     num_bases=arg.num_bases,
     num_hallucinators=arg.num_hallucinators,

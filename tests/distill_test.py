@@ -27,6 +27,7 @@ from lowrank_distill import (
   rng,
   synset,
 )
+from lowrank_distill.parameterize import labels as labels_lib
 
 
 def _config(arg="", **distill_overrides):
@@ -440,6 +441,108 @@ def test_expert_label_init_is_refused_without_an_expert():
     ValueError, match=r"labels.init 'expert'.*labels.experts.*\['tm'\]"
   ):
     distill.validate(config)
+
+
+def _starting_from(config, path):
+  config.synset.update(init="set", init_set=str(path))
+  return config
+
+
+def test_a_run_starts_from_an_exported_set_and_distils_it_further(
+  finished_run, tmp_path
+):
+  exported = synset.load(finished_run[0] / "synset")
+  config = _starting_from(_config(iterations=2), finished_run[0] / "synset")
+  plan = distill.make_plan(config)
+  start, _ = distill.initial_state(jax.random.key(5), plan)
+  chex.assert_trees_all_equal(start.trainable["images"], exported.params)
+  distill.run(config, tmp_path / "run")
+  further = synset.load(tmp_path / "run" / "synset")
+  chex.assert_trees_all_equal_shapes(further.params, exported.params)
+  assert not np.allclose(further.images, exported.images)
+
+
+def _save_set(path, plan, trainable, *, labels, lr):
+  synset.save(
+    path,
+    synset.SyntheticSet(
+      images=np.asarray(plan.reconstructor.materialize(trainable["images"])),
+      labels=np.asarray(labels),
+      param=plan.budget.param,
+      params=jax.tree.map(np.asarray, trainable["images"]),
+      storage_floats=1,
+      dataset=plan.dataset.metadata(),
+      lr=lr,
+    ),
+  )
+
+
+def test_a_set_hands_on_its_soft_labels_and_learned_lr(tmp_path):
+  config = tm_config.get_config("runlocal=true,variant=mtt_lss")
+  plan = distill.make_plan(config, check_inputs=False)
+  assert plan.budget.soft_labels and plan.budget.learn_lr
+  distilled = distill.initial_trainable(jax.random.key(1), plan)
+  distilled = {
+    **distilled,
+    "images": jax.tree.map(lambda x: 2.0 * x + 1.0, distilled["images"]),
+    "labels": distilled["labels"] + 3.0,
+  }
+  _save_set(
+    tmp_path / "soft", plan, distilled, labels=distilled["labels"], lr=0.125
+  )
+  _starting_from(config, tmp_path / "soft")
+  started = distill.initial_trainable(
+    jax.random.key(2), distill.make_plan(config, check_inputs=False)
+  )
+  chex.assert_trees_all_close(started["images"], distilled["images"])
+  chex.assert_trees_all_close(started["labels"], distilled["labels"])
+  np.testing.assert_allclose(np.exp(started["log_lr"]), 0.125, rtol=1e-6)
+  # A set of hard labels and no lr: the run's label init and lr_student.
+  hard = np.repeat(np.arange(plan.num_classes), plan.images_per_class)
+  _save_set(tmp_path / "hard", plan, distilled, labels=hard, lr=None)
+  config.synset.init_set = str(tmp_path / "hard")
+  config.labels.init = "onehot"
+  started = distill.initial_trainable(
+    jax.random.key(2), distill.make_plan(config, check_inputs=False)
+  )
+  chex.assert_trees_all_close(started["images"], distilled["images"])
+  chex.assert_trees_all_close(
+    started["labels"],
+    labels_lib.init_soft(
+      jax.random.key(0),
+      num_classes=plan.num_classes,
+      images_per_class=plan.images_per_class,
+      method="onehot",
+    ),
+  )
+  np.testing.assert_allclose(
+    np.exp(started["log_lr"]), config.distill.lr_student, rtol=1e-6
+  )
+
+
+@pytest.mark.parametrize(
+  "arg, init, set_path, message",
+  [
+    ("", "set", "", r"synset.init 'set'.*synset.init_set"),
+    ("", "real", "run", r"synset.init_set .* synset.init='set'"),
+    ("", "lots", "", r"synset.init 'lots'.*'set'"),
+    ("", "set", "nowhere", r"synset.init_set .*not an exported set"),
+    ("validation=5", "set", "run", r"validation_per_class 0 \(this run: 5"),
+    ("param=pixels", "set", "run", r"holds a 'factors' set.*'pixels'"),
+    ("rank=1", "set", "run", r"synset.init_set .*shapes.*synset.ipc / rank"),
+  ],
+)
+def test_a_starting_set_that_does_not_fit_is_refused_before_compute(
+  finished_run, tmp_path, arg, init, set_path, message
+):
+  config = _config(arg)
+  path = {"": "", "run": finished_run[0] / "synset"}.get(
+    set_path, tmp_path / set_path
+  )
+  config.synset.update(init=init, init_set=str(path))
+  with pytest.raises(ValueError, match=message):
+    distill.run(config, tmp_path / "refused")
+  assert not (tmp_path / "refused").exists()
 
 
 class GuardedUpdateVariantsTest(parameterized.TestCase):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from lowrank_distill import (
   augment,
+  checkpoint,
   checks,
   config_utils,
   data,
@@ -18,6 +19,7 @@ from lowrank_distill import (
   parameterize,
 )
 from lowrank_distill import experts as experts_lib
+from lowrank_distill import synset as synset_lib
 from lowrank_distill.distill import bptt, dm, gm, tm
 from lowrank_distill.distill.objective import Objective, Plan, Schedule
 from lowrank_distill.distill.step import (
@@ -169,7 +171,8 @@ def validate(config, *, check_inputs: bool = True) -> None:
       f"learn; set it to False (objectives with one: "
       f"{learning_objectives('lr')})"
     )
-  checks.check_choice("synset.init", config.synset.init, ("noise", "real"))
+  checks.check_choice("synset.init", config.synset.init, IMAGE_INITS)
+  _check_init_set(config)
   _check_something_learned(config)
   _check_mapper_settings(config)
   augment.parse_strategy(config.distill.dsa_strategy)
@@ -181,6 +184,34 @@ def validate(config, *, check_inputs: bool = True) -> None:
     checks.check_range("distill.lr_lr", config.distill.lr_lr, checks.RATE)
   if check_inputs:
     OBJECTIVES[config.method].check_inputs(config)
+
+
+# How the images start: random, real images of each class (or the
+# parameters fitted to them), or an exported set's parameters
+# (`synset.init_set`).
+IMAGE_INITS = ("noise", "real", "set")
+
+
+def init_set_path(config) -> str:
+  """`synset.init_set`: the exported set a run with `synset.init='set'`
+  starts from (absent in configs written before the field existed: '')."""
+  return config.synset.get("init_set", "")
+
+
+def _check_init_set(config) -> None:
+  path = init_set_path(config)
+  if config.synset.init == "set" and not path:
+    raise ValueError(
+      "synset.init 'set': name the exported set to start from in "
+      "synset.init_set (a distillation's `synset` folder), or use one of "
+      "['noise', 'real']"
+    )
+  if path and config.synset.init != "set":
+    raise ValueError(
+      f"synset.init_set {path!r} is read only with synset.init='set' (it is "
+      f"{config.synset.init!r}); set synset.init='set', or "
+      f"synset.init_set=''"
+    )
 
 
 # How soft labels may start under an objective that gives them no gradient
@@ -345,6 +376,7 @@ def make_plan(
     step=objective.settings(config),
     inputs=objective.input_settings(config),
     image_init=syn.init,
+    init_set=init_set_path(config),
     label_init=config.labels.init,
     label_experts=_label_experts(config),
     lr_init=cfg.lr_student,
@@ -381,6 +413,8 @@ def make_plan(
     objective.check_plan(plan)
   if plan.label_experts:
     _label_buffer(plan)
+  if plan.image_init == "set":
+    starting_set(plan)
   return plan
 
 
@@ -410,60 +444,168 @@ def _label_buffer(plan: Plan):
   return buffer
 
 
+# The dataset fields a set's images depend on: the data (and the held-out
+# split, drawn with a fixed seed) and its preprocessing. Where the files
+# were read from does not matter.
+SAME_DATA_FIELDS = (
+  "name",
+  "image_shape",
+  "num_classes",
+  "validation_per_class",
+  "standardize",
+  "mean",
+  "std",
+  "zca",
+)
+
+
+def starting_set(plan: Plan) -> synset_lib.SyntheticSet:
+  """The exported set `synset.init_set` names, checked against the run.
+
+  It must come from the same data, split and preprocessing
+  (`SAME_DATA_FIELDS`) and hold reconstructor parameters of the run's
+  parameterization with the shapes its budget gives: a set distilled with
+  the images of the held-out split, or one of another storage shape, is
+  refused with what differs.
+  """
+  field = "synset.init_set"
+  try:
+    found = synset_lib.load(plan.init_set)
+  except checkpoint.CheckpointError as e:
+    raise ValueError(
+      f"{field} {plan.init_set!r} is not an exported set (a distillation's "
+      f"`synset` folder): {e}"
+    ) from e
+  ours = plan.dataset.metadata()
+  differs = [
+    f"{name} {found.dataset.get(name)!r} (this run: {ours[name]!r})"
+    for name in SAME_DATA_FIELDS
+    if _json(found.dataset.get(name)) != _json(ours[name])
+  ]
+  if differs:
+    raise ValueError(
+      f"{field} {plan.init_set!r} was distilled from other data than this "
+      f"run's dataset: {'; '.join(differs)}"
+    )
+  budget = plan.budget
+  param = budget.param
+  if found.param != param or found.params is None:
+    raise ValueError(
+      f"{field} {plan.init_set!r} holds a {found.param!r} set; this run's "
+      f"synset.param is {param!r}: start from a set of the same "
+      f"parameterization"
+    )
+  expected = _shapes(
+    jax.eval_shape(
+      lambda key: _initial_images(key, plan, method="noise"),
+      jax.random.key(0),
+    )
+  )
+  given = _shapes(found.params)
+  if given != expected:
+    raise ValueError(
+      f"{field} {plan.init_set!r} holds parameters of shapes {given}; this "
+      f"run's budget ({budget.images_per_class} images per class, rank "
+      f"{budget.rank}, {budget.num_sets} sets) holds {expected}: set "
+      f"synset.ipc / rank / num_sets / budget and labels.kind as the set was "
+      f"distilled"
+    )
+  return found
+
+
+def _json(value):
+  """`value` as JSON holds it (tuples as lists), for comparisons."""
+  if isinstance(value, (tuple, list)):
+    return [_json(v) for v in value]
+  if isinstance(value, dict):
+    return {k: _json(v) for k, v in value.items()}
+  return value
+
+
+def _shapes(tree) -> dict:
+  """{leaf path: shape} of a parameter tree."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {
+    jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves
+  }
+
+
+def _initial_images(key, plan: Plan, *, method: str, real=None):
+  """The reconstructor params the budget holds, started by `method`
+  ('noise', or 'real' from `real`: [C * k, h, w, c] real images)."""
+  budget = plan.budget
+  return plan.reconstructor.init(
+    key,
+    num_classes=plan.num_classes,
+    images_per_class=plan.images_per_class,
+    image_shape=plan.dataset.image_shape,
+    method=method,
+    real_images=real,
+    **parameterize.kind_kwargs(
+      budget.param,
+      rank=budget.rank,
+      num_sets=budget.num_sets,
+      num_bases=budget.num_bases,
+      num_hallucinators=budget.num_hallucinators,
+    ),
+  )
+
+
 def initial_trainable(key, plan: Plan) -> dict:
   """The reconstructor params (and labels / lr) before distillation.
 
   What the set holds (parameterization, rank, mapper sets, images per
   class, soft labels, a learned lr) is the resolved budget's; how it starts
-  is the plan's `image_init`, `label_init` and `lr_init`.
+  is the plan's `image_init`, `label_init` and `lr_init`. From an exported
+  set (`image_init` 'set'), its soft labels and learned lr replace
+  `label_init` and `lr_init` when both it and the run hold them.
   """
   budget = plan.budget
   image_key, real_key, label_key = jax.random.split(key, 3)
-  index = data.class_index(plan.dataset.train_labels, plan.num_classes)
-  real = None
-  if plan.image_init == "real":
+  start = None
+  if plan.image_init == "set":
+    start = starting_set(plan)
+    images = jax.tree.map(jnp.asarray, start.params)
+  elif plan.image_init == "real":
+    index = data.class_index(plan.dataset.train_labels, plan.num_classes)
     idx = data.sample_per_class(real_key, index, n=plan.images_per_class)
     real = jnp.asarray(plan.dataset.train_images)[idx]
-  trainable = {
-    "images": plan.reconstructor.init(
-      image_key,
-      num_classes=plan.num_classes,
-      images_per_class=plan.images_per_class,
-      image_shape=plan.dataset.image_shape,
-      method=plan.image_init,
-      real_images=real,
-      **parameterize.kind_kwargs(
-        budget.param,
-        rank=budget.rank,
-        num_sets=budget.num_sets,
-        num_bases=budget.num_bases,
-        num_hallucinators=budget.num_hallucinators,
-      ),
-    )
-  }
+    images = _initial_images(image_key, plan, method="real", real=real)
+  else:
+    images = _initial_images(image_key, plan, method=plan.image_init)
+  trainable = {"images": images}
   if budget.soft_labels:
-    logits = None
-    if plan.label_init == "expert":
-      images = plan.reconstructor.materialize(trainable["images"])
-      if plan.label_experts:
-        logits = experts_lib.final_expert_logits(
-          _label_buffer(plan),
-          plan.model,
-          plan.dataset.image_shape,
-          images,
-        )
-      else:
-        logits = OBJECTIVES[plan.method].expert_logits(plan, images)
-    trainable["labels"] = labels_lib.init_soft(
-      label_key,
-      num_classes=plan.num_classes,
-      images_per_class=plan.images_per_class,
-      method=plan.label_init,
-      expert_logits=logits,
-    )
+    if start is not None and start.labels.ndim == 2:
+      trainable["labels"] = jnp.asarray(start.labels, jnp.float32)
+    else:
+      trainable["labels"] = _initial_labels(label_key, plan, images)
   if budget.learn_lr:
-    trainable["log_lr"] = jnp.log(jnp.float32(plan.lr_init))
+    lr = plan.lr_init if start is None or start.lr is None else start.lr
+    trainable["log_lr"] = jnp.log(jnp.float32(lr))
   return trainable
+
+
+def _initial_labels(key, plan: Plan, images) -> jax.Array:
+  """[n, C] soft-label logits as `plan.label_init` starts them."""
+  logits = None
+  if plan.label_init == "expert":
+    images = plan.reconstructor.materialize(images)
+    if plan.label_experts:
+      logits = experts_lib.final_expert_logits(
+        _label_buffer(plan),
+        plan.model,
+        plan.dataset.image_shape,
+        images,
+      )
+    else:
+      logits = OBJECTIVES[plan.method].expert_logits(plan, images)
+  return labels_lib.init_soft(
+    key,
+    num_classes=plan.num_classes,
+    images_per_class=plan.images_per_class,
+    method=plan.label_init,
+    expert_logits=logits,
+  )
 
 
 def initial_state(key, plan: Plan):
