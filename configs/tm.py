@@ -28,6 +28,12 @@ lr_mappers (the mappers' own lr; 0: MAPPER_LR). E.g.
 MTT-LSS's mappers with hard labels: `variant=mtt_lss,labels=hard`; MTT with
 learnable soft labels: `variant=mtt,labels=soft`.
 
+From an exported set (every config): `--config.synset.init=set
+--config.synset.init_set=<a run's synset folder>` starts from that set's
+parameters (and its soft labels and learned lr when both hold them), e.g.
+DM's mapper set matched further by trajectories; the set must come from the
+same data, held-out split and storage shape.
+
 Variants (the model, data and expert buffer are the same for all three):
 - `mtt`: pixels, hard labels, uniform start epochs, learned student lr.
 - `lomtt`: the low-rank plugin's factors with the same matching.
