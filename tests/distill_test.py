@@ -24,6 +24,7 @@ from lowrank_distill import (
   config_utils,
   distill,
   evaluate,
+  parameterize,
   rng,
   synset,
 )
@@ -518,6 +519,65 @@ def test_a_set_hands_on_its_soft_labels_and_learned_lr(tmp_path):
   np.testing.assert_allclose(
     np.exp(started["log_lr"]), config.distill.lr_student, rtol=1e-6
   )
+
+
+def _coreset(path, plan, per_class):
+  """A class-major coreset of the plan's data, `per_class` images a class."""
+  index = np.stack(
+    [
+      np.flatnonzero(plan.dataset.train_labels == c)[:per_class]
+      for c in range(plan.num_classes)
+    ]
+  ).reshape(-1)
+  chosen = synset.SyntheticSet(
+    images=plan.dataset.train_images[index],
+    labels=plan.dataset.train_labels[index],
+    param="coreset",
+    storage_floats=int(plan.dataset.train_images[index].size),
+    dataset=plan.dataset.metadata(),
+  )
+  synset.save(path, chosen)
+  return chosen
+
+
+@pytest.mark.parametrize("arg", ["param=pixels", "param=mappers,rank=2"])
+def test_a_coreset_starts_a_run_as_real_images_would(arg, tmp_path):
+  config = _config(arg)
+  plan = distill.make_plan(config)
+  chosen = _coreset(tmp_path / "coreset", plan, plan.images_per_class)
+  _starting_from(config, tmp_path / "coreset")
+  started = distill.initial_trainable(
+    jax.random.key(3), distill.make_plan(config)
+  )
+  chex.assert_trees_all_close(
+    plan.reconstructor.materialize(started["images"]),
+    plan.reconstructor.materialize(
+      plan.reconstructor.init(
+        jax.random.key(0),
+        num_classes=plan.num_classes,
+        images_per_class=plan.images_per_class,
+        image_shape=plan.dataset.image_shape,
+        method="real",
+        real_images=jnp.asarray(chosen.images),
+        **parameterize.kind_kwargs(
+          plan.budget.param,
+          rank=plan.budget.rank,
+          num_sets=plan.budget.num_sets,
+        ),
+      )
+    ),
+    atol=1e-5,
+  )
+  if plan.budget.param == "pixels":
+    chex.assert_trees_all_equal(started["images"]["images"], chosen.images)
+  # One image a class too many: refused, naming what fits.
+  _coreset(tmp_path / "more", plan, plan.images_per_class + 1)
+  config.synset.init_set = str(tmp_path / "more")
+  with pytest.raises(
+    ValueError,
+    match=rf"'coreset' set of .*{plan.images_per_class} of each of the 10",
+  ):
+    distill.make_plan(config)
 
 
 @pytest.mark.parametrize(

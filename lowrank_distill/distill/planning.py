@@ -8,6 +8,7 @@ the budget and model and turns every setting the run reads into the plan;
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lowrank_distill import (
   augment,
@@ -464,9 +465,11 @@ def starting_set(plan: Plan) -> synset_lib.SyntheticSet:
 
   It must come from the same data, split and preprocessing
   (`SAME_DATA_FIELDS`) and hold reconstructor parameters of the run's
-  parameterization with the shapes its budget gives: a set distilled with
-  the images of the held-out split, or one of another storage shape, is
-  refused with what differs.
+  parameterization with the shapes its budget gives, or (a coreset, or a
+  set of another parameterization) the run's images per class, hard
+  labelled and class-major, which then start the run as real images would:
+  a set distilled with the images of the held-out split, or one of another
+  shape, is refused with what differs.
   """
   field = "synset.init_set"
   try:
@@ -488,13 +491,9 @@ def starting_set(plan: Plan) -> synset_lib.SyntheticSet:
       f"run's dataset: {'; '.join(differs)}"
     )
   budget = plan.budget
-  param = budget.param
-  if found.param != param or found.params is None:
-    raise ValueError(
-      f"{field} {plan.init_set!r} holds a {found.param!r} set; this run's "
-      f"synset.param is {param!r}: start from a set of the same "
-      f"parameterization"
-    )
+  if found.param != budget.param or found.params is None:
+    _check_images_route(found, plan)
+    return found
   expected = _shapes(
     jax.eval_shape(
       lambda key: _initial_images(key, plan, method="noise"),
@@ -511,6 +510,25 @@ def starting_set(plan: Plan) -> synset_lib.SyntheticSet:
       f"distilled"
     )
   return found
+
+
+def _check_images_route(found, plan: Plan) -> None:
+  """A set of another parameterization (a coreset, say) starts the run
+  through its images, as real images start it ('real'): they must be
+  class-major with hard labels, the run's images per class of each."""
+  k, c = plan.images_per_class, plan.num_classes
+  labels = np.asarray(found.labels)
+  if labels.ndim != 1 or not np.array_equal(labels, labels_lib.hard(c, k)):
+    raise ValueError(
+      f"synset.init_set {plan.init_set!r} holds a {found.param!r} set of "
+      f"{len(labels)} images ({'soft' if labels.ndim == 2 else 'hard'} "
+      f"labels); this run's synset.param {plan.budget.param!r} can start "
+      f"from another parameterization's set only through its images, which "
+      f"must be hard-labelled, class-major and {k} of each of the {c} "
+      f"classes (this run's images per class): start from a "
+      f"{plan.budget.param!r} set of this shape, or a set of {k} images per "
+      f"class (a coreset with coreset.ipc={k})"
+    )
 
 
 def _json(value):
@@ -565,7 +583,11 @@ def initial_trainable(key, plan: Plan) -> dict:
   start = None
   if plan.image_init == "set":
     start = starting_set(plan)
-    images = jax.tree.map(jnp.asarray, start.params)
+    if start.param == budget.param and start.params is not None:
+      images = jax.tree.map(jnp.asarray, start.params)
+    else:
+      real = jnp.asarray(start.images)
+      images = _initial_images(image_key, plan, method="real", real=real)
   elif plan.image_init == "real":
     index = data.class_index(plan.dataset.train_labels, plan.num_classes)
     idx = data.sample_per_class(real_key, index, n=plan.images_per_class)
