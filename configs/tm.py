@@ -32,7 +32,9 @@ From an exported set (every config): `--config.synset.init=set
 --config.synset.init_set=<a run's synset folder>` starts from that set's
 parameters (and its soft labels and learned lr when both hold them), e.g.
 DM's mapper set matched further by trajectories; the set must come from the
-same data, held-out split and storage shape.
+same data, held-out split and storage shape. A coreset (or a set of another
+parameterization) with the run's images per class starts it through its
+images, as real images would (`launch/coreset.py`, e.g. herding).
 
 Variants (the model, data and expert buffer are the same for all three):
 - `mtt`: pixels, hard labels, uniform start epochs, learned student lr.
