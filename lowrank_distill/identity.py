@@ -70,6 +70,15 @@ ADDED_FIELDS = {
   "distill.extractor_cls_weight": 1.0,
   "distill.extractor_likelihood_weight": 1.0,
   "distill.extractor_contrast_weight": 1.0,
+  "distill.embedder_pool": 0,
+  "distill.embedder_refresh": 10,
+  "distill.embedder_lr": 0.01,
+  "distill.embedder_momentum": 0.9,
+  "distill.embedder_real_per_class": 10,
+  "distill.embedder_batch": 256,
+  "distill.ce_weight": 0.0,
+  "distill.mmd_width": 0.0,
+  "synset.init_set": "",
 }
 
 

@@ -1,5 +1,9 @@
 """Tests of the one config identity (lowrank_distill.identity)."""
 
+import importlib
+import json
+import pathlib
+
 import ml_collections
 import numpy as np
 import pytest
@@ -58,3 +62,22 @@ def test_an_added_field_at_its_old_value_keeps_old_identities():
   assert identity.diff(identity.identity(old), identity.identity(held)) == [
     "dataset.validation_per_class <absent> != 20"
   ]
+
+
+# The default configs as written by the code at 521c488 (before session
+# 22's DM options and session 23's `synset.init_set`):
+# `configs.<module>.get_config('').to_json()` at that commit.
+OLD_CONFIGS = pathlib.Path(__file__).parent / "fixtures" / "configs_before_s22"
+
+
+@pytest.mark.parametrize("module", ["dm", "gm", "tm", "bptt"])
+def test_a_run_written_before_fields_were_added_still_resumes(module):
+  saved = json.loads((OLD_CONFIGS / f"{module}.json").read_text())
+  current = json.loads(
+    importlib.import_module(f"configs.{module}").get_config("").to_json()
+  )
+  missing = [d for d in identity.diff(saved, current) if "<absent>" in d]
+  assert not missing, (
+    "fields added to the configs without their old-behaviour value in "
+    f"identity.ADDED_FIELDS: {missing}"
+  )
