@@ -52,9 +52,11 @@ class Plan:
     inputs: keyword settings of the objective's `inputs` (what the run
       reads besides the dataset; empty for DM and gradient matching).
     image_init: 'noise', 'real' or 'set': how the images start.
-    init_set: for image_init 'set', the exported set whose reconstructor
+    start_set: for image_init 'set', the exported set (a
+      `synset.SyntheticSet`) the run starts from: its reconstructor
       parameters (and soft labels and learned lr, when both it and the run
-      hold them) the run starts from (`planning.starting_set`).
+      hold them), or its images as real images would start the run;
+      loaded and checked by `planning.make_plan` (`planning.starting_set`).
     label_init: how soft labels start (`labels.LABEL_INITS`).
     label_experts: for the 'expert' init from a buffer named in the config
       (`labels.experts`): {'path', 'model' (the identity its experts must
@@ -88,7 +90,7 @@ class Plan:
   optimizer_kind: str = "sgd"
   label_experts: dict | None = None
   orthonormal_mappers: bool = False
-  init_set: str = ""
+  start_set: Any = None
 
   @property
   def num_classes(self) -> int:

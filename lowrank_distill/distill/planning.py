@@ -6,6 +6,8 @@ the budget and model and turns every setting the run reads into the plan;
 `initial_state` builds the trainable set and its optimiser from the plan.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,7 @@ from lowrank_distill import (
   parameterize,
 )
 from lowrank_distill import experts as experts_lib
+from lowrank_distill import identity as identity_lib
 from lowrank_distill import synset as synset_lib
 from lowrank_distill.distill import bptt, dm, gm, tm
 from lowrank_distill.distill.objective import Objective, Plan, Schedule
@@ -377,7 +380,6 @@ def make_plan(
     step=objective.settings(config),
     inputs=objective.input_settings(config),
     image_init=syn.init,
-    init_set=init_set_path(config),
     label_init=config.labels.init,
     label_experts=_label_experts(config),
     lr_init=cfg.lr_student,
@@ -415,7 +417,9 @@ def make_plan(
   if plan.label_experts:
     _label_buffer(plan)
   if plan.image_init == "set":
-    starting_set(plan)
+    plan = dataclasses.replace(
+      plan, start_set=starting_set(init_set_path(config), plan)
+    )
   return plan
 
 
@@ -460,8 +464,9 @@ SAME_DATA_FIELDS = (
 )
 
 
-def starting_set(plan: Plan) -> synset_lib.SyntheticSet:
-  """The exported set `synset.init_set` names, checked against the run.
+def starting_set(path: str, plan: Plan) -> synset_lib.SyntheticSet:
+  """The exported set at `path` (`synset.init_set`), checked against the
+  run.
 
   It must come from the same data, split and preprocessing
   (`SAME_DATA_FIELDS`) and hold reconstructor parameters of the run's
@@ -471,28 +476,28 @@ def starting_set(plan: Plan) -> synset_lib.SyntheticSet:
   a set distilled with the images of the held-out split, or one of another
   shape, is refused with what differs.
   """
-  field = "synset.init_set"
+  field = f"synset.init_set {path!r}"
   try:
-    found = synset_lib.load(plan.init_set)
+    found = synset_lib.load(path)
   except checkpoint.CheckpointError as e:
     raise ValueError(
-      f"{field} {plan.init_set!r} is not an exported set (a distillation's "
-      f"`synset` folder): {e}"
+      f"{field} is not an exported set (a distillation's `synset` folder): {e}"
     ) from e
   ours = plan.dataset.metadata()
   differs = [
     f"{name} {found.dataset.get(name)!r} (this run: {ours[name]!r})"
     for name in SAME_DATA_FIELDS
-    if _json(found.dataset.get(name)) != _json(ours[name])
+    if identity_lib.to_json_types(found.dataset.get(name))
+    != identity_lib.to_json_types(ours[name])
   ]
   if differs:
     raise ValueError(
-      f"{field} {plan.init_set!r} was distilled from other data than this "
+      f"{field} was distilled from other data than this "
       f"run's dataset: {'; '.join(differs)}"
     )
   budget = plan.budget
-  if found.param != budget.param or found.params is None:
-    _check_images_route(found, plan)
+  if not _holds_params_of(found, budget):
+    _check_images_route(found, plan, field=field)
     return found
   expected = _shapes(
     jax.eval_shape(
@@ -503,7 +508,7 @@ def starting_set(plan: Plan) -> synset_lib.SyntheticSet:
   given = _shapes(found.params)
   if given != expected:
     raise ValueError(
-      f"{field} {plan.init_set!r} holds parameters of shapes {given}; this "
+      f"{field} holds parameters of shapes {given}; this "
       f"run's budget ({budget.images_per_class} images per class, rank "
       f"{budget.rank}, {budget.num_sets} sets) holds {expected}: set "
       f"synset.ipc / rank / num_sets / budget and labels.kind as the set was "
@@ -512,7 +517,13 @@ def starting_set(plan: Plan) -> synset_lib.SyntheticSet:
   return found
 
 
-def _check_images_route(found, plan: Plan) -> None:
+def _holds_params_of(found: synset_lib.SyntheticSet, budget) -> bool:
+  """The set holds reconstructor parameters of the budget's
+  parameterization (else its images start the run)."""
+  return found.param == budget.param and found.params is not None
+
+
+def _check_images_route(found, plan: Plan, *, field: str) -> None:
   """A set of another parameterization (a coreset, say) starts the run
   through its images, as real images start it ('real'): they must be
   class-major with hard labels, the run's images per class of each."""
@@ -520,7 +531,7 @@ def _check_images_route(found, plan: Plan) -> None:
   labels = np.asarray(found.labels)
   if labels.ndim != 1 or not np.array_equal(labels, labels_lib.hard(c, k)):
     raise ValueError(
-      f"synset.init_set {plan.init_set!r} holds a {found.param!r} set of "
+      f"{field} holds a {found.param!r} set of "
       f"{len(labels)} images ({'soft' if labels.ndim == 2 else 'hard'} "
       f"labels); this run's synset.param {plan.budget.param!r} can start "
       f"from another parameterization's set only through its images, which "
@@ -529,15 +540,6 @@ def _check_images_route(found, plan: Plan) -> None:
       f"{plan.budget.param!r} set of this shape, or a set of {k} images per "
       f"class (a coreset with coreset.ipc={k})"
     )
-
-
-def _json(value):
-  """`value` as JSON holds it (tuples as lists), for comparisons."""
-  if isinstance(value, (tuple, list)):
-    return [_json(v) for v in value]
-  if isinstance(value, dict):
-    return {k: _json(v) for k, v in value.items()}
-  return value
 
 
 def _shapes(tree) -> dict:
@@ -580,10 +582,9 @@ def initial_trainable(key, plan: Plan) -> dict:
   """
   budget = plan.budget
   image_key, real_key, label_key = jax.random.split(key, 3)
-  start = None
-  if plan.image_init == "set":
-    start = starting_set(plan)
-    if start.param == budget.param and start.params is not None:
+  start = plan.start_set
+  if start is not None:
+    if _holds_params_of(start, budget):
       images = jax.tree.map(jnp.asarray, start.params)
     else:
       real = jnp.asarray(start.images)
