@@ -57,7 +57,9 @@ models): IPC 1 DM 89.93 ± 0.69, LoDM 92.19 ± 0.25 (1.3-3.3 s per
 iteration; evaluating 3 models 3.5 min on 10 images, 46 min on 70), one
 shared mapper set of rank 10 (`param=mappers`, MAPPER_SHAPES: 7 images per
 class, 7,560 floats; session 19) **96.09 ± 0.07**, past the best published
-95.8 (1.56 s per iteration, 5 min a model's evaluation), at rank 6 (20
+95.8 (1.56 s per iteration, 5 min a model's evaluation; matched further
+by trajectories, as on Fashion-MNIST, it fell to 95.17 ± 0.21, session
+24), at rank 6 (20
 images per class, session 18) 94.64 ± 0.29; IPC 10
 (200 iterations) DM 96.34 ± 0.09, LoDM 97.14 ± 0.08 (1.0-1.2 s per
 iteration, evaluation 18 / 38 min). Fashion-MNIST, the same IPC 1 budget

@@ -88,7 +88,10 @@ From session 22's DM kernel-MMD mapper set (79.95; `configs/dm.py`) with
 `variant=mtt_lss,labels=hard,rank=8,num_sets=2,iterations=100` and
 `--config.synset.init=set`, one expert x 8 epochs: **80.97 ± 0.44**, our
 best Fashion-MNIST set at this storage (held-out split: 79.80 -> 81.60;
-64 min on one core, session 23).
+64 min on one core, session 23; from real images instead, held-out
+80.75, session 24). Not on MNIST: the same chain from the DM
+mapper set (96.09; `rank=10,num_sets=1`, one expert x 8 epochs) reached
+95.17 ± 0.21, below its start (59 min on one core, session 24).
 """
 
 import ml_collections
