@@ -59,8 +59,7 @@ shared mapper set of rank 10 (`param=mappers`, MAPPER_SHAPES: 7 images per
 class, 7,560 floats; session 19) **96.09 ± 0.07**, past the best published
 95.8 (1.56 s per iteration, 5 min a model's evaluation; matched further
 by trajectories, as on Fashion-MNIST, it fell to 95.17 ± 0.21, session
-24), at rank 6 (20
-images per class, session 18) 94.64 ± 0.29; IPC 10
+24), at rank 6 (20 images per class, session 18) 94.64 ± 0.29; IPC 10
 (200 iterations) DM 96.34 ± 0.09, LoDM 97.14 ± 0.08 (1.0-1.2 s per
 iteration, evaluation 18 / 38 min). Fashion-MNIST, the same IPC 1 budget
 (session 13): DM 71.35 ± 0.74, LoDM 76.25 ± 0.19 (0.55-0.9 s per
