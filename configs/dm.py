@@ -27,7 +27,8 @@ held-out split (session 22) the best of each scored 79.75 / 79.80 against
 On the test split, reported once, the MMD set (400 iterations, 3 models)
 reached 79.95 ± 0.10 against the default's 79.45 ± 0.10 (session 19).
 Matched further by trajectories from that set (`configs/tm.py`,
-`synset.init='set'`, session 23): 80.97 ± 0.44.
+`synset.init='set'`): 80.97 ± 0.44 against one expert (session 23), 81.65
+± 0.29 against 4 experts x 3 epochs (session 26).
 
 Published settings (Zhao & Bilen, WACV 2023, DM): 20,000 iterations, SGD
 momentum 0.5, lr 1.0 on the images, 256 real images per class, init from
