@@ -96,11 +96,11 @@ The buffer is a lever: on Fashion-MNIST's held-out split the chain from
 one DM start reached 82.40 against 4 experts x 3 epochs and 81.65 against
 one expert x 8 epochs, about the same expert cost (start 80.05; session
 25). On the test split, with `configs/experts.py:dataset=fashion_mnist,
-num_experts=4,epochs=3` (46 min on 2 cores) and `--config.experts.path`
-to it: **81.65 ± 0.29** from a start at 79.90, our best Fashion-MNIST set
-at this storage (74 min on one core, session 26). A 10x `lr_lr` (the lr
-0.0104 -> 0.0151) lowered the matching loss but not the held-out accuracy
-(82.20).
+num_experts=4,epochs=3` (two chunks of 23 and 38 min on 2 cores, the
+second sharing them) and `--config.experts.path` to it: **81.65 ± 0.29**
+from a start at 79.90, our best Fashion-MNIST set at this storage (74 min
+on one core, session 26). A 10x `lr_lr` (the lr 0.0104 -> 0.0151) lowered
+the matching loss but not the held-out accuracy (82.20).
 """
 
 import ml_collections
