@@ -53,7 +53,9 @@ SETTINGS = {
   # Fashion-MNIST: the MNIST setting, so its rows share MNIST's budget.
   # For the DM-then-trajectory chain (configs/tm.py), 4 experts x 3 epochs
   # beat 1 x 8 on the held-out split (82.40 against 81.65, session 25) and
-  # on the test split (81.65 against 80.97, session 26).
+  # on the test split (81.65 against 80.97, session 26). On MNIST's test
+  # split it lifted the chain from 95.17 to 96.00 (session 27), still no
+  # gain over its DM start (96.10); both defaults stay the rows' budget.
   "fashion_mnist": (2, 2, 2),
 }
 RUNLOCAL = (2, 2, 2)

@@ -91,7 +91,8 @@ From session 22's DM kernel-MMD mapper set (79.95; `configs/dm.py`) with
 real images instead, held-out 80.75, session 24). Not on MNIST: the same
 chain from the DM mapper set (96.09; `rank=10,num_sets=1`, one expert x 8
 epochs) reached 95.17 ± 0.21, below its start (59 min on one core,
-session 24).
+session 24); against 4 experts x 3 epochs 96.00 ± 0.08, level with its
+start (96.10) but no gain (54 min on one core, session 27).
 The buffer is a lever: on Fashion-MNIST's held-out split the chain from
 one DM start reached 82.40 against 4 experts x 3 epochs and 81.65 against
 one expert x 8 epochs, about the same expert cost (start 80.05; session
@@ -100,7 +101,8 @@ num_experts=4,epochs=3` (two chunks of 23 and 38 min on 2 cores, the
 second sharing them) and `--config.experts.path` to it: **81.65 ± 0.29**
 from a start at 79.90, our best Fashion-MNIST set at this storage (74 min
 on one core, session 26). A 10x `lr_lr` (the lr 0.0104 -> 0.0151) lowered
-the matching loss but not the held-out accuracy (82.20).
+the matching loss but not the held-out accuracy (82.20); so did 150
+iterations instead of 100 (82.10, session 27).
 """
 
 import ml_collections
