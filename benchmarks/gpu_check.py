@@ -10,7 +10,11 @@ a run stopped by its time limit loses nothing:
                  objectives, distill, evaluate and experts, JAX on the GPU
                  (`JAX_PLATFORMS=cuda,cpu`: the GPU is the default backend;
                  the sharded checks of `sharding_test.py` are not among them
-                 and stay on fake CPU devices)
+                 and stay on fake CPU devices), one line per test as it ends
+  a_failures.txt (a) each failing test's id and short traceback, written
+                 the moment it fails (benchmarks/failure_stream.py), so a
+                 part cut by the deadline still says which tests failed and
+                 why
   b_speed.log    (b) speed and memory, ours vs PyTorch on the same device, as
                  `sidebyside.py` takes every such figure: DM step (MNIST- and
                  CIFAR-shaped), GM iteration, TM unroll at N = 10, 30, 80
@@ -41,6 +45,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -50,6 +55,10 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 SUMMARY_PREFIX = "SUMMARY "
+A_FAILURES = "a_failures.txt"
+# benchmarks/failure_stream.py reads the file to write from this variable.
+FAILURE_STREAM_ENV = "FAILURE_STREAM"
+_OUTCOME = re.compile(r"\b(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 
 # (a): the test modules that exercise models, objectives, distill, evaluate
 # and experts.
@@ -264,14 +273,18 @@ def part_b(report: Report, args, deadline: float) -> None:
 def part_a_command(args) -> tuple:
   """Part (a)'s pytest command and environment."""
   env = _env(args.tiny, args.platforms)
+  env[FAILURE_STREAM_ENV] = str(pathlib.Path(args.out) / A_FAILURES)
   modules = TINY_TEST_MODULES if args.tiny else TEST_MODULES
   cmd = [
     args.python,
     "-m",
     "pytest",
-    "-q",
+    "-v",
+    "--tb=short",
     "-p",
     "no:cacheprovider",
+    "-p",
+    "failure_stream",
     "-n",
     "0" if args.tiny else str(args.test_workers),
     "-o",
@@ -279,6 +292,24 @@ def part_a_command(args) -> tuple:
     *modules,
   ]
   return cmd, env
+
+
+def count_outcomes(log_text: str) -> dict:
+  """Tests ended so far, by outcome, from pytest's `-v` lines.
+
+  Args:
+    log_text: part (a)'s log: `path::test PASSED [ 1%]`, or under xdist
+      `[gw0] [ 1%] PASSED path::test`.
+
+  Returns:
+    outcome -> count, e.g. {"PASSED": 120, "FAILED": 3}.
+  """
+  counts = {}
+  for line in log_text.splitlines():
+    match = _OUTCOME.search(line)
+    if match and "::" in line:
+      counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+  return counts
 
 
 def _mnist_flags(args) -> list[str]:
@@ -534,13 +565,25 @@ def parts_a_and_c(report: Report, args, deadline: float) -> None:
 
     def done(name, rc, seconds):
       if name == "a":
+        text = a_log.read_text(errors="replace")
         tail = [
           line
-          for line in a_log.read_text(errors="replace").splitlines()
-          if " passed" in line or " failed" in line or " error" in line
+          for line in text.splitlines()
+          if line.startswith("=")
+          and (" passed" in line or " failed" in line or " error" in line)
         ]
         state = "cut by the deadline; " if rc is None else f"exit {rc}; "
-        summary = tail[-1] if tail else "no pytest summary"
+        if tail:
+          summary = tail[-1].strip("= ")
+        else:
+          ended = count_outcomes(text)
+          summary = "no pytest summary; ended so far: " + (
+            ", ".join(f"{n} {k.lower()}" for k, n in sorted(ended.items()))
+            or "none"
+          )
+        failures = report.log_path(A_FAILURES)
+        if failures.exists():
+          summary += f"; failures and tracebacks in {A_FAILURES}"
         report.summary(f"a tests: {state}{summary} [{seconds:.0f} s]")
       else:
         progress = read_run(workroot / name, runs[name][1])
@@ -589,7 +632,7 @@ def parse_args(argv=None):
   parser.add_argument(
     "--platforms", default="cuda,cpu", help="JAX_PLATFORMS for the full mode"
   )
-  parser.add_argument("--test_workers", type=int, default=4)
+  parser.add_argument("--test_workers", type=int, default=8)
   parser.add_argument(
     "--workroot",
     default="",

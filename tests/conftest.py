@@ -29,6 +29,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# On recent NVIDIA GPUs, JAX computes float32 matrix products and
+# convolutions in TF32 (10-bit mantissa) by default; the tests compare
+# float32 math with float32 tolerances, so there they ask for full float32.
+# XLA:CPU computes float32 in float32 whatever the setting.
+if jax.default_backend() != "cpu":
+  jax.config.update("jax_default_matmul_precision", "highest")
 
 SHARED_DATASETS = (
   pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "datasets"

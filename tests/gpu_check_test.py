@@ -7,7 +7,9 @@ that the two slow runs go to different test workers). The script and its
 """
 
 import gzip
+import importlib.util
 import json
+import os
 
 import numpy as np
 import pytest
@@ -81,6 +83,45 @@ def test_read_run_reports_progress_and_final_accuracy(gpu_check, tmp_path):
   )
 
 
+def test_count_outcomes_reads_verbose_lines_with_and_without_xdist(
+  gpu_check,
+):
+  log = "\n".join(
+    [
+      "tests/a_test.py::test_one PASSED                [ 33%]",
+      "tests/a_test.py::test_two FAILED                [ 66%]",
+      "[gw0] [ 10%] PASSED tests/b_test.py::test_three",
+      "[gw1] [ 20%] SKIPPED tests/b_test.py::test_four",
+      "[gw1] [ 30%] ERROR tests/b_test.py::test_five",
+      "FAILED is a word in prose, without a test id",
+    ]
+  )
+  assert gpu_check.count_outcomes(log) == {
+    "PASSED": 2,
+    "FAILED": 1,
+    "SKIPPED": 1,
+    "ERROR": 1,
+  }
+  assert gpu_check.count_outcomes("bringing up nodes...") == {}
+
+
+def test_part_a_streams_failures_to_the_output_folder(gpu_check, tmp_path):
+  args = gpu_check.parse_args([f"--out={tmp_path}"])
+  cmd, env = gpu_check.part_a_command(args)
+  assert ["-p", "failure_stream"] == cmd[cmd.index("failure_stream") - 1 :][:2]
+  assert "-v" in cmd
+  assert env[gpu_check.FAILURE_STREAM_ENV] == str(
+    tmp_path / gpu_check.A_FAILURES
+  )
+  assert str(gpu_check.BENCHMARKS) in env["PYTHONPATH"].split(os.pathsep)
+  spec = importlib.util.spec_from_file_location(
+    "failure_stream", gpu_check.BENCHMARKS / "failure_stream.py"
+  )
+  plugin = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(plugin)
+  assert plugin.ENV == gpu_check.FAILURE_STREAM_ENV
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
@@ -113,5 +154,6 @@ def test_tiny_parts_a_and_c_run_and_report(
     assert "FINAL {'convnet': '" in line[0] and "(2 models)" in line[0], text
   assert not [s for s in summary if s.startswith("c dm:")], text
   assert any(line.startswith("c experts: buffer trained") for line in summary)
+  assert not (out / gpu_check.A_FAILURES).exists()
   assert (out / "c_workdirs.tar.gz").stat().st_size > 0
   assert summary[-1].startswith("done in ")
