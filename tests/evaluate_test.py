@@ -94,11 +94,19 @@ def test_evaluate_set_is_independent_of_models_per_batch(tiny_images):
   assert 0.0 <= together.mean <= 1.0 and together.std >= 0.0
 
 
-def test_models_per_batch_left_open_is_one_per_cpu_device():
-  assert jax.default_backend() == "cpu"
+def test_models_per_batch_left_open_is_one_per_cpu_device(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   assert evaluate.auto_models_per_batch(5) == 1
   mesh = sharding.make_mesh(data=1)
   assert evaluate.auto_models_per_batch(5, mesh) == 1
+
+
+def test_models_per_batch_left_open_is_every_model_on_an_accelerator(
+  monkeypatch,
+):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert evaluate.auto_models_per_batch(5) == 5
+  assert evaluate.auto_models_per_batch(5, sharding.make_mesh(data=1)) == 5
 
 
 def test_repeated_evaluations_reuse_one_compiled_program(
@@ -369,15 +377,19 @@ def test_run_resumes_its_own_workdir_and_refuses_another_configs(tmp_path):
   assert {p: p.read_bytes() for p in files} == files
 
 
-def test_auto_grad_chunk_chunks_on_a_cpu_unless_the_model_has_batch_stats():
+def test_auto_grad_chunk_chunks_on_a_cpu_unless_the_model_has_batch_stats(
+  monkeypatch,
+):
   def create(name):
     return models.create(name, num_classes=10, image_shape=(8, 8, 1), **TINY)
 
-  assert jax.default_backend() == "cpu"
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   assert evaluate.auto_grad_chunk(create("convnet"), (8, 8, 1)) == (
     evaluate.CPU_GRAD_CHUNK
   )
   assert evaluate.auto_grad_chunk(create("convnet_bn"), (8, 8, 1)) == 0
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert evaluate.auto_grad_chunk(create("convnet"), (8, 8, 1)) == 0
 
 
 def test_evaluate_set_agrees_with_its_gradient_in_chunks(tiny_images):

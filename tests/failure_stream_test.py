@@ -1,12 +1,13 @@
 """benchmarks/failure_stream.py: failures written as they happen, once each."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 PLUGIN_ENV = "FAILURE_STREAM"
 

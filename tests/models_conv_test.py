@@ -252,11 +252,25 @@ def test_conv_impls_agree_on_a_whole_convnet(name, shape, impl):
   _assert_close(g_col, g_xla)
 
 
-def test_auto_conv_impl_is_canonical_on_cpu():
-  assert jax.default_backend() == "cpu"
+@pytest.mark.parametrize(
+  "backend, expected", [("cpu", "canonical"), ("gpu", "xla"), ("tpu", "xla")]
+)
+def test_auto_conv_impl_is_canonical_on_cpu_and_xla_elsewhere(
+  backend, expected, monkeypatch
+):
+  # The choice reads the default backend when a model is created; patched
+  # here so that every branch runs on any host.
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
   model = models.create("convnet", num_classes=10, image_shape=(8, 8, 1))
-  assert model.conv_impl == "canonical"
+  assert model.conv_impl == expected
   assert models.resolve_conv_impl("xla") == "xla"
+  assert models.resolve_conv_impl("im2col") == "im2col"
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla", "im2col", "canonical"])
+def test_compiler_options_are_the_defaults_off_the_cpu(impl, monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert models.compiler_options(impl) is None
 
 
 def test_bias_free_strided_conv_init_and_shape():
@@ -269,6 +283,11 @@ def test_bias_free_strided_conv_init_and_shape():
   chex.assert_shape(conv.apply(variables, x), (2, 4, 4, 6))
 
 
+@pytest.mark.skipif(
+  jax.default_backend() != "cpu",
+  reason="XLA:CPU's compiler options; off the CPU they are None (the test "
+  "above)",
+)
 def test_compiler_options_turn_off_ynnpack_only_for_lax_convs_on_cpu():
   # The options this jaxlib accepts (jaxlib 0.10.2 accepts all of them).
   ynn = "xla_cpu_experimental_ynn_fusion_type"
