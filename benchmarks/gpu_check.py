@@ -276,7 +276,8 @@ def part_b(report: Report, args, deadline: float) -> None:
 def part_a_command(args) -> tuple:
   """Part (a)'s pytest command and environment."""
   env = _env(args.tiny, args.platforms)
-  env[FAILURE_STREAM_ENV] = str(pathlib.Path(args.out) / A_FAILURES)
+  # Absolute: pytest runs at the repository root, whatever the caller's cwd.
+  env[FAILURE_STREAM_ENV] = str(pathlib.Path(args.out).resolve() / A_FAILURES)
   modules = TINY_TEST_MODULES if args.tiny else TEST_MODULES
   cmd = [
     args.python,
