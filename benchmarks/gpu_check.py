@@ -41,6 +41,7 @@ rare calls on a GPU host.
 """
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -308,12 +309,10 @@ def count_outcomes(log_text: str) -> dict:
   Returns:
     outcome -> count, e.g. {"PASSED": 120, "FAILED": 3}.
   """
-  counts = {}
-  for line in log_text.splitlines():
-    match = _OUTCOME.search(line)
-    if match and "::" in line:
-      counts[match.group(1)] = counts.get(match.group(1), 0) + 1
-  return counts
+  matches = (_OUTCOME.search(line) for line in log_text.splitlines())
+  return dict(
+    collections.Counter(m.group(1) for m in matches if m and "::" in m.string)
+  )
 
 
 def _mnist_flags(args) -> list[str]:
