@@ -104,6 +104,14 @@ on one core, session 26). A 10x `lr_lr` (the lr 0.0104 -> 0.0151) lowered
 the matching loss but not the held-out accuracy (82.20); so did 150
 iterations instead of 100 (82.10, session 27) and 8 experts x 3 epochs
 instead of 4 (81.85, session 28).
+Later start epochs are the lever the CPU buffers could not hold (session
+30, one H200, `benchmarks/chain_gpu.py`: 4 experts x 8 epochs per split,
+`iterations=300`, 10 models x 300 epochs): with `--config.distill.
+max_start=6` the chain led on the held-out split at iterations 100 and
+200 (82.19 and 82.68 against 81.16 and 81.61 with the default 2), and
+reached **83.80 ± 0.48** on the test split at iteration 200 (the runs
+were cut there; ~0.4 s an iteration with eight runs sharing the GPU),
+still below FreD's 84.6.
 """
 
 import ml_collections

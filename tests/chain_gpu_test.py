@@ -1,0 +1,109 @@
+"""benchmarks/chain_gpu.py: its commands, options and archive.
+
+The script runs on a GPU host only when one is lent; these checks keep its
+commands in step with the configs between calls (its `--tiny` run, about
+three CPU minutes, is left out of the suite).
+"""
+
+import importlib
+import pathlib
+import tarfile
+
+import pytest
+
+from configs import tm as tm_config
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def chain_gpu(monkeypatch):
+  monkeypatch.syspath_prepend(str(BENCHMARKS))
+  return importlib.import_module("chain_gpu")
+
+
+def _flag(cmd, name):
+  values = [
+    str(part).split("=", 1)[1]
+    for part in cmd
+    if str(part).startswith(f"--{name}=")
+  ]
+  assert len(values) == 1, (name, cmd)
+  return values[0]
+
+
+def test_every_candidate_sets_fields_configs_tm_has(chain_gpu):
+  config = tm_config.get_config(
+    "dataset=fashion_mnist,variant=mtt_lss,labels=hard,rank=8,num_sets=2"
+  )
+  for name, fields in chain_gpu.CANDIDATES.items():
+    for field in fields:
+      assert field in config.distill, (name, field)
+  assert set(chain_gpu.NEXT_CANDIDATES) <= set(chain_gpu.CANDIDATES)
+  assert set(chain_gpu.TINY_CANDIDATES) <= set(chain_gpu.CANDIDATES)
+
+
+def test_unknown_candidates_are_refused_with_the_valid_names(chain_gpu, capsys):
+  with pytest.raises(SystemExit):
+    chain_gpu.parse_args(["--candidates=ee1_s20_m6,bogus"])
+  err = capsys.readouterr().err
+  assert "--candidates" in err and "cpu_chain" in err and "ee2_s40_m8" in err
+  args = chain_gpu.parse_args(["--candidates=cpu_chain"])
+  assert args.candidates == ("cpu_chain",)
+  assert chain_gpu.parse_args([]).candidates == chain_gpu.NEXT_CANDIDATES
+
+
+def test_only_the_heldout_split_holds_images_out(chain_gpu, tmp_path):
+  args = chain_gpu.parse_args(["--candidates=ee1_s20_m6", "--validation=100"])
+  one = chain_gpu.stage_one_commands(args, tmp_path)
+  two = chain_gpu.stage_two_commands(args, tmp_path)
+  assert set(one) == {
+    "heldout/dm_start",
+    "heldout/experts",
+    "test/dm_start",
+    "test/experts",
+  }
+  assert set(two) == {"heldout/ee1_s20_m6", "test/ee1_s20_m6"}
+  for name, cmd in {**one, **two}.items():
+    split = name.split("/")[0]
+    held = ",validation=100" in _flag(cmd, "config")
+    assert held == (split == "heldout"), name
+  for split in chain_gpu.SPLITS:
+    cmd = two[f"{split}/ee1_s20_m6"]
+    assert _flag(cmd, "config.synset.init_set") == str(
+      tmp_path / split / "dm_start" / "synset"
+    )
+    assert _flag(cmd, "config.experts.path") == str(
+      tmp_path / split / "experts"
+    )
+    assert _flag(cmd, "config.distill.max_start") == "6"
+
+
+def test_a_finished_dm_start_is_not_run_again(chain_gpu, tmp_path):
+  (tmp_path / "test" / "dm_start").mkdir(parents=True)
+  (tmp_path / "test" / "dm_start" / "results.json").write_text("{}")
+  args = chain_gpu.parse_args([])
+  assert set(chain_gpu.stage_one_commands(args, tmp_path)) == {
+    "heldout/dm_start",
+    "heldout/experts",
+    "test/experts",
+  }
+
+
+def test_the_archive_keeps_every_run_but_the_buffers(chain_gpu, tmp_path):
+  root = tmp_path / "full"
+  files = [
+    "heldout/dm_start/synset/tree/x",
+    "heldout/ee1_s20_m6/checkpoints/20/state",
+    "heldout/ee1_s20_m6/metrics.jsonl",
+    "heldout/experts/expert_0/snapshots",
+    "test/experts/buffer.json",
+  ]
+  for name in files:
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(name)
+  target = tmp_path / "runs.tar.gz"
+  chain_gpu.archive_runs(root, target)
+  with tarfile.open(target) as tar:
+    names = {m.name for m in tar.getmembers() if m.isfile()}
+  assert names == {f"full/{name}" for name in files[:3]}
