@@ -39,12 +39,16 @@ its end, and later starts still (12-epoch buffers).
 """
 
 import argparse
+import os
 import pathlib
 import sys
 import tarfile
 import time
 
 import gpu_check
+
+from lowrank_distill import checkpoint
+from lowrank_distill import experts as experts_lib
 
 REPO = gpu_check.REPO
 DATASET = "fashion_mnist"
@@ -166,11 +170,10 @@ def stage_two_commands(args, workroot: pathlib.Path) -> dict:
 
 
 def _saved_experts(buffer: pathlib.Path) -> int:
+  """Experts saved in the buffer at `buffer`; 0 when there is none yet."""
   try:
-    import lowrank_distill.experts as experts_lib  # noqa: PLC0415
-
     return experts_lib.open_buffer(buffer).num_experts
-  except Exception:  # noqa: BLE001 - any unreadable buffer counts as none
+  except checkpoint.CheckpointError:
     return 0
 
 
@@ -231,7 +234,7 @@ def parse_args(argv=None):
   parser.add_argument("--platforms", default="cuda,cpu")
   parser.add_argument("--workroot", default="")
   parser.add_argument(
-    "--commit", default=gpu_check.os.environ.get("GPU_CHECK_COMMIT", "")
+    "--commit", default=os.environ.get("GPU_CHECK_COMMIT", "")
   )
   args = parser.parse_args(argv)
   if not 0 < args.experts_share < 1:

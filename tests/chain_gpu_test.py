@@ -107,3 +107,11 @@ def test_the_archive_keeps_every_run_but_the_buffers(chain_gpu, tmp_path):
   with tarfile.open(target) as tar:
     names = {m.name for m in tar.getmembers() if m.isfile()}
   assert names == {f"full/{name}" for name in files[:3]}
+
+
+def test_a_missing_or_unstarted_buffer_counts_as_no_experts(
+  chain_gpu, tmp_path
+):
+  assert chain_gpu._saved_experts(tmp_path / "absent") == 0
+  (tmp_path / "empty").mkdir()
+  assert chain_gpu._saved_experts(tmp_path / "empty") == 0
