@@ -57,7 +57,10 @@ VALIDATION = 100
 SPLITS = ("heldout", "test")
 # The DM start of the CPU chain (configs/tm.py: session 22's kernel-MMD
 # mapper set; two sets of rank 8).
-DM_CONFIG = "configs/dm.py:dataset={dataset},iterations=200,param=mappers"
+DM_ITERATIONS = 200
+DM_CONFIG = (
+  "configs/dm.py:dataset={dataset},iterations={iterations},param=mappers"
+)
 DM_FLAGS = (
   "--config.distill.batch_real=64",
   "--config.distill.eval_every=0",
@@ -104,16 +107,23 @@ def _tiny_flags() -> list:
   ]
 
 
+def _config_suffix(args, split: str) -> str:
+  """The config arguments a split adds: its held-out images, runlocal."""
+  held = f",validation={args.validation}" if split == "heldout" else ""
+  return held + (",runlocal=true" if args.tiny else "")
+
+
 def stage_one_commands(args, workroot: pathlib.Path) -> dict:
   """name -> command: each split's expert buffer and DM start (if not done)."""
   commands = {}
-  local = ",runlocal=true" if args.tiny else ""
   for split in SPLITS:
-    held = f",validation={args.validation}" if split == "heldout" else ""
+    suffix = _config_suffix(args, split)
     dm = [
       args.python,
       REPO / "launch" / "distill.py",
-      "--config=" + DM_CONFIG.format(dataset=DATASET) + held + local,
+      "--config="
+      + DM_CONFIG.format(dataset=DATASET, iterations=DM_ITERATIONS)
+      + suffix,
       f"--workdir={workroot / split / 'dm_start'}",
       *_data_flags(args.data),
       *DM_FLAGS,
@@ -123,7 +133,7 @@ def stage_one_commands(args, workroot: pathlib.Path) -> dict:
       args.python,
       REPO / "launch" / "experts.py",
       f"--config=configs/experts.py:dataset={DATASET},"
-      f"num_experts={args.experts},epochs={args.expert_epochs}{held}{local}",
+      f"num_experts={args.experts},epochs={args.expert_epochs}{suffix}",
       f"--workdir={workroot / split / 'experts'}",
       *_data_flags(args.data),
       f"--config.experts.experts_in_parallel={args.experts_in_parallel}",
@@ -140,17 +150,16 @@ def stage_one_commands(args, workroot: pathlib.Path) -> dict:
 def stage_two_commands(args, workroot: pathlib.Path) -> dict:
   """name -> command: MTT-LSS from each split's DM start, per candidate."""
   commands = {}
-  local = ",runlocal=true" if args.tiny else ""
   names = TINY_CANDIDATES if args.tiny else args.candidates
+  config = TM_CONFIG.format(dataset=DATASET, iterations=args.iterations)
   for split in SPLITS:
-    held = f",validation={args.validation}" if split == "heldout" else ""
+    suffix = _config_suffix(args, split)
     for name in names:
       fields = CANDIDATES[name]
-      config = TM_CONFIG.format(dataset=DATASET, iterations=args.iterations)
       cmd = [
         args.python,
         REPO / "launch" / "distill.py",
-        "--config=" + config + held + local,
+        "--config=" + config + suffix,
         f"--workdir={workroot / split / name}",
         *_data_flags(args.data),
         "--config.synset.init=set",
@@ -287,14 +296,19 @@ def main(argv=None) -> int:
       deadline=start + args.budget * args.experts_share,
       log=log,
       env=env,
-      iterations={f"{split}/dm_start": 200 for split in SPLITS},
+      iterations={f"{split}/dm_start": DM_ITERATIONS for split in SPLITS},
       root=workroot,
     )
+    ready = {
+      split
+      for split in SPLITS
+      if _saved_experts(workroot / split / "experts")
+      and (workroot / split / "dm_start" / "synset").is_dir()
+    }
     commands = {
       name: cmd
       for name, cmd in stage_two_commands(args, workroot).items()
-      if _saved_experts(workroot / name.split("/")[0] / "experts")
-      and (workroot / name.split("/")[0] / "dm_start" / "synset").is_dir()
+      if name.split("/")[0] in ready
     }
     _run_stage(
       report,
