@@ -115,3 +115,27 @@ def test_a_missing_or_unstarted_buffer_counts_as_no_experts(
   assert chain_gpu._saved_experts(tmp_path / "absent") == 0
   (tmp_path / "empty").mkdir()
   assert chain_gpu._saved_experts(tmp_path / "empty") == 0
+
+
+def test_the_test_split_evaluates_with_the_protocols_epochs(
+  chain_gpu, tmp_path
+):
+  args = chain_gpu.parse_args(["--candidates=ee1_s20_m6"])
+  commands = {
+    **chain_gpu.stage_one_commands(args, tmp_path),
+    **chain_gpu.stage_two_commands(args, tmp_path),
+  }
+  for name, cmd in commands.items():
+    if name.endswith("/experts"):
+      continue
+    expected = "300" if name.startswith("heldout/") else "1000"
+    assert _flag(cmd, "config.eval.epochs") == expected, name
+  tiny = chain_gpu.parse_args(["--tiny"])
+  for cmd in chain_gpu.stage_two_commands(tiny, tmp_path).values():
+    assert _flag(cmd, "config.eval.epochs") == "1"
+
+
+def test_non_positive_epochs_are_refused_naming_the_flag(chain_gpu, capsys):
+  with pytest.raises(SystemExit):
+    chain_gpu.parse_args(["--test_epochs=0"])
+  assert "--test_epochs=0" in capsys.readouterr().err
