@@ -33,7 +33,8 @@ the held-out split `ee1_s20_m6` led (82.68 ± 0.59 at iteration 200 of 300
 against 81.61 ± 0.65 for `cpu_chain`), test 83.80 ± 0.48 at 300 epochs
 (docs/RESULTS.md).
 The default `--candidates` is the next call's: that setting carried on to
-its end, and later starts still (12-epoch buffers).
+its end, later starts still (12-epoch buffers) and a window of late starts
+from the first iteration (session 31's CPU held-out rows).
 
   python benchmarks/chain_gpu.py --out=$OUT \
     --data=.gpu_carry/fashion_mnist --budget=400 \
@@ -85,8 +86,14 @@ CANDIDATES = {
   # After session 30: later starts were the lever on the held-out split.
   "ee1_s20_m10": dict(syn_steps=20, expert_epochs=1, max_start=10),
   "ee2_s40_m8": dict(syn_steps=40, expert_epochs=2, max_start=8),
+  # After session 31 (CPU, held-out, 1 x 8 experts, 100 iterations): the
+  # window of late starts [4, 6] at every iteration 82.95, `max_start` 6
+  # (rising to [4, 6]) 82.60, `max_start` 8 (to [5, 7]) 81.75.
+  "ee1_s20_late6": dict(
+    syn_steps=20, expert_epochs=1, max_start=1, start_delta=6
+  ),
 }
-NEXT_CANDIDATES = ("ee1_s20_m6", "ee1_s20_m10", "ee2_s40_m8")
+NEXT_CANDIDATES = ("ee1_s20_m6", "ee1_s20_m10", "ee1_s20_late6")
 TINY_CANDIDATES = ("cpu_chain", "ee2_s40_m4")
 
 
