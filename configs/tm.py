@@ -119,10 +119,11 @@ own DM start at 78.93) the same CPU row reached **82.65 ± 0.13** with the
 protocol's 1000 epochs (3 models; 83.16 ± 0.06 with 300; 25 min buffer +
 33 min chain on 2 cores + 20 min evaluation on one, sessions 30-31), our
 best Fashion-MNIST set at this storage and 1.95 below FreD's 84.6. On the
-held-out split, `max_start=8` (81.75) and a window of late starts from the
+held-out split, `max_start=8` (81.75), a window of late starts from the
 first iteration (`--config.distill.max_start=1 --config.distill.
-start_delta=6`, 82.95) did not pass `max_start=6` (82.60) by more than the
-chain's spread (0.44; session 31).
+start_delta=6`, 82.95) and 200 iterations (81.95) did not pass
+`max_start=6` at 100 (82.60) by more than the chain's spread (0.44;
+session 31).
 """
 
 import ml_collections
