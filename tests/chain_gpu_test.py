@@ -53,6 +53,28 @@ def test_unknown_candidates_are_refused_with_the_valid_names(chain_gpu, capsys):
   assert chain_gpu.parse_args([]).candidates == chain_gpu.NEXT_CANDIDATES
 
 
+def test_candidates_that_start_past_the_buffer_are_refused(chain_gpu, capsys):
+  # The progressive window's top reaches max_start + delta - 1 in its last
+  # iterations; the late window sits at start_delta from the first.
+  assert chain_gpu.latest_start("cpu_chain", iterations=300) == 2
+  assert chain_gpu.latest_start("ee1_s20_m6", iterations=300) == 6
+  assert chain_gpu.latest_start("ee1_s20_late6", iterations=300) == 6
+  assert chain_gpu.latest_start("ee2_s40_m8", iterations=300) == 8
+  with pytest.raises(SystemExit):
+    chain_gpu.parse_args(["--candidates=ee1_s20_m6,ee1_s20_m10"])
+  err = capsys.readouterr().err
+  assert "--expert_epochs=8" in err and "ee1_s20_m10" in err
+  assert ">= 11 epochs" in err
+  with pytest.raises(SystemExit):
+    chain_gpu.parse_args(["--candidates=ee2_s40_m8", "--expert_epochs=9"])
+  assert "ee2_s40_m8" in capsys.readouterr().err
+  args = chain_gpu.parse_args(
+    ["--candidates=ee1_s20_m10", "--expert_epochs=11"]
+  )
+  assert args.candidates == ("ee1_s20_m10",)
+  assert chain_gpu.parse_args(["--candidates=ee1_s20_m6", "--expert_epochs=7"])
+
+
 def test_only_the_heldout_split_holds_images_out(chain_gpu, tmp_path):
   args = chain_gpu.parse_args(["--candidates=ee1_s20_m6", "--validation=100"])
   one = chain_gpu.stage_one_commands(args, tmp_path)
