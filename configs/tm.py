@@ -123,7 +123,10 @@ held-out split, `max_start=8` (81.75), a window of late starts from the
 first iteration (`--config.distill.max_start=1 --config.distill.
 start_delta=6`, 82.95) and 200 iterations (81.95) did not pass
 `max_start=6` at 100 (82.60) by more than the chain's spread (0.44;
-session 31).
+session 31); nor did the codes' lr 300 (`--config.distill.lr_images=300`,
+82.95; 30: 82.20), and the late window with it lost (81.75; session 32).
+The mappers carry most of the chain's change to the images at every
+codes' lr; their own lr (MAPPER_LR) is not measured on this chain.
 """
 
 import ml_collections
