@@ -58,6 +58,9 @@ from lowrank_distill import experts as experts_lib
 from lowrank_distill.objectives import trajectory_matching
 
 REPO = gpu_check.REPO
+sys.path.insert(0, str(REPO))
+from configs import tm as tm_config  # noqa: E402
+
 DATASET = "fashion_mnist"
 # Images per class held out of training (the CPU rows' held-out split).
 VALIDATION = 100
@@ -130,10 +133,6 @@ def latest_start(name: str, *, iterations: int) -> int:
   clips a later start to the buffer's last one (`start_range`), which would
   quietly run another schedule than the candidate names.
   """
-  if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-  from configs import tm as tm_config  # noqa: PLC0415 (needs REPO on the path)
-
   arguments = TM_CONFIG.format(dataset=DATASET, iterations=iterations)
   config = tm_config.get_config(arguments.split(":", 1)[1])
   cfg = {**config.distill.to_dict(), **CANDIDATES[name]}
@@ -333,7 +332,12 @@ def parse_args(argv=None):
       f"--candidates={','.join(args.candidates)!r}: valid names are "
       f"{', '.join(CANDIDATES)}"
     )
-  if not args.tiny:
+  if args.tiny:
+    args.experts, args.expert_epochs, args.iterations = 1, 3, 2
+    args.eval_every, args.models, args.experts_in_parallel = 1, 2, 1
+    args.heldout_epochs = args.test_epochs = 1
+    args.validation = 20
+  else:
     for name in args.candidates:
       epochs = CANDIDATES[name]["expert_epochs"]
       needed = latest_start(name, iterations=args.iterations) + epochs
@@ -343,11 +347,6 @@ def parse_args(argv=None):
           f"segments {epochs} epoch(s) long as late as epoch "
           f"{needed - epochs}, so its buffers need >= {needed} epochs"
         )
-  if args.tiny:
-    args.experts, args.expert_epochs, args.iterations = 1, 3, 2
-    args.eval_every, args.models, args.experts_in_parallel = 1, 2, 1
-    args.heldout_epochs = args.test_epochs = 1
-    args.validation = 20
   if not args.workroot:
     args.workroot = f"/tmp/chain_gpu_work/{'tiny' if args.tiny else 'full'}"
   return args
