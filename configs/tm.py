@@ -92,7 +92,12 @@ real images instead, held-out 80.75, session 24). Not on MNIST: the same
 chain from the DM mapper set (96.09; `rank=10,num_sets=1`, one expert x 8
 epochs) reached 95.17 ± 0.21, below its start (59 min on one core,
 session 24); against 4 experts x 3 epochs 96.00 ± 0.08, level with its
-start (96.10) but no gain (54 min on one core, session 27).
+start (96.10) but no gain (54 min on one core, session 27). With
+`--config.distill.max_start=6` (session 33, 42 min on one core, the other
+busy) 95.51 ± 0.08, still below its start (96.07), though both windows led
+the start on MNIST's held-out split (95.25 and 95.45 against 94.65): there
+the held-out split (1,000 images, ~50 errors a model) does not predict
+the test split for this chain.
 The buffer is a lever: on Fashion-MNIST's held-out split the chain from
 one DM start reached 82.40 against 4 experts x 3 epochs and 81.65 against
 one expert x 8 epochs, about the same expert cost (start 80.05; session
