@@ -305,6 +305,101 @@ class EpochRecord(NamedTuple):
   correct: jax.Array | None
 
 
+def initial_carry(variables, *, momentum: float, weight_decay: float):
+  """The `(params, state, opt_state)` that `train_epochs_from` trains on.
+
+  Args:
+    variables: the network's Flax variables (params and e.g. batch_stats).
+    momentum, weight_decay: the optimiser's (`sgd`).
+  """
+  params, state = split_variables(variables)
+  optimizer = sgd(momentum=momentum, weight_decay=weight_decay)
+  opt_state = () if optimizer is None else optimizer.init(params)
+  return params, state, opt_state
+
+
+def train_epochs_from(
+  carry,
+  *,
+  first_epoch: int | jax.Array = 0,
+  images,
+  targets,
+  model,
+  epochs: int,
+  lr: float | jax.Array | Callable[[jax.Array], jax.Array],
+  batch_size: int,
+  order_key,
+  aug_key,
+  dsa_strategy: str = "none",
+  momentum: float = 0.0,
+  weight_decay: float = 0.0,
+  restart_momentum_at: int | None = None,
+  keep_snapshots: bool = False,
+  keep_batches: bool = False,
+  grad_chunk: int = 0,
+) -> tuple[tuple, EpochRecord]:
+  """Epochs `first_epoch .. first_epoch + epochs - 1` of `train_epochs`.
+
+  The same training as `train_epochs` from `carry` (`initial_carry`, or
+  what an earlier call returned), so a training split into calls, e.g. one
+  epoch a call with a checkpoint between them, visits the batches and
+  augmentations of one uninterrupted call.
+
+  Args:
+    carry: (params, state, opt_state) after epoch `first_epoch - 1`.
+    first_epoch: the index of the first epoch trained, traced or not.
+    The others: see `train_epochs`; `restart_momentum_at` and a callable
+      `lr` see the absolute epoch index.
+
+  Returns:
+    (carry, record): the carry after the last epoch and the `EpochRecord`.
+  """
+  lr_at = lr if callable(lr) else (lambda _: lr)
+  optimizer = sgd(momentum=momentum, weight_decay=weight_decay)
+  num_examples = images.shape[0]
+
+  def epoch_fn(carry, epoch):
+    params, state, opt_state = carry
+    if restart_momentum_at is not None:
+      restart = epoch == restart_momentum_at
+      opt_state = jax.tree.map(
+        lambda t: jnp.where(restart, jnp.zeros_like(t), t), opt_state
+      )
+    epoch_lr = lr_at(epoch)
+
+    def update(grads, opt_state, params):
+      if optimizer is not None:
+        grads, opt_state = optimizer.update(grads, opt_state, params)
+      params = jax.tree.map(lambda p, u: p - epoch_lr * u, params, grads)
+      return params, opt_state
+
+    carry, (loss_sums, indices, mask, correct) = sgd_epoch(
+      (params, state, opt_state),
+      epoch,
+      images=images,
+      targets=targets,
+      model=model,
+      batch_size=batch_size,
+      order_key=order_key,
+      aug_key=aug_key,
+      dsa_strategy=dsa_strategy,
+      update=update,
+      grad_chunk=grad_chunk,
+    )
+    batches = (indices, mask, correct) if keep_batches else (None,) * 3
+    record = EpochRecord(
+      jnp.sum(loss_sums) / num_examples,
+      carry[0] if keep_snapshots else None,
+      *batches,
+    )
+    return carry, record
+
+  epoch_indices = jnp.arange(epochs)
+  if not (isinstance(first_epoch, int) and first_epoch == 0):
+    epoch_indices = epoch_indices + first_epoch
+  return jax.lax.scan(epoch_fn, tuple(carry), epoch_indices)
+
+
 def train_epochs(
   variables,
   *,
@@ -352,50 +447,24 @@ def train_epochs(
   Returns:
     (variables, record): the trained variables and the `EpochRecord`.
   """
-  lr_at = lr if callable(lr) else (lambda _: lr)
-  optimizer = sgd(momentum=momentum, weight_decay=weight_decay)
-  params, state = split_variables(variables)
-  opt_state = () if optimizer is None else optimizer.init(params)
-  num_examples = images.shape[0]
-
-  def epoch_fn(carry, epoch):
-    params, state, opt_state = carry
-    if restart_momentum_at is not None:
-      restart = epoch == restart_momentum_at
-      opt_state = jax.tree.map(
-        lambda t: jnp.where(restart, jnp.zeros_like(t), t), opt_state
-      )
-    epoch_lr = lr_at(epoch)
-
-    def update(grads, opt_state, params):
-      if optimizer is not None:
-        grads, opt_state = optimizer.update(grads, opt_state, params)
-      params = jax.tree.map(lambda p, u: p - epoch_lr * u, params, grads)
-      return params, opt_state
-
-    carry, (loss_sums, indices, mask, correct) = sgd_epoch(
-      (params, state, opt_state),
-      epoch,
-      images=images,
-      targets=targets,
-      model=model,
-      batch_size=batch_size,
-      order_key=order_key,
-      aug_key=aug_key,
-      dsa_strategy=dsa_strategy,
-      update=update,
-      grad_chunk=grad_chunk,
-    )
-    batches = (indices, mask, correct) if keep_batches else (None,) * 3
-    record = EpochRecord(
-      jnp.sum(loss_sums) / num_examples,
-      carry[0] if keep_snapshots else None,
-      *batches,
-    )
-    return carry, record
-
-  (params, state, _), record = jax.lax.scan(
-    epoch_fn, (params, state, opt_state), jnp.arange(epochs)
+  carry = initial_carry(variables, momentum=momentum, weight_decay=weight_decay)
+  (params, state, _), record = train_epochs_from(
+    carry,
+    images=images,
+    targets=targets,
+    model=model,
+    epochs=epochs,
+    lr=lr,
+    batch_size=batch_size,
+    order_key=order_key,
+    aug_key=aug_key,
+    dsa_strategy=dsa_strategy,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    restart_momentum_at=restart_momentum_at,
+    keep_snapshots=keep_snapshots,
+    keep_batches=keep_batches,
+    grad_chunk=grad_chunk,
   )
   return {"params": params, **state}, record
 

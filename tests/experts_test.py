@@ -125,6 +125,38 @@ def test_an_expert_does_not_depend_on_the_experts_beside_it(
   )
 
 
+def test_an_expert_trained_in_parts_is_the_one_trained_at_once(
+  model, train_set
+):
+  images, labels = train_set
+  targets = labels_lib.targets(labels, 10)
+  key = experts.expert_key(jax.random.key(0), 1)
+  hparams = dict(model=model, batch_size=32, dsa_strategy=DSA)
+  whole = jax.jit(
+    functools.partial(experts.train_expert, epochs=EPOCHS, **hparams)
+  )(key, images, targets)
+  carry = experts.start_expert(key, model=model, image_shape=(8, 8, 1))
+  chex.assert_trees_all_equal(carry[0], _snapshot_of(whole.trajectory, 0))
+  one_epoch = jax.jit(
+    functools.partial(experts.train_expert_epochs, epochs=1, **hparams)
+  )
+  for epoch in range(EPOCHS):
+    carry, record = one_epoch(
+      carry, key, images, targets, first_epoch=jnp.int32(epoch)
+    )
+    chex.assert_shape(record.loss, (1,))
+    chex.assert_trees_all_close(
+      carry[0], _snapshot_of(whole.trajectory, epoch + 1), rtol=1e-5, atol=1e-6
+    )
+    chex.assert_trees_all_close(
+      record.loss[0], whole.train_loss[epoch], rtol=1e-5
+    )
+
+
+def _snapshot_of(trajectory, epoch):
+  return jax.tree.map(lambda t: t[epoch], trajectory)
+
+
 def test_batch_norm_experts_snapshot_params_only(digits):
   model = models.create(
     "convnet_bn", num_classes=10, image_shape=(8, 8, 1), width=8, depth=1
@@ -298,6 +330,85 @@ def test_run_trains_saves_and_resumes_only_the_missing_expert(tmp_path, digits):
     checkpoint.CheckpointError, match=r"training.lr 0.01 != 0.02"
   ):
     experts.run(other, tmp_path)
+
+
+class _Killed(Exception):
+  """Stands for a run killed in the middle of a chunk."""
+
+
+_TRAIN_EPOCH = experts.loop._Programs.epoch
+
+
+def _kill_at(monkeypatch, epoch_to_die: int | None, epochs_run: list):
+  """Makes `run` train epoch by epoch into `epochs_run` and die (raise
+  `_Killed`) when it reaches `epoch_to_die` (counting from 0)."""
+
+  def epoch_or_kill(self, carry, epoch, *args):
+    if epoch == epoch_to_die:
+      raise _Killed
+    epochs_run.append(epoch)
+    return _TRAIN_EPOCH(self, carry, epoch, *args)
+
+  monkeypatch.setattr(experts.loop._Programs, "epoch", epoch_or_kill)
+
+
+def _saved_experts(workdir):
+  return [
+    checkpoint.load_tree(experts.expert_dir(workdir, i))[0]
+    for i in experts.saved_indices(workdir)
+  ]
+
+
+def test_a_killed_run_continues_its_chunk_after_the_last_epoch(
+  tmp_path, monkeypatch
+):
+  config = _run_config(num_experts=2, epochs=3, experts_in_parallel=2)
+  never_stopped = tmp_path / "never_stopped"
+  experts.run(config, never_stopped)
+
+  killed, epochs_run = tmp_path / "killed", []
+  _kill_at(monkeypatch, 2, epochs_run)
+  with pytest.raises(_Killed):
+    experts.run(config, killed)
+  assert experts.saved_indices(killed) == []
+  progress = experts.buffer.progress_dir(killed, 0)
+  assert sorted(p.name for p in progress.iterdir()) == [
+    "epoch_0001",
+    "epoch_0002",
+  ]
+  # A save of epoch 3 cut short, as a kill mid-write leaves it.
+  unfinished = progress / "epoch_0003.orbax-checkpoint-tmp-4"
+  unfinished.mkdir()
+
+  epochs_run.clear()
+  _kill_at(monkeypatch, None, epochs_run)
+  summary = experts.run(config, killed)
+  assert epochs_run == [2]
+  assert summary["trained"] == [0, 1]
+  assert not progress.exists()
+  lines = (killed / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["resumed_after_epoch"] for line in lines] == [2, 2]
+  # The same programs on the same carries: the bits of a run never stopped.
+  chex.assert_trees_all_equal(
+    _saved_experts(killed), _saved_experts(never_stopped)
+  )
+
+
+def test_progress_of_another_chunk_layout_is_not_used(tmp_path, monkeypatch):
+  config = _run_config(num_experts=2, epochs=2, experts_in_parallel=2)
+  _kill_at(monkeypatch, 1, [])
+  with pytest.raises(_Killed):
+    experts.run(config, tmp_path)
+  assert experts.buffer.progress_chunks(tmp_path) == [0]
+
+  epochs_run = []
+  _kill_at(monkeypatch, None, epochs_run)
+  config.experts.experts_in_parallel = 1
+  experts.run(config, tmp_path)
+  # Chunks [0, 1) and [1, 2), each from its first epoch.
+  assert epochs_run == [0, 1, 0, 1]
+  assert experts.buffer.progress_chunks(tmp_path) == []
+  assert experts.saved_indices(tmp_path) == [0, 1]
 
 
 def test_run_compiles_the_experts_with_the_library_options(

@@ -265,6 +265,53 @@ def test_records_snapshots_losses_and_batches():
   assert np.all(np.asarray(record.loss) > 0)
 
 
+def test_epochs_in_parts_follow_one_call():
+  # Momentum, a schedule on the absolute epoch and a momentum restart: each
+  # needs `first_epoch` to be the epoch of the uninterrupted call.
+  model = _model()
+  images, targets = _problem(10)
+  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
+  settings = dict(
+    images=images,
+    targets=targets,
+    model=model,
+    lr=lambda epoch: jnp.where(epoch >= 2, 0.01, 0.05),
+    batch_size=4,
+    order_key=jax.random.key(1),
+    aug_key=jax.random.key(2),
+    dsa_strategy="color_crop_cutout_scale_rotate",
+    momentum=0.9,
+    weight_decay=5e-4,
+    restart_momentum_at=2,
+    keep_snapshots=True,
+  )
+  whole, record = train.train_epochs(variables, epochs=4, **settings)
+  one_epoch = jax.jit(
+    functools.partial(train.train_epochs_from, epochs=1, **settings)
+  )
+  carry = train.initial_carry(variables, momentum=0.9, weight_decay=5e-4)
+  losses = []
+  for epoch in range(4):
+    carry, part = one_epoch(carry, first_epoch=jnp.int32(epoch))
+    chex.assert_trees_all_close(
+      carry[0],
+      jax.tree.map(lambda s, e=epoch: s[e], record.snapshot),
+      rtol=1e-5,
+      atol=1e-6,
+    )
+    losses.append(part.loss[0])
+  chex.assert_trees_all_close(carry[0], whole["params"], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(jnp.stack(losses), record.loss, rtol=1e-5)
+  # The restart is at the absolute epoch 2: numbered from 0 in every part,
+  # the parts would train another network.
+  carry = train.initial_carry(variables, momentum=0.9, weight_decay=5e-4)
+  for _ in range(4):
+    carry, _ = one_epoch(carry, first_epoch=jnp.int32(0))
+  assert not np.allclose(
+    jax.tree.leaves(carry[0])[0], jax.tree.leaves(whole["params"])[0]
+  )
+
+
 def test_zero_epochs_return_the_variables():
   variables, got, record = _train_epochs("batch", epochs=0)
   chex.assert_trees_all_equal(got, variables)

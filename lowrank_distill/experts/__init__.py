@@ -5,14 +5,16 @@ parameters are kept at initialisation and after every epoch, so `E` epochs
 give `E + 1` snapshots [E + 1, ...]. The package is split as:
 
   training   pure, traceable training: `train_expert` (one expert),
-             `train_experts` (N vmapped, leaves [N, E + 1, ...]),
+             `train_experts` (N vmapped, leaves [N, E + 1, ...]), the same
+             in parts (`start_expert`, `train_expert_epochs`),
              `expert_key`, `init_key`, `Expert`; `final_expert_logits`
              (a trained expert's predictions, soft labels' 'expert' init)
   buffer     the on-disk buffer (`buffer.json` + `expert_<i>/`): its format,
-             `save_expert`, `open_buffer` / `Buffer.read`, and the identity
+             `save_expert`, `open_buffer` / `Buffer.read`, a chunk's
+             progress (`save_progress`, `load_progress`), and the identity
              a distillation run checks (`buffer_identity`, `check_buffer`)
   loop       `run(config, workdir)`: validates an experts config, trains the
-             missing experts chunk by chunk and saves them
+             missing experts chunk by chunk, epoch by epoch, and saves them
 
 This module only re-exports. Submodules import their siblings directly,
 never this package `__init__`.
@@ -46,7 +48,9 @@ from lowrank_distill.experts.training import (
   expert_key,
   final_expert_logits,
   init_key,
+  start_expert,
   train_expert,
+  train_expert_epochs,
   train_experts,
 )
 
@@ -74,7 +78,9 @@ __all__ = [
   "run",
   "save_expert",
   "saved_indices",
+  "start_expert",
   "train_expert",
+  "train_expert_epochs",
   "train_experts",
   "training",
   "validate",

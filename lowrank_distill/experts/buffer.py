@@ -7,9 +7,14 @@ A buffer is a directory:
   expert_000000/     `checkpoint.save_tree` of one trajectory: the Flax
   expert_000001/     'params' tree, every leaf [E + 1, ...], plus metadata
   ...
+  progress_000002/   while a chunk of experts trains (experts 2.. here):
+    epoch_0001/      the chunk's training carry after each epoch, written
+    ...              as the epoch ends (`save_progress`)
 
-Each expert directory is written atomically, so it is either complete or
-absent; a killed `run` restarts and trains only the missing experts.
+Each directory is written atomically, so it is either complete or absent;
+a killed `run` restarts, trains only the missing experts and continues the
+chunk it was training from its last finished epoch (`load_progress`); the
+progress directory goes once the chunk's experts are saved.
 `Buffer.read` reads a range of epochs of one expert without loading the
 rest (`checkpoint.read_slice`).
 """
@@ -37,6 +42,9 @@ _EXPERT_DIR = re.compile(r"^expert_(\d{6})$")
 # What an interrupted `save_tree` of an expert leaves: Orbax's temporary
 # directory `expert_<i>.orbax-checkpoint-tmp-<n>`.
 _UNFINISHED_DIR = re.compile(r"^expert_\d{6}\..*tmp")
+_PROGRESS_DIR = re.compile(r"^progress_(\d{6})$")
+_EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
+_UNFINISHED_EPOCH_DIR = re.compile(r"^epoch_\d{4,}\..*tmp")
 
 # Sections of a buffer identity that a distillation run must match; the
 # `training` section is provenance only.
@@ -193,13 +201,162 @@ def saved_indices(directory) -> list[int]:
 
 
 def remove_unfinished_saves(directory: pathlib.Path) -> None:
-  """Deletes what interrupted expert saves left in `directory`."""
-  # An expert directory appears only when its save finished; a run killed
-  # mid-save leaves `expert_<i>.<orbax temporary suffix>` behind.
-  for entry in directory.iterdir():
-    if _UNFINISHED_DIR.match(entry.name) and entry.is_dir():
-      logging.info("Removing the unfinished save %s", entry)
-      shutil.rmtree(entry, ignore_errors=True)
+  """Deletes what interrupted saves left in `directory`: of experts, and of
+  epochs in its progress directories."""
+  # A directory appears only when its save finished; a run killed mid-save
+  # leaves `expert_<i>.<orbax temporary suffix>` (or `epoch_<e>.<...>`).
+  places = [(directory, _UNFINISHED_DIR)] + [
+    (progress_dir(directory, first), _UNFINISHED_EPOCH_DIR)
+    for first in progress_chunks(directory)
+  ]
+  for place, pattern in places:
+    for entry in place.iterdir():
+      if pattern.match(entry.name) and entry.is_dir():
+        logging.info("Removing the unfinished save %s", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def progress_dir(directory, first: int) -> pathlib.Path:
+  """Where the chunk of experts starting at `first` keeps its progress."""
+  return pathlib.Path(directory) / f"progress_{first:06d}"
+
+
+def progress_chunks(directory) -> list[int]:
+  """The first experts of the chunks with progress in `directory`."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(
+    int(match.group(1))
+    for entry in directory.iterdir()
+    if (match := _PROGRESS_DIR.match(entry.name)) and entry.is_dir()
+  )
+
+
+def _progress_tag(identity: dict, chunk: range, width: int) -> dict:
+  return {
+    "identity": identity_lib.to_json_types(identity),
+    "chunk": [chunk.start, chunk.stop],
+    "width": int(width),
+  }
+
+
+def save_progress(
+  directory,
+  chunk: range,
+  epoch: int,
+  carry: PyTree,
+  *,
+  identity: dict,
+  losses,
+) -> None:
+  """Saves a chunk's training carry after `epoch` (counting from 1).
+
+  Call from every process, as `checkpoint.save_tree` asks.
+
+  Args:
+    directory: the buffer directory.
+    chunk: the experts the carry trains (`loop.chunks`).
+    epoch: the epochs done.
+    carry: `(params, state, opt_state)` with leaves [width, ...] (the chunk
+      padded to the mesh), as numpy; its params are snapshot `epoch`.
+    identity: the run's `buffer_identity`.
+    losses: [width] the epoch's mean training loss of each expert.
+  """
+  params, state, opt_state = carry
+  width = len(np.asarray(losses))
+  checkpoint.save_tree(
+    progress_dir(directory, chunk.start) / f"epoch_{epoch:04d}",
+    {"params": params, "state": state, "opt_state": opt_state},
+    metadata={
+      **_progress_tag(identity, chunk, width),
+      "epoch": int(epoch),
+      "losses": [float(x) for x in np.asarray(losses)],
+    },
+  )
+
+
+def load_progress(
+  directory,
+  chunk: range,
+  abstract_carry: PyTree,
+  *,
+  identity: dict,
+  ignore=(),
+):
+  """The epochs a killed run finished for `chunk`, to continue from.
+
+  Reads `progress_<first>/epoch_<e>` for e = 1, 2, ... up to the first
+  missing or unreadable one, and deletes the epochs after it (they are
+  trained again). Progress of another chunk layout (another
+  `experts_in_parallel` or mesh) or buffer identity is deleted unused.
+
+  Args:
+    directory: the buffer directory.
+    chunk: the experts to train.
+    abstract_carry: the carry's structure, leaves [width, ...]
+      (`jax.eval_shape`), so the optimiser state keeps its types.
+    identity: the run's `buffer_identity`.
+    ignore: identity keys a resumed run may change.
+
+  Returns:
+    `(snapshots, carry, losses)`: the params after epochs 1..e (a list of
+    e trees, numpy), the carry after epoch e and the [e] lists of each
+    epoch's [width] losses; `([], None, [])` when there is nothing to use.
+  """
+  root = progress_dir(directory, chunk.start)
+  width = jax.tree.leaves(abstract_carry)[0].shape[0]
+  tag = _progress_tag(identity, chunk, width)
+  target = dict(zip(("params", "state", "opt_state"), abstract_carry))
+  snapshots, carry, losses = [], None, []
+  epoch = 1
+  while (path := root / f"epoch_{epoch:04d}").is_dir():
+    try:
+      metadata = checkpoint.load_metadata(path)
+      saved = {key: metadata.get(key) for key in tag}
+      if diffs := identity_lib.diff(saved, tag, ignore=ignore):
+        logging.warning(
+          "Not using %s, the progress of another run: %s (saved != now)",
+          root,
+          "; ".join(diffs),
+        )
+        snapshots, carry, losses = [], None, []
+        break
+      tree, _ = checkpoint.load_tree(path, abstract_tree=target)
+    except checkpoint.CheckpointError as e:
+      logging.warning("Resuming after epoch %d: %s", epoch - 1, e)
+      break
+    tree = jax.device_get(tree)
+    snapshots.append(tree["params"])
+    carry = (tree["params"], tree["state"], tree["opt_state"])
+    losses.append(metadata["losses"])
+    epoch += 1
+  _remove_epochs_after(root, len(snapshots))
+  return snapshots, carry, losses
+
+
+def _remove_epochs_after(root: pathlib.Path, epoch: int) -> None:
+  """Deletes the saved epochs after `epoch` (all of `root` at 0)."""
+  if root.is_dir() and workdir_lib.is_writer():
+    if epoch == 0:
+      shutil.rmtree(root, ignore_errors=True)
+    else:
+      for entry in root.iterdir():
+        match = _EPOCH_DIR.match(entry.name)
+        if match and int(match.group(1)) > epoch:
+          logging.info("Removing %s, trained again", entry)
+          shutil.rmtree(entry, ignore_errors=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("experts: progress read")
+
+
+def remove_progress(directory, first: int) -> None:
+  """Deletes the progress of the chunk starting at `first` (its experts are
+  saved)."""
+  if workdir_lib.is_writer():
+    shutil.rmtree(progress_dir(directory, first), ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)

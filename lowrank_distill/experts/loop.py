@@ -1,8 +1,11 @@
 """The experts run: `run(config, workdir)` trains a buffer (configs/experts.py).
 
 Experts train in fixed chunks (`chunks`), vmapped and split over the mesh,
-and each is saved to the buffer (`buffer.save_expert`) as soon as its chunk
-is done; a restarted run trains only the missing ones.
+one epoch a call; the chunk's carry is saved after every epoch
+(`buffer.save_progress`) and each expert is saved to the buffer
+(`buffer.save_expert`) as soon as its chunk is done. A restarted run trains
+only the missing experts, continuing the chunk it was in from its last
+finished epoch: a kill costs at most one epoch.
 """
 
 import functools
@@ -105,9 +108,9 @@ def _write_buffer_file(workdir: pathlib.Path, saved, identity, epochs):
 def chunks(num_experts: int, experts_in_parallel: int) -> list[range]:
   """Fixed chunks of expert indices: [0, P), [P, 2P), ..., the last partial.
 
-  A resumed run retrains a chunk with a missing expert whole, so the
-  compiled program, and the bits of every expert, are those of a run that
-  was never stopped.
+  A resumed run trains a chunk with a missing expert with the same
+  chunk and compiled programs, from its last saved epoch, so the bits of
+  every expert are those of a run that was never stopped.
   """
   return [
     range(first, min(first + experts_in_parallel, num_experts))
@@ -115,42 +118,164 @@ def chunks(num_experts: int, experts_in_parallel: int) -> list[range]:
   ]
 
 
-@functools.partial(
-  jax.jit,
-  static_argnames=(
-    "model",
-    "epochs",
-    "lr",
-    "batch_size",
-    "momentum",
-    "weight_decay",
-    "dsa_strategy",
-    "mesh",
-  ),
+_HPARAMS = (
+  "model",
+  "lr",
+  "batch_size",
+  "momentum",
+  "weight_decay",
+  "dsa_strategy",
 )
-def _train_and_test(
-  keys, images, targets, test_images, test_labels, *, mesh=None, **kwargs
-):
-  """Trains experts vmapped over `keys` and counts their correct tests.
 
-  With a mesh, `keys` [k] (k a multiple of its devices) and the results
-  are split over its 'data' axis.
+
+@functools.partial(
+  jax.jit, static_argnames=("model", "image_shape", "optimizer", "mesh")
+)
+def _start(keys, *, model, image_shape, optimizer, mesh=None):
+  """The carries of experts vmapped over `keys` [k] before epoch 1."""
+  keys = sharding.constrain(keys, mesh, axis=0)
+  carry = jax.vmap(
+    lambda key: training.start_expert(
+      key, model=model, image_shape=image_shape, **dict(optimizer)
+    )
+  )(keys)
+  return sharding.constrain(carry, mesh, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=(*_HPARAMS, "mesh"))
+def _epoch(carry, epoch, keys, images, targets, *, mesh=None, **hparams):
+  """Epoch `epoch` (traced, counting from 0) of experts vmapped over `keys`.
+
+  With a mesh, `keys` [k] (k a multiple of its devices) and the carries are
+  split over its 'data' axis.
 
   Returns:
-    (trajectories, leaves [k, E + 1, ...]; correct [k]; last loss [k]).
+    (carry, loss [k]): the carries after the epoch and its mean losses.
   """
-  model = kwargs["model"]
+  carry = sharding.constrain(carry, mesh, axis=0)
   keys = sharding.constrain(keys, mesh, axis=0)
 
-  def one(key):
-    expert = training.train_expert(key, images, targets, **kwargs)
-    final = jax.tree.map(lambda t: t[-1], expert.trajectory)
-    correct = train.count_correct(
-      model, {"params": final, **expert.state}, test_images, test_labels
+  def one(carry, key):
+    carry, record = training.train_expert_epochs(
+      carry, key, images, targets, first_epoch=epoch, epochs=1, **hparams
     )
-    return expert.trajectory, correct, expert.train_loss[-1]
+    return carry, record.loss[0]
 
-  return sharding.constrain(jax.vmap(one)(keys), mesh, axis=0)
+  return sharding.constrain(jax.vmap(one)(carry, keys), mesh, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mesh"))
+def _count_correct(carry, test_images, test_labels, *, model, mesh=None):
+  """[k] correct test predictions of the experts whose carries are given."""
+  params, state, _ = sharding.constrain(carry, mesh, axis=0)
+  correct = jax.vmap(
+    lambda p, s: train.count_correct(
+      model, {"params": p, **s}, test_images, test_labels
+    )
+  )(params, state)
+  return sharding.constrain(correct, mesh, axis=0)
+
+
+class _Programs:
+  """The three programs of a chunk, compiled once per chunk width with the
+  library's compiler options (`models.compiler_options`);
+  `compile_seconds` sums the time spent compiling them."""
+
+  def __init__(self, hparams: dict, *, image_shape, conv_impl: str, mesh):
+    self.hparams = hparams
+    self.image_shape = tuple(image_shape)
+    self.options = models.compiler_options(conv_impl)
+    self.mesh = mesh
+    self.compile_seconds = 0.0
+    self._compiled = {}
+
+  def _compile(self, name, fn, *args, **kwargs):
+    shapes = tuple(getattr(x, "shape", None) for x in jax.tree.leaves(args))
+    if (name, shapes) not in self._compiled:
+      start = time.perf_counter()
+      self._compiled[name, shapes] = fn.lower(*args, **kwargs).compile(
+        self.options
+      )
+      seconds = time.perf_counter() - start
+      self.compile_seconds += seconds
+      if seconds > 1:
+        logging.info("compiled the experts' %s in %.1f s", name, seconds)
+    return self._compiled[name, shapes]
+
+  def start(self, keys):
+    kwargs = {
+      "model": self.hparams["model"],
+      "image_shape": self.image_shape,
+      "optimizer": tuple(
+        (name, self.hparams[name]) for name in ("momentum", "weight_decay")
+      ),
+      "mesh": self.mesh,
+    }
+    return self._compile("init", _start, keys, **kwargs)(keys)
+
+  def epoch(self, carry, epoch, keys, images, targets):
+    args = (carry, jnp.int32(epoch), keys, images, targets)
+    kwargs = {**self.hparams, "mesh": self.mesh}
+    return self._compile("epoch", _epoch, *args, **kwargs)(*args)
+
+  def correct(self, carry, test_images, test_labels):
+    args = (carry, test_images, test_labels)
+    kwargs = {"model": self.hparams["model"], "mesh": self.mesh}
+    return self._compile("test", _count_correct, *args, **kwargs)(*args)
+
+
+def _train_chunk(chunk, keys, arrays, programs, *, workdir, identity, epochs):
+  """Trains one chunk epoch by epoch, saving its carry after each epoch;
+  continues from what a killed run saved.
+
+  Returns:
+    (trajectories, leaves [width, E + 1, ...] numpy; correct [width];
+    last epoch's loss [width]; the epoch this run started from).
+  """
+  images, targets, test_images, test_labels = arrays
+  mesh = programs.mesh
+  first_carry = programs.start(keys)
+  snapshots, carry, losses = buffer.load_progress(
+    workdir,
+    chunk,
+    jax.eval_shape(lambda: first_carry),
+    identity=identity,
+    ignore=tuple(f"identity.{key}" for key in _RESUMABLE_KEYS),
+  )
+  snapshots = [sharding.to_host(first_carry[0]), *snapshots]
+  resumed_from = len(snapshots) - 1
+  if resumed_from:
+    logging.info(
+      "experts %d-%d: resuming after epoch %d of %d",
+      chunk.start,
+      chunk.stop - 1,
+      resumed_from,
+      epochs,
+    )
+    carry = sharding.put(carry, mesh, axis=0)
+  else:
+    carry = first_carry
+  loss = np.asarray(losses[-1]) if losses else None
+  for epoch in range(resumed_from, epochs):
+    start = time.perf_counter()
+    carry, loss = programs.epoch(carry, epoch, keys, images, targets)
+    host_carry, loss = sharding.to_host((carry, loss))
+    buffer.save_progress(
+      workdir, chunk, epoch + 1, host_carry, identity=identity, losses=loss
+    )
+    snapshots.append(host_carry[0])
+    logging.info(
+      "experts %d-%d: epoch %d of %d, mean loss %.4f, %.1f s",
+      chunk.start,
+      chunk.stop - 1,
+      epoch + 1,
+      epochs,
+      float(np.mean(loss[: len(chunk)])),
+      time.perf_counter() - start,
+    )
+  correct = sharding.to_host(programs.correct(carry, test_images, test_labels))
+  trajectories = jax.tree.map(lambda *s: np.stack(s, axis=1), *snapshots)
+  return trajectories, correct, loss, resumed_from
 
 
 def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
@@ -160,11 +285,13 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
   `dataset` when given (e.g. the classes of one continual-learning step).
   Experts train vmapped in chunks of `experts.experts_in_parallel`, split
   over the devices of `config.mesh` (a chunk that does not divide them is
-  completed with the next experts' keys, trained and discarded), and each is
-  saved as soon as its chunk is done; a restarted run skips the saved
-  experts. Writes `config.json`,
-  `buffer.json`, `expert_<i>/` and `metrics.jsonl` (per expert: final test
-  accuracy and training loss, seconds).
+  completed with the next experts' keys, trained and discarded), one epoch
+  a call with the chunk's carry saved after each (`progress_<first>/`);
+  each expert is saved as soon as its chunk is done. A restarted run skips
+  the saved experts and continues an unfinished chunk from its last saved
+  epoch. Writes `config.json`, `buffer.json`, `expert_<i>/` and
+  `metrics.jsonl` (per expert: final test accuracy and training loss,
+  seconds of this run, the epoch it resumed after).
 
   Returns:
     A summary: experts trained now and skipped, their mean test accuracy.
@@ -195,14 +322,18 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
 
   hparams = {
     "model": model,
-    "epochs": cfg.epochs,
     "lr": cfg.lr,
     "batch_size": cfg.batch_size,
     "momentum": cfg.momentum,
     "weight_decay": cfg.weight_decay,
     "dsa_strategy": cfg.dsa_strategy,
-    "mesh": mesh if sharding.is_sharded(mesh) else None,
   }
+  programs = _Programs(
+    hparams,
+    image_shape=dataset.image_shape,
+    conv_impl=config.model.conv_impl,
+    mesh=mesh if sharding.is_sharded(mesh) else None,
+  )
   key = rng.stream(jax.random.key(config.seed), "experts")
   arrays = (
     jnp.asarray(dataset.train_images),
@@ -217,19 +348,24 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
   for chunk in chunks(cfg.num_experts, cfg.experts_in_parallel):
     missing = [i for i in chunk if i not in done]
     if not missing:
+      buffer.remove_progress(workdir, chunk.start)
       continue
     width = sharding.padded_size(len(chunk), mesh)
     keys = train.model_keys(key, width, first=chunk.start)
     keys = sharding.put(keys, mesh, axis=0)
-    start = time.perf_counter()
-    compiled = _train_and_test.lower(keys, *arrays, **hparams).compile(
-      models.compiler_options(config.model.conv_impl)
+    # This run's training and saving, its compiling left out.
+    start = time.perf_counter() - programs.compile_seconds
+    trajectories, correct, losses, resumed_from = _train_chunk(
+      chunk,
+      keys,
+      arrays,
+      programs,
+      workdir=workdir,
+      identity=identity,
+      epochs=cfg.epochs,
     )
-    if (seconds := time.perf_counter() - start) > 1:
-      logging.info("compiled %d experts in parallel in %.1f s", width, seconds)
-    start = time.perf_counter()
-    trajectories, correct, losses = sharding.to_host(compiled(keys, *arrays))
-    seconds = (time.perf_counter() - start) / len(chunk)
+    seconds = time.perf_counter() - programs.compile_seconds - start
+    seconds /= len(chunk)
     for i in missing:
       j = i - chunk.start
       accuracy = float(correct[j]) / num_test
@@ -237,6 +373,7 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
         "test_accuracy": accuracy,
         "train_loss": float(losses[j]),
         "seconds": seconds,
+        "resumed_after_epoch": resumed_from,
       }
       buffer.save_expert(
         workdir,
@@ -255,6 +392,7 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
         losses[j],
         seconds,
       )
+    buffer.remove_progress(workdir, chunk.start)
   summary = {
     "workdir": str(workdir),
     "num_experts": len(buffer.saved_indices(workdir)),

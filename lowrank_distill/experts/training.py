@@ -56,6 +56,80 @@ def init_key(key):
   return jax.random.fold_in(key, _INIT)
 
 
+def start_expert(
+  key, *, model, image_shape, momentum: float = 0.0, weight_decay: float = 0.0
+):
+  """The expert's training carry before its first epoch.
+
+  Args:
+    key: the expert's key (`expert_key`); the init uses `init_key(key)`.
+    model: a Linen module from `lowrank_distill.models`.
+    image_shape: (h, w, c).
+    momentum, weight_decay: the optimiser's (`train.sgd`).
+
+  Returns:
+    `(params, state, opt_state)`: params are snapshot 0 of the trajectory.
+  """
+  initial = train.init_variables(init_key(key), model, image_shape)
+  return train.initial_carry(
+    initial, momentum=momentum, weight_decay=weight_decay
+  )
+
+
+def train_expert_epochs(
+  carry,
+  key,
+  images,
+  targets,
+  *,
+  first_epoch: int | jax.Array = 0,
+  epochs: int,
+  model,
+  lr=0.01,
+  batch_size: int = 256,
+  momentum: float = 0.0,
+  weight_decay: float = 0.0,
+  dsa_strategy: str = "none",
+):
+  """Epochs `first_epoch .. first_epoch + epochs - 1` of `train_expert`.
+
+  Pure and traceable (`first_epoch` may be traced): called epoch by epoch
+  from `start_expert`'s carry it trains the expert `train_expert` trains,
+  so a run can save the carry between calls and resume an expert.
+
+  Args:
+    carry: `(params, state, opt_state)` after epoch `first_epoch - 1`.
+    key: the expert's key (`expert_key`): data order and augmentation use
+      `fold_in(key, 1)` and `fold_in(key, 2)`.
+    images: [n, h, w, c] training images.
+    targets: [n, num_classes] target probabilities.
+    first_epoch: the index of the first epoch trained.
+    epochs: how many epochs this call trains.
+    model, lr, batch_size, momentum, weight_decay, dsa_strategy: see
+      `train_expert`.
+
+  Returns:
+    `(carry, record)`: the carry after the last epoch and the
+    `train.EpochRecord` (snapshot leaves [epochs, ...], loss [epochs]).
+  """
+  return train.train_epochs_from(
+    carry,
+    first_epoch=first_epoch,
+    images=jnp.asarray(images),
+    targets=jnp.asarray(targets),
+    model=model,
+    epochs=epochs,
+    lr=lr,
+    batch_size=batch_size,
+    order_key=jax.random.fold_in(key, _ORDER),
+    aug_key=jax.random.fold_in(key, _AUGMENT),
+    dsa_strategy=dsa_strategy,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    keep_snapshots=True,
+  )
+
+
 def train_expert(
   key,
   images,
@@ -76,7 +150,8 @@ def train_expert(
   every batch is augmented with per-sample (non-siamese) DSA. SGD is
   `torch.optim.SGD`: L2 `weight_decay` added to the gradient, then
   `momentum`, at a constant `lr`. Pure and traceable: jit or vmap it where
-  it is used.
+  it is used. `start_expert` and `train_expert_epochs` are the same
+  training in parts.
 
   Args:
     key: the expert's key (`expert_key`); init, data order and augmentation
@@ -99,26 +174,25 @@ def train_expert(
     Trajectories", CVPR 2022.
   """
   images, targets = jnp.asarray(images), jnp.asarray(targets)
-  initial = train.init_variables(init_key(key), model, images.shape[1:])
-  variables, record = train.train_epochs(
-    initial,
-    images=images,
-    targets=targets,
-    model=model,
+  optimizer = {"momentum": momentum, "weight_decay": weight_decay}
+  carry = start_expert(
+    key, model=model, image_shape=images.shape[1:], **optimizer
+  )
+  (_, state, _), record = train_expert_epochs(
+    carry,
+    key,
+    images,
+    targets,
     epochs=epochs,
+    model=model,
     lr=lr,
     batch_size=batch_size,
-    order_key=jax.random.fold_in(key, _ORDER),
-    aug_key=jax.random.fold_in(key, _AUGMENT),
     dsa_strategy=dsa_strategy,
-    momentum=momentum,
-    weight_decay=weight_decay,
-    keep_snapshots=True,
+    **optimizer,
   )
-  _, state = train.split_variables(variables)
   trajectory = jax.tree.map(
     lambda first, rest: jnp.concatenate([first[None], rest]),
-    initial["params"],
+    carry[0],
     record.snapshot,
   )
   return Expert(trajectory=trajectory, state=state, train_loss=record.loss)
