@@ -338,18 +338,37 @@ def train_epochs_from(
   keep_batches: bool = False,
   grad_chunk: int = 0,
 ) -> tuple[tuple, EpochRecord]:
-  """Epochs `first_epoch .. first_epoch + epochs - 1` of `train_epochs`.
+  """Epochs `first_epoch .. first_epoch + epochs - 1` of minibatch SGD.
 
-  The same training as `train_epochs` from `carry` (`initial_carry`, or
-  what an earlier call returned), so a training split into calls, e.g. one
-  epoch a call with a checkpoint between them, visits the batches and
-  augmentations of one uninterrupted call.
+  `train_epochs` is this from epoch 0; a training split into calls (e.g.
+  one epoch a call, with a checkpoint between them) visits the batches and
+  augmentations of one uninterrupted call, since every epoch is numbered
+  from the start.
 
   Args:
-    carry: (params, state, opt_state) after epoch `first_epoch - 1`.
+    carry: (params, state, opt_state) after epoch `first_epoch - 1`
+      (`initial_carry` before epoch 0).
     first_epoch: the index of the first epoch trained, traced or not.
-    The others: see `train_epochs`; `restart_momentum_at` and a callable
-      `lr` see the absolute epoch index.
+    images: [n, h, w, c] training images.
+    targets: [n, C] target probabilities.
+    model: a Linen module.
+    epochs: the number of epochs E (0: the carry is returned unchanged).
+    lr: the learning rate: a float, a traced scalar, or a function of the
+      (traced) epoch index for a schedule.
+    batch_size: minibatch size (at most n is used); the last batch of an
+      epoch may be partial.
+    order_key: the data order's key (`fold_in(order_key, epoch)` an epoch).
+    aug_key: the augmentation's key (`fold_in(aug_key, step)` a batch).
+    dsa_strategy: DSA strategy string or 'none' (per-sample DSA).
+    momentum: SGD momentum.
+    weight_decay: L2 coefficient added to the gradient.
+    restart_momentum_at: the epoch at whose start the momentum buffer is
+      zeroed (a new optimiser, as the reference's lr decay builds), or None.
+    keep_snapshots: record the params after every epoch.
+    keep_batches: record every batch's indices, mask and correctness.
+    grad_chunk: 0, or each batch's gradient in chunks of at most this many
+      rows (`chunked_cross_entropy_grad`: the same to float rounding, faster
+      on a CPU; models without batch statistics).
 
   Returns:
     (carry, record): the carry after the last epoch and the `EpochRecord`.
@@ -403,68 +422,26 @@ def train_epochs_from(
 def train_epochs(
   variables,
   *,
-  images,
-  targets,
-  model,
-  epochs: int,
-  lr: float | jax.Array | Callable[[jax.Array], jax.Array],
-  batch_size: int,
-  order_key,
-  aug_key,
-  dsa_strategy: str = "none",
   momentum: float = 0.0,
   weight_decay: float = 0.0,
-  restart_momentum_at: int | None = None,
-  keep_snapshots: bool = False,
-  keep_batches: bool = False,
-  grad_chunk: int = 0,
+  **settings,
 ) -> tuple[PyTree, EpochRecord]:
-  """Trains `variables` for `epochs` epochs of minibatch SGD (`sgd_epoch`).
+  """Trains Flax `variables` for `epochs` epochs of minibatch SGD.
 
   Args:
     variables: the network's Flax variables (params and e.g. batch_stats).
-    images: [n, h, w, c] training images.
-    targets: [n, C] target probabilities.
-    model: a Linen module.
-    epochs: the number of epochs E (0: `variables` are returned unchanged).
-    lr: the learning rate: a float, a traced scalar, or a function of the
-      (traced) epoch index for a schedule.
-    batch_size: minibatch size (at most n is used); the last batch of an
-      epoch may be partial.
-    order_key: the data order's key (`fold_in(order_key, epoch)` an epoch).
-    aug_key: the augmentation's key (`fold_in(aug_key, step)` a batch).
-    dsa_strategy: DSA strategy string or 'none' (per-sample DSA).
     momentum: SGD momentum.
     weight_decay: L2 coefficient added to the gradient.
-    restart_momentum_at: the epoch at whose start the momentum buffer is
-      zeroed (a new optimiser, as the reference's lr decay builds), or None.
-    keep_snapshots: record the params after every epoch.
-    keep_batches: record every batch's indices, mask and correctness.
-    grad_chunk: 0, or each batch's gradient in chunks of at most this many
-      rows (`chunked_cross_entropy_grad`: the same to float rounding, faster
-      on a CPU; models without batch statistics).
+    **settings: the other keywords of `train_epochs_from` (images, targets,
+      model, epochs, lr, batch_size, order_key, aug_key, dsa_strategy, ...),
+      which trains from epoch 0.
 
   Returns:
     (variables, record): the trained variables and the `EpochRecord`.
   """
   carry = initial_carry(variables, momentum=momentum, weight_decay=weight_decay)
   (params, state, _), record = train_epochs_from(
-    carry,
-    images=images,
-    targets=targets,
-    model=model,
-    epochs=epochs,
-    lr=lr,
-    batch_size=batch_size,
-    order_key=order_key,
-    aug_key=aug_key,
-    dsa_strategy=dsa_strategy,
-    momentum=momentum,
-    weight_decay=weight_decay,
-    restart_momentum_at=restart_momentum_at,
-    keep_snapshots=keep_snapshots,
-    keep_batches=keep_batches,
-    grad_chunk=grad_chunk,
+    carry, momentum=momentum, weight_decay=weight_decay, **settings
   )
   return {"params": params, **state}, record
 
