@@ -413,9 +413,7 @@ def train_epochs_from(
     )
     return carry, record
 
-  epoch_indices = jnp.arange(epochs)
-  if not (isinstance(first_epoch, int) and first_epoch == 0):
-    epoch_indices = epoch_indices + first_epoch
+  epoch_indices = first_epoch + jnp.arange(epochs)
   return jax.lax.scan(epoch_fn, tuple(carry), epoch_indices)
 
 
