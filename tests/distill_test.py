@@ -330,6 +330,27 @@ def test_a_killed_and_resumed_run_matches_an_uninterrupted_one(
   assert _loss_steps(tmp_path) == [2, 4]
 
 
+def test_a_mid_run_evaluation_scores_and_keeps_the_set_of_its_step(tmp_path):
+  config = _config(eval_every=2)
+  assert config.distill.iterations == 4
+  distill.run(config, tmp_path / "long")
+  records = [
+    json.loads(line)
+    for line in (tmp_path / "long" / "metrics.jsonl").read_text().splitlines()
+  ]
+  (midrun,) = [r for r in records if "eval" in r and not r.get("final")]
+  assert midrun["step"] == 2
+  kept = synset.load(tmp_path / "long" / distill.loop.midrun_export_name(2))
+  assert (tmp_path / "long" / "synset_000002.npz").exists()
+  # A run that ends at that step exports the same set and scores it alike.
+  short = distill.run(_config(iterations=2), tmp_path / "short")
+  ended = synset.load(tmp_path / "short" / "synset")
+  chex.assert_trees_all_equal(kept.params, ended.params)
+  np.testing.assert_array_equal(kept.labels, ended.labels)
+  assert kept.info["recipe"] == ended.info["recipe"]
+  assert midrun["eval"] == short["results"]
+
+
 def test_running_a_finished_run_again_reads_its_evaluation_back(
   finished_run, tmp_path
 ):

@@ -61,6 +61,11 @@ def check_workdir(workdir: pathlib.Path, config) -> None:
   )
 
 
+def midrun_export_name(step: int) -> str:
+  """The folder of the set a mid-run evaluation (`eval_every`) scored."""
+  return f"synset_{step:06d}"
+
+
 def _truncate_metrics(writer: workdir_lib.MetricsWriter, step: int) -> None:
   """Drops records past the restored step (they will be produced again)."""
   if not workdir_lib.is_writer():
@@ -82,7 +87,8 @@ def run(
 
   Writes config.json, metrics.jsonl, checkpoints/, images/*.png, synset/
   (the export), eval_models.jsonl (`evaluate.ModelLog`) and results.json
-  into `workdir`.
+  into `workdir`; every mid-run evaluation's set goes to synset_<step>/
+  (`midrun_export_name`), beside synset.npz as synset_<step>.npz.
 
   Args:
     config: the run's config.
@@ -167,6 +173,15 @@ def run(
         and done % schedule.eval_every == 0
         and done < schedule.iterations
       ):
+        # The set this evaluation scores is kept: the final export is the
+        # last iteration's set, and checkpoints of this step are rotated out.
+        export_lib.export(
+          workdir / midrun_export_name(done),
+          state.trainable,
+          plan,
+          method=plan.method,
+          dataset_config=config.dataset.to_dict(),
+        )
         results = _evaluate(
           jax.random.fold_in(eval_key, done),
           state.trainable,
