@@ -23,8 +23,10 @@ at 1000 epochs than at 300). docs/RESULTS.md says which was chosen and why.
 
 Writes under `--out`: summary.txt (one line per run as it ends), chain.log
 (every run's output), env.txt, and chain_runs.tar.gz (every run's workdir:
-metrics, config, checkpoints, exported set; not the buffers, which are too
-big to bring back). `--resume_from=<an earlier chain_runs.tar.gz>` carries
+metrics, config, checkpoints, the set each evaluation scored in
+`synset_<step>/`, so a cut run's sets come back too, and the final export;
+not the buffers, which are too big to bring back).
+`--resume_from=<an earlier chain_runs.tar.gz>` carries
 its runs on: the DM starts are done, and each trajectory run resumes from
 its last checkpoint against a buffer trained again with the same seeds.
 

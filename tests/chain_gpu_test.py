@@ -118,6 +118,7 @@ def test_the_archive_keeps_every_run_but_the_buffers(chain_gpu, tmp_path):
     "heldout/dm_start/synset/tree/x",
     "heldout/ee1_s20_m6/checkpoints/20/state",
     "heldout/ee1_s20_m6/metrics.jsonl",
+    "heldout/ee1_s20_m6/synset_000100/tree/x",
     "heldout/experts/expert_0/snapshots",
     "test/experts/buffer.json",
   ]
@@ -128,7 +129,7 @@ def test_the_archive_keeps_every_run_but_the_buffers(chain_gpu, tmp_path):
   chain_gpu.archive_runs(root, target)
   with tarfile.open(target) as tar:
     names = {m.name for m in tar.getmembers() if m.isfile()}
-  assert names == {f"full/{name}" for name in files[:3]}
+  assert names == {f"full/{name}" for name in files[:4]}
 
 
 def test_a_missing_or_unstarted_buffer_counts_as_no_experts(
