@@ -135,7 +135,10 @@ start_delta=6`, 82.95) and 200 iterations (81.95) did not pass
 session 31); nor did the codes' lr 300 (`--config.distill.lr_images=300`,
 82.95; 30: 82.20), and the late window with it lost (81.75; session 32).
 The mappers carry most of the chain's change to the images at every
-codes' lr; their own lr 3 (`lr_mappers=3`) reached 82.15 there.
+codes' lr; their own lr 3 (`lr_mappers=3`) reached 82.15 there. Against
+4 experts x 8 epochs (`num_experts=4`) the same held-out chain reached
+82.05 at 200 iterations (81.05 at 100 of them; 70 min on 2 cores,
+session 35): the bigger buffer is no lever at the CPU's evaluation.
 """
 
 import ml_collections
