@@ -298,9 +298,13 @@ def test_run_exports_a_set_that_reloads_and_evaluates(finished_run, tmp_path):
   assert again["results"] == results["results"]
 
 
-def _loss_steps(workdir):
+def _records(workdir):
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  return [r["step"] for r in map(json.loads, lines) if "loss" in r]
+  return [json.loads(line) for line in lines]
+
+
+def _loss_steps(workdir):
+  return [r["step"] for r in _records(workdir) if "loss" in r]
 
 
 def _final_state(workdir, config):
@@ -334,11 +338,9 @@ def test_a_mid_run_evaluation_scores_and_keeps_the_set_of_its_step(tmp_path):
   config = _config(eval_every=2)
   assert config.distill.iterations == 4
   distill.run(config, tmp_path / "long")
-  records = [
-    json.loads(line)
-    for line in (tmp_path / "long" / "metrics.jsonl").read_text().splitlines()
+  (midrun,) = [
+    r for r in _records(tmp_path / "long") if "eval" in r and not r.get("final")
   ]
-  (midrun,) = [r for r in records if "eval" in r and not r.get("final")]
   assert midrun["step"] == 2
   kept = synset.load(tmp_path / "long" / distill.loop.midrun_export_name(2))
   assert (tmp_path / "long" / "synset_000002.npz").exists()

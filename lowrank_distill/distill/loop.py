@@ -7,6 +7,7 @@ export.
 """
 
 import dataclasses
+import functools
 import pathlib
 import time
 
@@ -122,6 +123,13 @@ def run(
 
   writer = workdir_lib.start(workdir, config)
   schedule = plan.schedule
+  # Mid-run evaluations and the end export the same way.
+  export_set = functools.partial(
+    export_lib.export,
+    plan=plan,
+    method=plan.method,
+    dataset_config=config.dataset.to_dict(),
+  )
   with checkpoint.Checkpointer(
     workdir / "checkpoints", config=_identity_config(config)
   ) as ckpt:
@@ -175,13 +183,7 @@ def run(
       ):
         # The set this evaluation scores is kept: the final export is the
         # last iteration's set, and checkpoints of this step are rotated out.
-        export_lib.export(
-          workdir / midrun_export_name(done),
-          state.trainable,
-          plan,
-          method=plan.method,
-          dataset_config=config.dataset.to_dict(),
-        )
+        export_set(workdir / midrun_export_name(done), state.trainable)
         results = _evaluate(
           jax.random.fold_in(eval_key, done),
           state.trainable,
@@ -205,13 +207,7 @@ def run(
     if process_0:
       print(f"warning: {warning}", flush=True)
   export_lib.save_pictures(workdir, final_step, state.trainable, plan)
-  exported = export_lib.export(
-    workdir / "synset",
-    state.trainable,
-    plan,
-    method=plan.method,
-    dataset_config=config.dataset.to_dict(),
-  )
+  exported = export_set(workdir / "synset", state.trainable)
   results = {}
   if final_eval:
     results = _evaluate(
