@@ -311,6 +311,8 @@ def test_run_trains_saves_and_resumes_only_the_missing_expert(tmp_path, digits):
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["expert"] for line in lines] == [0, 1]
   assert all(0 <= json.loads(line)["test_accuracy"] <= 1 for line in lines)
+  assert summary["evaluation_split"] == "test"
+  assert 0 <= summary["mean_test_accuracy"] <= 1
   assert (tmp_path / "config.json").exists()
   original, _ = checkpoint.load_tree(tmp_path / "expert_000001")
   kept = (tmp_path / "expert_000000").stat().st_mtime_ns
@@ -330,6 +332,26 @@ def test_run_trains_saves_and_resumes_only_the_missing_expert(tmp_path, digits):
     checkpoint.CheckpointError, match=r"training.lr 0.01 != 0.02"
   ):
     experts.run(other, tmp_path)
+
+
+def test_experts_scored_on_held_out_images_name_the_validation_split(
+  tmp_path,
+):
+  config = _run_config(num_experts=1, epochs=1)
+  config.dataset.validation_per_class = 5
+  summary = experts.run(config, tmp_path)
+  assert summary["evaluation_split"] == "validation"
+  assert "mean_test_accuracy" not in summary
+  assert 0 <= summary["mean_validation_accuracy"] <= 1
+  (record,) = [
+    json.loads(line)
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+  ]
+  assert "test_accuracy" not in record
+  assert record["validation_accuracy"] == summary["mean_validation_accuracy"]
+  saved = checkpoint.load_metadata(experts.expert_dir(tmp_path, 0))
+  assert saved["validation_accuracy"] == record["validation_accuracy"]
+  assert "test_accuracy" not in saved
 
 
 class _Killed(Exception):

@@ -171,7 +171,7 @@ def save_expert(directory, index: int, trajectory, *, metadata: dict) -> None:
     directory: the buffer directory.
     index: the expert's index.
     trajectory: the 'params' tree, every leaf [E + 1, ...].
-    metadata: JSON-able dict stored with it (identity, test accuracy, ...);
+    metadata: JSON-able dict stored with it (identity, accuracy, ...);
       'expert' and 'num_snapshots' are added.
 
   Raises:

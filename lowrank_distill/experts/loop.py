@@ -290,11 +290,14 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
   each expert is saved as soon as its chunk is done. A restarted run skips
   the saved experts and continues an unfinished chunk from its last saved
   epoch. Writes `config.json`, `buffer.json`, `expert_<i>/` and
-  `metrics.jsonl` (per expert: final test accuracy and training loss,
-  seconds of this run, the epoch it resumed after).
+  `metrics.jsonl` (per expert: final accuracy on the evaluation split as
+  `test_accuracy`, or `validation_accuracy` when the config holds train
+  images out; training loss, seconds of this run, the epoch it resumed
+  after).
 
   Returns:
-    A summary: experts trained now and skipped, their mean test accuracy.
+    A summary: experts trained now and skipped, `evaluation_split` and the
+    new experts' `mean_test_accuracy` (or `mean_validation_accuracy`).
 
   Raises:
     ValueError: a bad config value (naming the field), before compute.
@@ -343,6 +346,8 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
   )
   arrays = sharding.put(arrays, mesh)
   num_test = len(dataset.test_labels)
+  # 'test_accuracy', or 'validation_accuracy' on train images held out.
+  accuracy_key = f"{dataset.evaluation_split}_accuracy"
   done = set(buffer.saved_indices(workdir))
   trained, accuracies = [], []
   for chunk in chunks(cfg.num_experts, cfg.experts_in_parallel):
@@ -370,7 +375,7 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
       j = i - chunk.start
       accuracy = float(correct[j]) / num_test
       metrics = {
-        "test_accuracy": accuracy,
+        accuracy_key: accuracy,
         "train_loss": float(losses[j]),
         "seconds": seconds,
         "resumed_after_epoch": resumed_from,
@@ -399,8 +404,7 @@ def run(config, workdir, *, dataset: data.Dataset | None = None) -> dict:
     "num_snapshots": cfg.epochs + 1,
     "trained": trained,
     "skipped": sorted(done & set(range(cfg.num_experts))),
-    "mean_test_accuracy": float(np.mean(accuracies)) if accuracies else None,
-    # 'validation': the accuracies are on train images held out of training.
+    f"mean_{accuracy_key}": float(np.mean(accuracies)) if accuracies else None,
     "evaluation_split": dataset.evaluation_split,
   }
   line = (
