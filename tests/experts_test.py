@@ -300,6 +300,11 @@ def _run_config(**experts_overrides):
   return config
 
 
+def _records(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines]
+
+
 def test_run_trains_saves_and_resumes_only_the_missing_expert(tmp_path, digits):
   config = _run_config(num_experts=2, epochs=2, experts_in_parallel=2)
   summary = experts.run(config, tmp_path)
@@ -308,9 +313,9 @@ def test_run_trains_saves_and_resumes_only_the_missing_expert(tmp_path, digits):
     tmp_path, experts.buffer_identity(digits, config), min_snapshots=3
   )
   assert (buffer.num_experts, buffer.num_snapshots) == (2, 3)
-  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert [json.loads(line)["expert"] for line in lines] == [0, 1]
-  assert all(0 <= json.loads(line)["test_accuracy"] <= 1 for line in lines)
+  records = _records(tmp_path)
+  assert [r["expert"] for r in records] == [0, 1]
+  assert all(0 <= r["test_accuracy"] <= 1 for r in records)
   assert summary["evaluation_split"] == "test"
   assert 0 <= summary["mean_test_accuracy"] <= 1
   assert (tmp_path / "config.json").exists()
@@ -343,10 +348,7 @@ def test_experts_scored_on_held_out_images_name_the_validation_split(
   assert summary["evaluation_split"] == "validation"
   assert "mean_test_accuracy" not in summary
   assert 0 <= summary["mean_validation_accuracy"] <= 1
-  (record,) = [
-    json.loads(line)
-    for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-  ]
+  (record,) = _records(tmp_path)
   assert "test_accuracy" not in record
   assert record["validation_accuracy"] == summary["mean_validation_accuracy"]
   saved = checkpoint.load_metadata(experts.expert_dir(tmp_path, 0))
@@ -408,8 +410,7 @@ def test_a_killed_run_continues_its_chunk_after_the_last_epoch(
   assert epochs_run == [2]
   assert summary["trained"] == [0, 1]
   assert not progress.exists()
-  lines = (killed / "metrics.jsonl").read_text().splitlines()
-  assert [json.loads(line)["resumed_after_epoch"] for line in lines] == [2, 2]
+  assert [r["resumed_after_epoch"] for r in _records(killed)] == [2, 2]
   # The same programs on the same carries: the bits of a run never stopped.
   chex.assert_trees_all_equal(
     _saved_experts(killed), _saved_experts(never_stopped)
