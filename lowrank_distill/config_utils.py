@@ -320,6 +320,7 @@ def distill_config(
   optimizer: str = "sgd",
   lr_mappers: float = 0.0,
   orthonormal_mappers: bool = False,
+  ema_decay: float = 0.0,
   **objective_fields,
 ) -> ml_collections.ConfigDict:
   """`config.distill`: the loop's fields every objective has, plus its own.
@@ -337,6 +338,9 @@ def distill_config(
     orthonormal_mappers: shared mappers (`synset.param='mappers'`) are made
       orthonormal again after every update, their scale moved into the
       codes (`mappers.orthonormalize`; the images do not change).
+    ema_decay: the run evaluates and exports an exponential moving average
+      of its set with this decay (FTD; `step.with_average`); 0: the last
+      set.
     conv_impl: the distillation network's convolution ('xla' | 'im2col' |
       'canonical' | 'auto'); evaluation uses `model.conv_impl`.
     eval_every, image_every, checkpoint_every, log_every: intervals in
@@ -354,6 +358,7 @@ def distill_config(
       "optimizer": optimizer,
       "lr_mappers": lr_mappers,
       "orthonormal_mappers": orthonormal_mappers,
+      "ema_decay": ema_decay,
       "momentum": momentum,
       "conv_impl": conv_impl,
       "learn_lr": learn_lr,

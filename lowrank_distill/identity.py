@@ -62,6 +62,7 @@ ADDED_FIELDS = {
   "distill.optimizer": "sgd",
   "distill.orthonormal_mappers": False,
   "distill.lr_mappers": 0.0,
+  "distill.ema_decay": 0.0,
   "eval.grad_chunk": 0,
   "labels.experts": "",
   "distill.club_weight": 0.0,

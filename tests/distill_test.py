@@ -105,6 +105,72 @@ def test_a_projected_optimizer_lands_on_the_projected_params():
   )
 
 
+def test_an_averaged_optimizer_keeps_the_moving_average_of_the_set():
+  groups = {"images": (1.0, 0.5), "labels": (0.5, 0.0), "log_lr": (0.1, 0.0)}
+  plain = distill.make_optimizer(groups)
+  averaging = distill.with_average(plain, decay=0.75)
+  trainable = {
+    "images": {"x": jnp.array([1.0, 2.0])},
+    "labels": jnp.array([[0.0, 1.0]]),
+    "log_lr": jnp.float32(-4.0),
+  }
+
+  def loss_fn(trainable, key, scale):
+    del key
+    return scale * sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(trainable))
+
+  step = jax.jit(distill.make_train_step(loss_fn, averaging, max_loss=1e3))
+  plain_step = jax.jit(distill.make_train_step(loss_fn, plain, max_loss=1e3))
+  state = distill.init_state(trainable, averaging)
+  plain_state = distill.init_state(trainable, plain)
+  expected = {"images": trainable["images"], "labels": trainable["labels"]}
+  for scale in (1.0, jnp.nan, 0.5):
+    state, metrics = step(state, jax.random.key(0), jnp.float32(scale))
+    plain_state, _ = plain_step(plain_state, jax.random.key(0), scale)
+    if not bool(metrics["skipped"]):
+      new = {
+        "images": state.trainable["images"],
+        "labels": state.trainable["labels"],
+      }
+      expected = jax.tree.map(lambda a, p: 0.75 * a + 0.25 * p, expected, new)
+    # The average never feeds back: the set trains as without it.
+    chex.assert_trees_all_equal(state.trainable, plain_state.trainable)
+    chex.assert_trees_all_close(state.opt_state.average, expected)
+  assert int(state.skipped) == 1
+  # The run reports the averaged images and labels with its last lr.
+  reported = distill.averaged(state)
+  chex.assert_trees_all_close(reported["images"], expected["images"])
+  chex.assert_trees_all_close(reported["labels"], expected["labels"])
+  assert reported["log_lr"] is state.trainable["log_lr"]
+  assert not np.allclose(
+    reported["images"]["x"], state.trainable["images"]["x"]
+  )
+  assert distill.averaged(plain_state) is plain_state.trainable
+
+
+def test_an_average_keeps_a_frozen_group_at_its_value():
+  averaging = distill.with_average(
+    distill.make_optimizer({"images": None, "labels": (1.0, 0.0)}), decay=0.9
+  )
+  trainable = {
+    "images": {"x": jnp.array([0.1, 0.3, 0.7])},
+    "labels": jnp.array([[0.0, 1.0]]),
+  }
+  state = distill.init_state(trainable, averaging)
+  grads = jax.tree.map(jnp.ones_like, trainable)
+  _, opt_state = averaging.update(grads, state.opt_state, trainable)
+  chex.assert_trees_all_equal(opt_state.average["images"], trainable["images"])
+  np.testing.assert_allclose(opt_state.average["labels"], [[-0.1, 0.9]])
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_an_average_outside_its_range_is_refused(decay):
+  with pytest.raises(ValueError, match=r"decay.*\[0, 1\)"):
+    distill.with_average(
+      distill.make_optimizer({"images": (1.0, 0.0)}), decay=decay
+    )
+
+
 def _mapper_config(**distill_overrides):
   config = tm_config.get_config("runlocal=true,variant=mtt_lss")
   config.distill.update(distill_overrides)
@@ -311,6 +377,8 @@ def _final_state(workdir, config):
   plan = distill.make_plan(config)
   trainable = distill.initial_trainable(jax.random.key(0), plan)
   optimizer = distill.make_optimizer(distill.optimizer_groups(plan, trainable))
+  if plan.ema_decay:
+    optimizer = distill.with_average(optimizer, decay=plan.ema_decay)
   abstract = jax.eval_shape(lambda: distill.init_state(trainable, optimizer))
   with checkpoint.Checkpointer(
     workdir / "checkpoints", config=distill.loop._identity_config(config)
@@ -332,6 +400,41 @@ def test_a_killed_and_resumed_run_matches_an_uninterrupted_one(
   assert int(resumed.step) == 4
   chex.assert_trees_all_equal(straight, resumed)
   assert _loss_steps(tmp_path) == [2, 4]
+
+
+def test_an_averaged_run_exports_its_average_and_resumes_it(
+  finished_run, tmp_path
+):
+  config = _config(ema_decay=0.5)
+  assert config.distill.iterations == 4
+  straight = distill.run(config, tmp_path / "straight")
+  # "Killed" after 2 iterations (its last checkpoint), then started again.
+  distill.run(_config(ema_decay=0.5, iterations=2), tmp_path / "resumed")
+  distill.run(config, tmp_path / "resumed")
+  state = _final_state(tmp_path / "straight", config)
+  chex.assert_trees_all_equal(state, _final_state(tmp_path / "resumed", config))
+  exported = synset.load(tmp_path / "straight" / "synset")
+  chex.assert_trees_all_close(
+    exported.params, state.opt_state.average["images"]
+  )
+  last = synset.load(tmp_path / "straight" / distill.loop.LAST_SET)
+  chex.assert_trees_all_close(last.params, state.trainable["images"])
+  assert not np.allclose(exported.images, last.images)
+  # The average is trained with the run's last learned lr; without an
+  # average there is no second set.
+  assert exported.lr == last.lr
+  assert straight["ema_decay"] == 0.5
+  assert finished_run[1]["ema_decay"] == 0.0
+  assert not (finished_run[0] / distill.loop.LAST_SET).exists()
+  # The average never feeds back: the last set is the plain run's.
+  plain = synset.load(finished_run[0] / "synset")
+  np.testing.assert_array_equal(plain.images, last.images)
+
+
+def test_an_average_decay_outside_its_range_is_refused_before_compute(tmp_path):
+  with pytest.raises(ValueError, match=r"distill.ema_decay"):
+    distill.run(_config(ema_decay=1.0), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
 
 
 def test_a_mid_run_evaluation_scores_and_keeps_the_set_of_its_step(tmp_path):

@@ -38,22 +38,27 @@ from lowrank_distill.distill.planning import (
   validate,
 )
 from lowrank_distill.distill.step import (
+  AveragedState,
   DistillState,
   DistillStateWithAux,
+  averaged,
   guarded_update,
   init_state,
   make_optimizer,
   make_train_step,
+  with_average,
 )
 
 __all__ = [
   "OBJECTIVES",
   "RANGES",
   "RESUMABLE_FIELDS",
+  "AveragedState",
   "DistillState",
   "DistillStateWithAux",
   "Objective",
   "Plan",
+  "averaged",
   "bptt",
   "check_workdir",
   "dm",
@@ -76,4 +81,5 @@ __all__ = [
   "syn_targets",
   "tm",
   "validate",
+  "with_average",
 ]

@@ -30,6 +30,7 @@ from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.distill import export as export_lib
 from lowrank_distill.distill import planning
 from lowrank_distill.distill.objective import Plan
+from lowrank_distill.distill.step import averaged
 from lowrank_distill.parameterize import budget as budget_lib
 
 
@@ -62,6 +63,11 @@ def check_workdir(workdir: pathlib.Path, config) -> None:
   )
 
 
+# The last iteration's set, beside the average that synset/ holds, when a
+# run averages its set (`distill.ema_decay`).
+LAST_SET = "synset_last"
+
+
 def midrun_export_name(step: int) -> str:
   """The folder of the set a mid-run evaluation (`eval_every`) scored."""
   return f"synset_{step:06d}"
@@ -89,7 +95,10 @@ def run(
   Writes config.json, metrics.jsonl, checkpoints/, images/*.png, synset/
   (the export), eval_models.jsonl (`evaluate.ModelLog`) and results.json
   into `workdir`; every mid-run evaluation's set goes to synset_<step>/
-  (`midrun_export_name`), beside synset.npz as synset_<step>.npz.
+  (`midrun_export_name`), beside synset.npz as synset_<step>.npz. With
+  `distill.ema_decay` the set evaluated and exported is the average
+  (`step.averaged`), and the last iteration's own set goes to
+  synset_last/ (`LAST_SET`), unevaluated.
 
   Args:
     config: the run's config.
@@ -183,36 +192,40 @@ def run(
       ):
         # The set this evaluation scores is kept: the final export is the
         # last iteration's set, and checkpoints of this step are rotated out.
-        export_set(workdir / midrun_export_name(done), state.trainable)
+        reported = averaged(state)
+        export_set(workdir / midrun_export_name(done), reported)
         results = _evaluate(
           jax.random.fold_in(eval_key, done),
-          state.trainable,
+          reported,
           plan,
           workdir,
           mesh,
         )
         writer.write(done, eval=results)
       if schedule.image_every and done % schedule.image_every == 0:
-        export_lib.save_pictures(workdir, done, state.trainable, plan)
+        export_lib.save_pictures(workdir, done, averaged(state), plan)
       if done % schedule.checkpoint_every == 0 or done == schedule.iterations:
         ckpt.save(done, state)
     ckpt.wait()
 
   final_step = int(state.step)
+  reported = averaged(state)
   # Refused before the export and the evaluation; the checkpoints stay.
   for warning in export_lib.check_result(
-    state.trainable, plan, skipped=int(state.skipped), iterations=final_step
+    reported, plan, skipped=int(state.skipped), iterations=final_step
   ):
     logging.warning("%s", warning)
     if process_0:
       print(f"warning: {warning}", flush=True)
-  export_lib.save_pictures(workdir, final_step, state.trainable, plan)
-  exported = export_set(workdir / "synset", state.trainable)
+  export_lib.save_pictures(workdir, final_step, reported, plan)
+  exported = export_set(workdir / "synset", reported)
+  if reported is not state.trainable:
+    export_set(workdir / LAST_SET, state.trainable)
   results = {}
   if final_eval:
     results = _evaluate(
       jax.random.fold_in(eval_key, final_step),
-      state.trainable,
+      reported,
       plan,
       workdir,
       mesh,
@@ -226,8 +239,9 @@ def run(
     "skipped_updates": int(state.skipped),
     "iterations": final_step,
     "lr": exported.lr,
+    "ema_decay": plan.ema_decay,
     "set_statistics": analysis.set_statistics(
-      state.trainable, images_per_class=plan.images_per_class
+      reported, images_per_class=plan.images_per_class
     ),
     "results": results,
   }

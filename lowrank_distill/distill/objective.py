@@ -70,6 +70,8 @@ class Plan:
     optimizer_kind: every group's update rule ('sgd' | 'adam').
     orthonormal_mappers: shared mappers are made orthonormal again after
       every update (`mappers.orthonormalize`; the images do not change).
+    ema_decay: the decay of the exponential moving average of the set that
+      the run evaluates and exports (`step.with_average`); 0: the last set.
   """
 
   method: str
@@ -90,6 +92,7 @@ class Plan:
   optimizer_kind: str = "sgd"
   label_experts: dict | None = None
   orthonormal_mappers: bool = False
+  ema_decay: float = 0.0
   start_set: Any = None
 
   @property

@@ -32,6 +32,7 @@ from lowrank_distill.distill.step import (
   holds_subgroup,
   init_state,
   make_optimizer,
+  with_average,
 )
 from lowrank_distill.parameterize import budget as budget_lib
 from lowrank_distill.parameterize import labels as labels_lib
@@ -66,6 +67,8 @@ RANGES = {
   "labels.momentum": checks.MOMENTUM,
   "distill.iterations": checks.COUNT,
   "distill.lr_images": checks.RATE,
+  # 0: the last set, not an average.
+  "distill.ema_decay": checks.MOMENTUM,
   # 0: the images' lr.
   "distill.lr_hallucinators": checks.NON_NEGATIVE,
   "distill.lr_mappers": checks.NON_NEGATIVE,
@@ -263,6 +266,13 @@ def mapper_lr(config) -> float:
   return float(config.distill.get("lr_mappers", 0.0))
 
 
+def ema_decay(config) -> float:
+  """`distill.ema_decay`: the decay of the average of the set a run reports
+  (0, or absent in configs written before the field existed: the last
+  set)."""
+  return float(config.distill.get("ema_decay", 0.0))
+
+
 def holds_mappers_orthonormal(config) -> bool:
   """`distill.orthonormal_mappers` (absent in configs written before the
   field existed: False)."""
@@ -411,6 +421,7 @@ def make_plan(
     ),
     optimizer_kind=cfg.optimizer,
     orthonormal_mappers=holds_mappers_orthonormal(config),
+    ema_decay=ema_decay(config),
   )
   if check_inputs:
     objective.check_plan(plan)
@@ -633,14 +644,17 @@ def _initial_labels(key, plan: Plan, images) -> jax.Array:
 
 def initial_state(key, plan: Plan):
   """(state, optimiser): the trainable set before distillation, its optax
-  optimiser (one SGD group per parameter group) and that optimiser's state,
-  with the objective's own networks (`Objective.init_aux`) if it has any."""
+  optimiser (one SGD group per parameter group, keeping the set's average
+  with `Plan.ema_decay`) and that optimiser's state, with the objective's
+  own networks (`Objective.init_aux`) if it has any."""
   trainable = initial_trainable(key, plan)
   optimizer = make_optimizer(
     optimizer_groups(plan, trainable),
     kind=plan.optimizer_kind,
     project=projection(plan),
   )
+  if plan.ema_decay:
+    optimizer = with_average(optimizer, decay=plan.ema_decay)
   aux = OBJECTIVES[plan.method].init_aux(jax.random.fold_in(key, 1), plan)
   return init_state(trainable, optimizer, aux=aux), optimizer
 

@@ -10,7 +10,7 @@ applied), and updates every group.
 """
 
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -157,6 +157,78 @@ def make_optimizer(
 
   optimizer = optax.multi_transform(transforms, group_of)
   return optimizer if project is None else _projected(optimizer, project)
+
+
+# The groups an average of the set (`with_average`) covers: what the set
+# stores. The learned student lr is not averaged: as in FTD, the averaged
+# set is trained with the run's last learned lr.
+AVERAGED_GROUPS = ("images", "labels")
+
+
+class AveragedState(NamedTuple):
+  """`with_average`'s optimiser state.
+
+  Attributes:
+    inner: the state of the wrapped optimiser.
+    average: {group: params} for the `AVERAGED_GROUPS` the trainable dict
+      holds, the exponential moving average of the updated params.
+  """
+
+  inner: PyTree
+  average: dict
+
+
+def with_average(
+  inner: optax.GradientTransformation, *, decay: float
+) -> optax.GradientTransformation:
+  """`inner`, keeping an exponential moving average of the updated set.
+
+  FTD's average of the synthetic images (Du et al., CVPR 2023: the set
+  evaluated and exported is `average`, updated after every step as
+  `average + (1 - decay) * (params - average)` from the initial params).
+  It never feeds back into the training; a refused update
+  (`guarded_update`) leaves it unchanged with the rest of the state, and a
+  group kept as initialised keeps its value.
+
+  Args:
+    inner: the set's optimiser (`make_optimizer`).
+    decay: in [0, 1); 0 makes the average the last params.
+
+  Returns:
+    An optax transformation whose state is an `AveragedState`; `averaged`
+    reads the set back from it.
+  """
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"decay must be in [0, 1), got {decay}")
+
+  def held(params: dict) -> dict:
+    return {name: params[name] for name in AVERAGED_GROUPS if name in params}
+
+  def init(params):
+    return AveragedState(inner=inner.init(params), average=held(params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("an averaged optimiser needs the params")
+    updates, inner_state = inner.update(updates, state.inner, params)
+    new = held(optax.apply_updates(params, updates))
+    average = jax.tree.map(
+      lambda mean, value: mean + (1.0 - decay) * (value - mean),
+      state.average,
+      new,
+    )
+    return updates, AveragedState(inner=inner_state, average=average)
+
+  return optax.GradientTransformation(init, update)
+
+
+def averaged(state: DistillState) -> dict:
+  """The set a run reports: its trainable dict with the averaged groups
+  of `with_average` in place of the last ones, or the trainable dict as
+  it is when the optimiser keeps no average."""
+  if not isinstance(state.opt_state, AveragedState):
+    return state.trainable
+  return {**state.trainable, **state.opt_state.average}
 
 
 def init_state(trainable: dict, optimizer, *, aux=None) -> DistillState:
