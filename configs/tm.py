@@ -36,6 +36,13 @@ same data, held-out split and storage shape. A coreset (or a set of another
 parameterization) with the run's images per class starts it through its
 images, as real images would (`launch/coreset.py`, e.g. herding).
 
+An average of the set (every config): `--config.distill.ema_decay=<d>`
+evaluates and exports an exponential moving average of the set (its
+images or their parameters, and its labels; FTD, Du et al., CVPR 2023,
+averages with 0.9995 over 5,000 iterations) instead of the last
+iteration's, trained with the last learned lr; the last set goes beside
+it to synset_last/.
+
 Variants (the model, data and expert buffer are the same for all three):
 - `mtt`: pixels, hard labels, uniform start epochs, learned student lr.
 - `lomtt`: the low-rank plugin's factors with the same matching.
