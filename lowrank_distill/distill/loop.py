@@ -191,7 +191,8 @@ def run(
         and done < schedule.iterations
       ):
         # The set this evaluation scores is kept: the final export is the
-        # last iteration's set, and checkpoints of this step are rotated out.
+        # last iteration's set (or average), and checkpoints of this step
+        # are rotated out.
         reported = averaged(state)
         export_set(workdir / midrun_export_name(done), reported)
         results = _evaluate(
