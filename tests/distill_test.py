@@ -377,9 +377,7 @@ def _loss_steps(workdir):
 def _final_state(workdir, config):
   plan = distill.make_plan(config)
   trainable = distill.initial_trainable(jax.random.key(0), plan)
-  optimizer = distill.make_optimizer(distill.optimizer_groups(plan, trainable))
-  if plan.ema_decay:
-    optimizer = distill.with_average(optimizer, decay=plan.ema_decay)
+  optimizer = distill.set_optimizer(plan, trainable)
   abstract = jax.eval_shape(lambda: distill.init_state(trainable, optimizer))
   with checkpoint.Checkpointer(
     workdir / "checkpoints", config=distill.loop._identity_config(config)

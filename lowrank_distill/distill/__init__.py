@@ -35,6 +35,7 @@ from lowrank_distill.distill.planning import (
   learning_objectives,
   make_plan,
   optimizer_groups,
+  set_optimizer,
   validate,
 )
 from lowrank_distill.distill.step import (
@@ -77,6 +78,7 @@ __all__ = [
   "optimizer_groups",
   "planning",
   "run",
+  "set_optimizer",
   "step",
   "syn_targets",
   "tm",

@@ -220,7 +220,7 @@ def run(
       print(f"warning: {warning}", flush=True)
   export_lib.save_pictures(workdir, final_step, reported, plan)
   exported = export_set(workdir / "synset", reported)
-  if reported is not state.trainable:
+  if plan.ema_decay:
     export_set(workdir / LAST_SET, state.trainable)
   results = {}
   if final_eval:

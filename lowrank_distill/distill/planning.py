@@ -644,10 +644,17 @@ def _initial_labels(key, plan: Plan, images) -> jax.Array:
 
 def initial_state(key, plan: Plan):
   """(state, optimiser): the trainable set before distillation, its optax
-  optimiser (one SGD group per parameter group, keeping the set's average
-  with `Plan.ema_decay`) and that optimiser's state, with the objective's
-  own networks (`Objective.init_aux`) if it has any."""
+  optimiser (`set_optimizer`) and that optimiser's state, with the
+  objective's own networks (`Objective.init_aux`) if it has any."""
   trainable = initial_trainable(key, plan)
+  optimizer = set_optimizer(plan, trainable)
+  aux = OBJECTIVES[plan.method].init_aux(jax.random.fold_in(key, 1), plan)
+  return init_state(trainable, optimizer, aux=aux), optimizer
+
+
+def set_optimizer(plan: Plan, trainable: dict):
+  """The optax optimiser of `trainable` under `plan`: its groups' SGD (or
+  Adam), the projection, and the set's average with `Plan.ema_decay`."""
   optimizer = make_optimizer(
     optimizer_groups(plan, trainable),
     kind=plan.optimizer_kind,
@@ -655,8 +662,7 @@ def initial_state(key, plan: Plan):
   )
   if plan.ema_decay:
     optimizer = with_average(optimizer, decay=plan.ema_decay)
-  aux = OBJECTIVES[plan.method].init_aux(jax.random.fold_in(key, 1), plan)
-  return init_state(trainable, optimizer, aux=aux), optimizer
+  return optimizer
 
 
 def projection(plan: Plan):
