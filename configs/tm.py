@@ -163,8 +163,9 @@ a class): from a DM start that stores the held-out expert's predictions
 --config.labels.experts=<buffer>`), the chain with `labels=soft` (lr 1000)
 drives them near one-hot within ten iterations and scored 0.42 and 1.08
 below the hard labels on the same six held-out models (distillation seeds 0
-and 1; lower on every model); kept at one-hot 0.9 (`--config.labels.lr=0`)
-it lost 2.52.
+and 1; lower on every model); kept at one-hot 0.9 (the DM start with
+`--config.labels.init=onehot`, the chain with `--config.labels.lr=0`) they
+lost 2.52.
 """
 
 import ml_collections
