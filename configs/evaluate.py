@@ -9,13 +9,22 @@ lowrank_distill/released.py) names its dataset, since the file does not:
   python launch/evaluate.py --workdir=/tmp/eval_released \
     --config=configs/evaluate.py:released=dc_pt,dataset=mnist,synset=res.pt
 
-DSA on every batch is the set's own (the strategy its recipe names: no flip
-for digit datasets), or the named dataset's; `--config.eval.dsa_strategy`
-overrides it.
-
 with `--config.released.layout`, `.labels` (hard|onehot|probs|logits),
 `.value_range` (normalized|unit|uint8) and `--config.dataset.zca` for what
 the file does not say.
+
+A set made on another machine saved that machine's data folder: say where
+the files are here, and it is tested on the split it was made from (its
+held-out images, if it was chosen on them):
+
+  python launch/evaluate.py --workdir=/tmp/eval_gpu_set \
+    --config=configs/evaluate.py:synset=/tmp/gpu_run/synset \
+    --config.dataset.source=idx \
+    --config.dataset.path=../shared/datasets/fashion_mnist
+
+DSA on every batch is the set's own (the strategy its recipe names: no flip
+for digit datasets), or the named dataset's; `--config.eval.dsa_strategy`
+overrides it.
 
 Cross-architecture: add `--config.eval.models=convnet,lenet,alexnet,vgg11`
 (`resnet18`, the `_bn` variants, and `resnet18_bn_ap`, the reference tables'

@@ -620,17 +620,42 @@ def _recipe_strategy(chosen, path) -> str:
   return strategy
 
 
+# Where a dataset's files are read on this machine. A set made on another
+# host saved that host's (e.g. the GPU host's `.gpu_carry/fashion_mnist`);
+# the run's config says where they are here. The other fields (which data,
+# which split, ZCA) say what the set is tested on and stay the set's own.
+DATASET_LOCATION_FIELDS = ("source", "path", "data_dir", "manual_dir")
+
+
 def _load_set(config):
-  """(the set, the dataset config it is tested on)."""
+  """(the set, the dataset config it is tested on).
+
+  The set's saved dataset config, with the location fields the run's config
+  gives, unless `config.dataset.name` names another dataset.
+  """
   fmt = released_format(config)
   if fmt is not None:
     return None, config.dataset
   chosen = synset_lib.load(config.synset)
+  if config.dataset.name:
+    return chosen, config.dataset
   dataset_cfg = config_utils.dataset_config(
     **chosen.info.get("dataset_config", {"name": chosen.dataset["name"]})
   )
-  if config.dataset.name:
-    dataset_cfg = config.dataset
+  defaults = config_utils.dataset_config(dataset_cfg.name)
+  for field, value in config.dataset.items():
+    if field == "name" or value == defaults[field]:
+      continue
+    if field in DATASET_LOCATION_FIELDS:
+      dataset_cfg[field] = value
+    elif value != dataset_cfg[field]:
+      raise ValueError(
+        f"dataset.{field}={value!r}, but synset {config.synset} was made "
+        f"with {dataset_cfg[field]!r} and is tested as it was made; only "
+        f"{', '.join(DATASET_LOCATION_FIELDS)} (where the files are) apply "
+        "to it. To test it on another split, name the dataset "
+        f"(configs/evaluate.py:dataset={dataset_cfg.name})"
+      )
   return chosen, dataset_cfg
 
 
@@ -657,8 +682,9 @@ def check_workdir(workdir, config) -> None:
 def run(config, workdir) -> dict:
   """Evaluates a saved synthetic set or coreset (`config.synset`, a path).
 
-  The test set is the one the set was made from (its saved dataset config)
-  unless `config.dataset.name` names another. The lr is the learned one when
+  The test set is the one the set was made from (its saved dataset config,
+  read from where `config.dataset`'s location fields say when given) unless
+  `config.dataset.name` names another. The lr is the learned one when
   the set has it and `config.use_learned_lr`, else `config.eval.lr`. A
   workdir of another config (another set, protocol, ...) is refused, so a
   finished evaluation is never overwritten; the same config resumes.

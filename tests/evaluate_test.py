@@ -448,3 +448,91 @@ def test_a_set_without_a_recipe_needs_its_dsa_strategy_named(tmp_path):
     _evaluate_config(path, dsa_strategy="crop"), tmp_path / "eval_named"
   )
   assert named["dsa_strategy"] == "crop"
+
+
+def _idx_folder(folder, *, seed: int):
+  """MNIST-format files of a 10-class dataset of 8x8 images, 3 a class."""
+  from lowrank_distill import data
+
+  rng = np.random.default_rng(seed)
+  folder.mkdir()
+  for stem, n in zip(data.IDX_FILES, (30, 30, 20, 20)):
+    if "images" in stem:
+      array = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+      header = bytes([0, 0, 0x08, 3]) + np.asarray((n, 8, 8), ">u4").tobytes()
+    else:
+      array = (np.arange(n) % 10).astype(np.uint8)
+      header = bytes([0, 0, 0x08, 1]) + np.asarray((n,), ">u4").tobytes()
+    (folder / stem).write_bytes(header + array.tobytes())
+  return folder
+
+
+def _set_made_elsewhere(path, here):
+  """A set whose saved dataset config names another host's folder."""
+  from lowrank_distill import data, synset
+
+  dataset = data.load("tiny", source="idx", path=here)
+  synset.save(
+    path,
+    synset.SyntheticSet(
+      images=np.random.default_rng(0)
+      .normal(size=(10, 8, 8, 1))
+      .astype(np.float32),
+      labels=np.arange(10, dtype=np.int32),
+      param="pixels",
+      storage_floats=640,
+      dataset=dataset.metadata(),
+      info={
+        "dataset_config": {
+          "name": "tiny",
+          "source": "idx",
+          "path": ".gpu_carry/tiny",  # the GPU host's
+          "validation_per_class": 1,
+        },
+        "recipe": {"evaluation": {"dsa_strategy": "none"}},
+      },
+    ),
+  )
+  return path
+
+
+def test_a_set_made_elsewhere_reads_its_files_where_the_config_says(
+  tmp_path, monkeypatch
+):
+  here = _idx_folder(tmp_path / "tiny", seed=0)
+  path = _set_made_elsewhere(tmp_path / "set", here)
+  with pytest.raises(FileNotFoundError, match=".gpu_carry/tiny"):
+    evaluate.run(_evaluate_config(path), tmp_path / "eval_saved_path")
+  loaded = []
+  load_dataset = config_utils.load_dataset
+  monkeypatch.setattr(
+    config_utils,
+    "load_dataset",
+    lambda cfg: loaded.append(cfg.to_dict()) or load_dataset(cfg),
+  )
+  config = _evaluate_config(path)
+  # The set's own split, given again, is no change.
+  config.dataset.update(source="idx", path=str(here), validation_per_class=1)
+  summary = evaluate.run(config, tmp_path / "eval")
+  assert 0.0 <= summary["results"]["convnet"]["mean"] <= 1.0
+  # Where the files are comes from the config; the split stays the set's.
+  assert loaded == [
+    config_utils.dataset_config(
+      "tiny", source="idx", path=str(here), validation_per_class=1
+    ).to_dict()
+  ]
+
+
+@pytest.mark.parametrize(
+  "field, value", [("validation_per_class", 2), ("zca", "full")]
+)
+def test_a_saved_set_refuses_another_split_unless_the_dataset_is_named(
+  tmp_path, field, value
+):
+  here = _idx_folder(tmp_path / "tiny", seed=0)
+  path = _set_made_elsewhere(tmp_path / "set", here)
+  config = _evaluate_config(path)
+  config.dataset.update(source="idx", path=str(here), **{field: value})
+  with pytest.raises(ValueError, match=f"dataset.{field}={value!r}, but"):
+    evaluate.run(config, tmp_path / "eval")
+  assert not (tmp_path / "eval").exists()  # refused before any file
