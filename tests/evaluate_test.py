@@ -511,8 +511,7 @@ def test_a_set_made_elsewhere_reads_its_files_where_the_config_says(
     lambda cfg: loaded.append(cfg.to_dict()) or load_dataset(cfg),
   )
   config = _evaluate_config(path)
-  # The set's own split, given again, is no change.
-  config.dataset.update(source="idx", path=str(here), validation_per_class=1)
+  config.dataset.update(source="idx", path=str(here))
   summary = evaluate.run(config, tmp_path / "eval")
   assert 0.0 <= summary["results"]["convnet"]["mean"] <= 1.0
   # Where the files are comes from the config; the split stays the set's.
