@@ -1,23 +1,11 @@
 """Tests of lowrank_distill.data.idx."""
 
-import gzip
-
 import chex
 import numpy as np
 import pytest
+from idx_helpers import write_idx
 
 from lowrank_distill import data
-
-_CODES = {np.uint8: 0x08, np.int32: 0x0C, np.float32: 0x0D}
-
-
-def _write_idx(path, array, *, gz=False):
-  array = np.asarray(array)
-  header = bytes([0, 0, _CODES[array.dtype.type], array.ndim])
-  header += np.asarray(array.shape, ">u4").tobytes()
-  raw = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-  path.write_bytes(gzip.compress(raw) if gz else raw)
-  return path
 
 
 def _tiny_split(rng, n, *, hw=(6, 5), num_classes=3):
@@ -30,7 +18,7 @@ def _write_idx_folder(folder, rng, *, gz):
   folder.mkdir(exist_ok=True)
   arrays = (*_tiny_split(rng, 12), *_tiny_split(rng, 6))
   for stem, array in zip(data.IDX_FILES, arrays):
-    _write_idx(folder / (stem + (".gz" if gz else "")), array, gz=gz)
+    write_idx(folder / (stem + (".gz" if gz else "")), array, gz=gz)
   return arrays
 
 
@@ -45,14 +33,14 @@ def _write_idx_folder(folder, rng, *, gz):
   ids=["uint8", "int32", "float32"],
 )
 def test_read_idx_round_trip(tmp_path, array, gz):
-  path = _write_idx(tmp_path / "a-idx", array, gz=gz)
+  path = write_idx(tmp_path / "a-idx", array, gz=gz)
   out = data.read_idx(path)
   assert out.dtype == array.dtype.newbyteorder("=")
   np.testing.assert_array_equal(out, array)
 
 
 def test_read_idx_truncated_names_file_and_sizes(tmp_path):
-  path = _write_idx(tmp_path / "t-idx", np.zeros((4, 3, 3), np.uint8))
+  path = write_idx(tmp_path / "t-idx", np.zeros((4, 3, 3), np.uint8))
   path.write_bytes(path.read_bytes()[:-5])
   with pytest.raises(
     ValueError, match=r"t-idx is truncated: 31 data bytes.*36"
@@ -61,7 +49,7 @@ def test_read_idx_truncated_names_file_and_sizes(tmp_path):
 
 
 def test_read_idx_too_long_and_short_header(tmp_path):
-  path = _write_idx(tmp_path / "l-idx", np.zeros((2,), np.uint8))
+  path = write_idx(tmp_path / "l-idx", np.zeros((2,), np.uint8))
   path.write_bytes(path.read_bytes() + b"\x00")
   with pytest.raises(ValueError, match="l-idx is longer than declared"):
     data.read_idx(path)
@@ -81,7 +69,7 @@ def test_read_idx_bad_magic_and_dtype(tmp_path):
 
 
 def test_read_idx_corrupt_gzip(tmp_path):
-  path = _write_idx(tmp_path / "g.gz", np.zeros((50,), np.uint8), gz=True)
+  path = write_idx(tmp_path / "g.gz", np.zeros((50,), np.uint8), gz=True)
   path.write_bytes(path.read_bytes()[:15])
   with pytest.raises(ValueError, match="g.gz is not a readable gzip stream"):
     data.read_idx(path)
@@ -104,7 +92,7 @@ def test_idx_folder_label_count_mismatch(tmp_path):
   rng = np.random.default_rng(0)
   folder = tmp_path / "bad"
   _write_idx_folder(folder, rng, gz=False)
-  _write_idx(folder / "train-labels-idx1-ubyte", np.zeros(5, np.uint8))
+  write_idx(folder / "train-labels-idx1-ubyte", np.zeros(5, np.uint8))
   with pytest.raises(ValueError, match="train-labels-idx1-ubyte have shape"):
     data.load_idx_folder(folder)
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from idx_helpers import write_idx
 
 from configs import common
 from configs import evaluate as evaluate_config
@@ -459,11 +460,9 @@ def _idx_folder(folder, *, seed: int):
   for stem, n in zip(data.IDX_FILES, (30, 30, 20, 20)):
     if "images" in stem:
       array = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
-      header = bytes([0, 0, 0x08, 3]) + np.asarray((n, 8, 8), ">u4").tobytes()
     else:
       array = (np.arange(n) % 10).astype(np.uint8)
-      header = bytes([0, 0, 0x08, 1]) + np.asarray((n,), ">u4").tobytes()
-    (folder / stem).write_bytes(header + array.tobytes())
+    write_idx(folder / stem, array)
   return folder
 
 

@@ -6,22 +6,15 @@ that the two slow runs go to different test workers). The script and its
 `--tiny` runner are fixtures of conftest.py.
 """
 
-import gzip
 import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
+from idx_helpers import write_idx
 
 from lowrank_distill import data
-
-
-def _write_idx(path, array):
-  array = np.asarray(array, np.uint8)
-  header = bytes([0, 0, 0x08, array.ndim])
-  header += np.asarray(array.shape, ">u4").tobytes()
-  path.write_bytes(gzip.compress(header + array.tobytes()))
 
 
 @pytest.fixture
@@ -38,7 +31,7 @@ def mnist_like(tmp_path):
     images[np.arange(n), 2 + 2 * labels] = 250
     arrays += [images, labels]
   for stem, array in zip(data.IDX_FILES, arrays):
-    _write_idx(folder / (stem + ".gz"), array)
+    write_idx(folder / (stem + ".gz"), np.asarray(array, np.uint8), gz=True)
   return folder, arrays
 
 
