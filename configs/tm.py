@@ -177,8 +177,8 @@ same six held-out models, lower on all twelve; 61 min on one core each).
 A candidate, not yet chosen (session 42): the student lr started at twice
 the expert's (`--config.distill.lr_student=0.02`; the table's `lr_teacher`
 0.01) held its set over the protocol's 1000 epochs and led the baseline
-there by +0.53 and +0.70 on the held-out split (seeds 0 and 1, six and
-four paired models; level at 300 epochs); 0.005 lost 0.97 at 300.
+there by +0.53 and +0.60 on the held-out split (seeds 0 and 1, six and
+five paired models; level at 300 epochs); 0.005 lost 0.97 at 300.
 """
 
 import ml_collections
