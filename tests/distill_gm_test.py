@@ -136,7 +136,11 @@ def test_the_network_trains_on_what_net_data_names():
         )
       _, _, new, _ = _one_step(config)
       losses[lr_net, net_data] = new.trainable["images"]["images"]
-  chex.assert_trees_all_equal(losses[1e-30, "real"], losses[1e-30, "synthetic"])
+  # Two compiled programs for the same math: XLA:CPU may round them an ulp
+  # apart on some processors (1 of 640 pixels, 1.9e-9, on an Intel Xeon).
+  chex.assert_trees_all_close(
+    losses[1e-30, "real"], losses[1e-30, "synthetic"], rtol=1e-6, atol=0.0
+  )
   assert not np.allclose(losses[0.05, "real"], losses[0.05, "synthetic"])
 
 
