@@ -45,10 +45,17 @@ MODEL_LOG = "eval_models.jsonl"
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-  """Test accuracies of K independently trained models."""
+  """Test accuracies of K independently trained models.
+
+  `correct_images` says which test images each model classified correctly
+  ([K, m] bool), for paired comparisons over models and images
+  (`lowrank_distill.compare`); None when a model's came from a log written
+  before they were recorded.
+  """
 
   accuracies: np.ndarray  # [K]
   model: str
+  correct_images: np.ndarray | None = None  # [K, m] bool
 
   @property
   def mean(self) -> float:
@@ -199,36 +206,84 @@ class ModelLog:
   evaluation killed midway resumes without retraining the models it
   finished, and re-running a finished job does not evaluate again. Only
   process 0 writes; a line torn by a kill is ignored.
+
+  A line holds the model's index, its correct count, the number of test
+  images, a digest of the test split (`split_digest`) and the indices of
+  the test images it got wrong, so that two evaluations on the same split
+  can be compared image by image (`lowrank_distill.compare`). Lines
+  written before the last three were recorded still resume.
   """
 
   def __init__(self, path):
     self.path = pathlib.Path(path)
 
-  def lookup(self, fingerprint: str) -> dict[int, int]:
-    """{model index: correct test predictions} logged under `fingerprint`."""
+  def records(self) -> list[dict]:
+    """Every intact line, in the order written."""
+    return list(workdir_lib.read_json_lines(self.path))
+
+  def lookup(self, fingerprint: str) -> dict[int, dict]:
+    """{model index: its line} logged under `fingerprint` (the last wins)."""
     return {
-      int(record["model"]): int(record["correct"])
-      for record in workdir_lib.read_json_lines(self.path)
+      int(record["model"]): record
+      for record in self.records()
       if record.get("fingerprint") == fingerprint
     }
 
-  def record(self, fingerprint: str, indices, correct) -> None:
-    """Appends one line per model (durably: flushed and fsynced)."""
+  def record(
+    self, fingerprint: str, indices, correct_images, *, split_digest: str
+  ) -> None:
+    """Appends one line per model (durably: flushed and fsynced).
+
+    Args:
+      fingerprint: the evaluation's fingerprint.
+      indices: [b] the models' indices.
+      correct_images: [b, m] bool, which test images each got right.
+      split_digest: `split_digest` of the test split.
+    """
     if not workdir_lib.is_writer():
       return
+    correct_images = np.asarray(correct_images, bool)
     workdir_lib.append_json_lines(
       self.path,
       [
-        {"fingerprint": fingerprint, "model": int(i), "correct": int(c)}
-        for i, c in zip(indices, correct)
+        {
+          "fingerprint": fingerprint,
+          "model": int(i),
+          "correct": int(right.sum()),
+          "tested": int(right.size),
+          "split_digest": split_digest,
+          "wrong": np.flatnonzero(~right).tolist(),
+        }
+        for i, right in zip(indices, correct_images)
       ],
       sync=True,
     )
 
 
+def correct_images_of(record: dict) -> np.ndarray | None:
+  """[m] bool: which test images a `ModelLog` line's model got right.
+
+  None for a line written before the wrong images were recorded, or one
+  whose wrong images do not add up to its correct count.
+  """
+  if "wrong" not in record or "tested" not in record:
+    return None
+  if int(record["tested"]) - len(record["wrong"]) != int(record["correct"]):
+    return None
+  right = np.ones(int(record["tested"]), bool)
+  right[np.asarray(record["wrong"], np.int64)] = False
+  return right
+
+
+def split_digest(test_images, test_labels) -> str:
+  """A short digest naming a test split: evaluations to compare share it."""
+  return _fingerprint(None, (test_images, test_labels), {})[:16]
+
+
 def _fingerprint(key, arrays, settings: dict) -> str:
   digest = hashlib.sha256()
-  digest.update(np.asarray(jax.random.key_data(key)).tobytes())
+  if key is not None:
+    digest.update(np.asarray(jax.random.key_data(key)).tobytes())
   for a in arrays:
     a = np.ascontiguousarray(np.asarray(a))
     digest.update(f"{a.shape}{a.dtype.str}".encode())
@@ -237,18 +292,34 @@ def _fingerprint(key, arrays, settings: dict) -> str:
   return digest.hexdigest()
 
 
-def _logged_correct(log, fingerprint: str, num_models: int) -> np.ndarray:
-  """[num_models] int32: logged correct counts, -1 where none.
+def _logged_results(
+  log, fingerprint: str, num_models: int, num_tested: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The models `log` holds under `fingerprint`.
 
   Process 0 reads the log and broadcasts what it found, so every process
   trains the same models.
+
+  Returns:
+    (correct [num_models] int32 counts, -1 where none; correct_images
+    [num_models, num_tested] bool; known [num_models] bool, whether a
+    model's correct_images were logged).
   """
   correct = np.full(num_models, -1, np.int32)
+  correct_images = np.zeros((num_models, num_tested), bool)
+  known = np.zeros(num_models, bool)
   logged = log.lookup(fingerprint) if workdir_lib.is_writer() else {}
-  for i, c in logged.items():
-    if i < num_models:
-      correct[i] = c
-  return np.array(multihost_utils.broadcast_one_to_all(correct))
+  for i, record in logged.items():
+    if i >= num_models:
+      continue
+    correct[i] = int(record["correct"])
+    right = correct_images_of(record)
+    if right is not None and right.size == num_tested:
+      correct_images[i], known[i] = right, True
+  return tuple(
+    np.array(multihost_utils.broadcast_one_to_all(a))
+    for a in (correct, correct_images, known)
+  )
 
 
 @functools.lru_cache(maxsize=16)
@@ -268,7 +339,7 @@ def _train_and_test_program(
   grad_chunk: int | None,
   mesh,
 ):
-  """`evaluate_set`'s jitted programs: K seeds -> K test-correct counts.
+  """`evaluate_set`'s jitted programs: K seeds -> [K, m] correct test images.
 
   Two programs, built once per setting (`model_options` as sorted (name,
   value) pairs), so that evaluations of the same shapes (a distillation's
@@ -324,7 +395,7 @@ def _train_and_test_program(
   def test_models(variables, test_images, test_labels):
     variables = sharding.constrain(variables, mesh, axis=0)
     return jax.vmap(
-      lambda v: train.count_correct(
+      lambda v: train.correct_predictions(
         test_model, v, test_images, test_labels, batch_size=test_batch_size
       )
     )(variables)
@@ -434,7 +505,8 @@ def evaluate_set(
     log: a `ModelLog` to resume from and record to; None: train all.
 
   Returns:
-    EvalResult with every model's test accuracy.
+    EvalResult with every model's test accuracy and the test images each
+    got right.
   """
   augment.parse_strategy(dsa_strategy)
   if num_models < 1:
@@ -461,7 +533,10 @@ def evaluate_set(
   lr = jnp.asarray(lr, jnp.float32)
   arrays = sharding.put((images, targets, lr, test_images, test_labels), mesh)
 
+  num_tested = test_images.shape[0]
   correct = np.full(num_models, -1, np.int32)
+  correct_images = np.zeros((num_models, num_tested), bool)
+  known = np.zeros(num_models, bool)
   if log is not None:
     fingerprint = _fingerprint(
       key,
@@ -482,7 +557,10 @@ def evaluate_set(
         "backend": jax.default_backend(),
       },
     )
-    correct = _logged_correct(log, fingerprint, num_models)
+    digest = split_digest(test_images, test_labels)
+    correct, correct_images, known = _logged_results(
+      log, fingerprint, num_models, num_tested
+    )
   missing = np.flatnonzero(correct < 0)
   chunk = models_per_batch or auto_models_per_batch(num_models, mesh)
   for start in range(0, len(missing), chunk):
@@ -490,11 +568,16 @@ def evaluate_set(
     extra = sharding.padded_size(len(indices), mesh) - len(indices)
     padded = np.concatenate([indices, indices[-1] + 1 + np.arange(extra)])
     keys = sharding.put(train.keys_at(key, padded), mesh, axis=0)
-    correct[indices] = np.asarray(train_and_test(keys, *arrays))[: len(indices)]
+    right = np.asarray(train_and_test(keys, *arrays))[: len(indices)]
+    correct_images[indices], known[indices] = right, True
+    correct[indices] = right.sum(axis=1)
     if log is not None:
-      log.record(fingerprint, indices, correct[indices])
-  accuracies = correct / test_images.shape[0]
-  return EvalResult(accuracies=accuracies, model=model_name)
+      log.record(fingerprint, indices, right, split_digest=digest)
+  return EvalResult(
+    accuracies=correct / num_tested,
+    model=model_name,
+    correct_images=correct_images if known.all() else None,
+  )
 
 
 def evaluate_architectures(

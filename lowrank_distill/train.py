@@ -444,8 +444,10 @@ def train_epochs(
   return {"params": params, **state}, record
 
 
-def count_correct(model, variables, images, labels, *, batch_size: int = 500):
-  """Number of correctly classified images, in bounded-memory batches.
+def correct_predictions(
+  model, variables, images, labels, *, batch_size: int = 500
+):
+  """Which images the network classifies correctly, in bounded-memory batches.
 
   Args:
     model: a Linen module.
@@ -454,7 +456,7 @@ def count_correct(model, variables, images, labels, *, batch_size: int = 500):
     batch_size: images per forward pass (bounds activation memory).
 
   Returns:
-    A scalar int32.
+    [m] bool.
   """
   num = images.shape[0]
   batch_size = min(batch_size, num)
@@ -466,10 +468,25 @@ def count_correct(model, variables, images, labels, *, batch_size: int = 500):
   labels = jnp.concatenate([labels, jnp.full((pad,), -1, labels.dtype)])
   labels = labels.reshape(steps, batch_size)
 
-  def body(total, batch):
+  def body(_, batch):
     x, y = batch
-    pred = jnp.argmax(model.apply(variables, x, train=False), axis=-1)
-    return total + jnp.sum(pred == y), None
+    return None, jnp.argmax(
+      model.apply(variables, x, train=False), axis=-1
+    ) == y
 
-  total, _ = jax.lax.scan(body, jnp.int32(0), (images, labels))
-  return total
+  _, correct = jax.lax.scan(body, None, (images, labels))
+  return correct.reshape(-1)[:num]
+
+
+def count_correct(model, variables, images, labels, *, batch_size: int = 500):
+  """Number of correctly classified images (`correct_predictions`'s sum).
+
+  Returns:
+    A scalar int32.
+  """
+  return jnp.sum(
+    correct_predictions(
+      model, variables, images, labels, batch_size=batch_size
+    ),
+    dtype=jnp.int32,
+  )

@@ -199,6 +199,84 @@ def test_a_model_log_resumes_an_evaluation_without_retraining(
   assert new_records[0]["fingerprint"] != records[0]["fingerprint"]
 
 
+def test_the_log_names_the_test_images_each_model_got_wrong(
+  tiny_images, tmp_path
+):
+  images, labels = tiny_images
+  # Each test image twice, once with its label and once with the next
+  # class: a model can be right about at most one of the two.
+  test_images = np.concatenate([images, images])
+  test_labels = np.concatenate([labels, (labels + 1) % 10])
+
+  def run(log):
+    return evaluate.evaluate_set(
+      jax.random.key(1),
+      images,
+      labels,
+      test_images,
+      test_labels,
+      model_options=TINY,
+      num_classes=10,
+      num_models=3,
+      epochs=2,
+      models_per_batch=2,
+      log=log,
+    )
+
+  unlogged = run(None)
+  right = unlogged.correct_images
+  chex.assert_shape(right, (3, 40))
+  np.testing.assert_array_equal(right.sum(axis=1) / 40, unlogged.accuracies)
+  assert not np.any(right[:, :20] & right[:, 20:])
+  assert np.any(right) and not np.all(right)
+
+  log = evaluate.ModelLog(tmp_path / "models.jsonl")
+  np.testing.assert_array_equal(run(log).correct_images, right)
+  records = _log_lines(log.path)
+  digest = evaluate.split_digest(test_images, test_labels)
+  for record in records:
+    assert record["tested"] == 40 and record["split_digest"] == digest
+    np.testing.assert_array_equal(
+      record["wrong"], np.flatnonzero(~right[record["model"]])
+    )
+  # Read back from the log, every model's images come from its line.
+  np.testing.assert_array_equal(run(log).correct_images, right)
+  assert len(_log_lines(log.path)) == 3
+
+  # A line written before the images were logged still resumes its count,
+  # and the result says it cannot name the images.
+  old = evaluate.ModelLog(tmp_path / "old.jsonl")
+  old.path.write_text(
+    "".join(
+      json.dumps({k: r[k] for k in ("fingerprint", "model", "correct")}) + "\n"
+      for r in records
+    )
+  )
+  resumed = run(old)
+  np.testing.assert_array_equal(resumed.accuracies, unlogged.accuracies)
+  assert resumed.correct_images is None
+  assert len(_log_lines(old.path)) == 3
+
+
+def test_a_line_whose_wrong_images_miss_its_count_names_none():
+  line = {"correct": 3, "tested": 5, "wrong": [1, 4]}
+  np.testing.assert_array_equal(
+    evaluate.correct_images_of(line), [True, False, True, True, False]
+  )
+  assert evaluate.correct_images_of({**line, "correct": 4}) is None
+  assert evaluate.correct_images_of({"correct": 3}) is None
+
+
+def test_the_split_digest_names_the_split():
+  images = np.zeros((4, 2, 2, 1), np.float32)
+  labels = np.arange(4, dtype=np.int32)
+  digest = evaluate.split_digest(images, labels)
+  assert len(digest) == 16
+  assert digest == evaluate.split_digest(images.copy(), labels.copy())
+  assert digest != evaluate.split_digest(images, labels[::-1].copy())
+  assert digest != evaluate.split_digest(images + 1, labels)
+
+
 def test_training_learns_a_separable_set():
   rng = np.random.default_rng(0)
   labels = np.arange(20) % 10

@@ -67,6 +67,18 @@ def test_count_correct_pads_the_last_batch():
   assert int(got) == 18
 
 
+def test_correct_predictions_name_each_image_across_batches():
+  model = _model()
+  variables = train.init_variables(jax.random.key(0), model, (8, 8, 1))
+  x = jax.random.normal(jax.random.key(1), (23, 8, 8, 1))
+  predictions = jnp.argmax(model.apply(variables, x), -1)
+  wrong = np.array([0, 9, 10, 21, 22])  # batch ends and the padded batch
+  labels = predictions.at[wrong].set((predictions[wrong] + 1) % 10)
+  got = train.correct_predictions(model, variables, x, labels, batch_size=10)
+  chex.assert_shape(got, (23,))
+  np.testing.assert_array_equal(np.flatnonzero(~np.asarray(got)), wrong)
+
+
 def test_model_keys_are_fold_ins_of_their_index():
   key = jax.random.key(7)
   keys = train.model_keys(key, 3, first=4)
