@@ -20,6 +20,13 @@ Choose on the held-out rows, evaluated as the CPU rows chose (300 epochs,
 report, so the test split evaluates with the protocol's 1000 epochs
 (`--test_epochs`; session 31 measured a trajectory-matched set 0.5 lower
 at 1000 epochs than at 300). docs/RESULTS.md says which was chosen and why.
+Every run evaluates with the same model seeds on its split, so two
+candidates' last evaluations pair model by model and image by image:
+`python launch/compare.py --a=<workroot>/heldout/<one> --b=<...>/<other>`
+gives their difference with its standard error over the models and the
+held-out images (session 44: the 1,000 held-out images alone put ±0.47 on
+a paired difference of two chain sets; a bigger `--validation` shrinks
+that part as 1/sqrt of the images).
 
 Writes under `--out`: summary.txt (one line per run as it ends), chain.log
 (every run's output), env.txt, and chain_runs.tar.gz (every run's workdir:
@@ -138,6 +145,8 @@ CANDIDATES = {
   # It was level at 300, so compare it with `--heldout_epochs=1000`. On
   # the CPU test split at 1000 it was level with the baseline (session 43:
   # 82.71 against 82.65 and 82.63), and 0.04 lost on the held-out split.
+  # Session 44 (another machine's buffer): +0.92 ± 0.53 held out, the
+  # error over the models and the held-out images (± 0.20 over the models).
   "ee1_s20_m6_lr02": dict(
     syn_steps=20, expert_epochs=1, max_start=6, lr_student=0.02
   ),
