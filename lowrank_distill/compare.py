@@ -103,10 +103,6 @@ class LoggedEvaluation:
   models: np.ndarray  # [K] model indices, sorted
   correct_images: np.ndarray  # [K, m] bool
 
-  @property
-  def accuracies(self) -> np.ndarray:
-    return self.correct_images.mean(axis=1)
-
 
 def _log_path(path) -> pathlib.Path:
   path = pathlib.Path(path)
@@ -119,7 +115,8 @@ def load(path, *, fingerprint: str = LAST) -> LoggedEvaluation:
   Args:
     path: a workdir (its `eval_models.jsonl`) or a `ModelLog` file.
     fingerprint: which evaluation: a prefix of its fingerprint, or `LAST`,
-      the last one written (a distillation logs one per evaluation).
+      the last one written (a distillation logs one per evaluation, a
+      cross-architecture evaluation one per architecture, in its order).
 
   Returns:
     A `LoggedEvaluation` of every model logged under that fingerprint.
