@@ -126,8 +126,8 @@ def load(path, *, fingerprint: str = LAST) -> LoggedEvaluation:
     raise FileNotFoundError(
       f"{path}: no evaluation log ({evaluate.MODEL_LOG}) there"
     )
-  records = evaluate.ModelLog(log_path).records()
-  order = list(dict.fromkeys(r["fingerprint"] for r in records))
+  evaluations = evaluate.ModelLog(log_path).evaluations()
+  order = list(evaluations)
   if not order:
     raise ValueError(f"{log_path}: the log holds no evaluated model")
   if fingerprint == LAST:
@@ -142,7 +142,7 @@ def load(path, *, fingerprint: str = LAST) -> LoggedEvaluation:
         + f" (or {LAST!r})"
       )
     chosen = matches[0]
-  lines = evaluate.ModelLog(log_path).lookup(chosen)
+  lines = evaluations[chosen]
   models = np.array(sorted(lines), np.int64)
   rows = [evaluate.correct_images_of(lines[i]) for i in models]
   if any(row is None for row in rows):

@@ -217,17 +217,20 @@ class ModelLog:
   def __init__(self, path):
     self.path = pathlib.Path(path)
 
-  def records(self) -> list[dict]:
-    """Every intact line, in the order written."""
-    return list(workdir_lib.read_json_lines(self.path))
+  def evaluations(self) -> dict[str, dict[int, dict]]:
+    """{fingerprint: {model index: its line}}, fingerprints in the order
+    first written; for a model logged twice the last line wins."""
+    found = {}
+    for record in workdir_lib.read_json_lines(self.path):
+      if "fingerprint" in record:
+        found.setdefault(record["fingerprint"], {})[int(record["model"])] = (
+          record
+        )
+    return found
 
   def lookup(self, fingerprint: str) -> dict[int, dict]:
     """{model index: its line} logged under `fingerprint` (the last wins)."""
-    return {
-      int(record["model"]): record
-      for record in self.records()
-      if record.get("fingerprint") == fingerprint
-    }
+    return self.evaluations().get(fingerprint, {})
 
   def record(
     self, fingerprint: str, indices, correct_images, *, split_digest: str
