@@ -6,6 +6,7 @@ three CPU minutes, is left out of the suite).
 """
 
 import importlib
+import json
 import pathlib
 import tarfile
 
@@ -110,6 +111,32 @@ def test_a_finished_dm_start_is_not_run_again(chain_gpu, tmp_path):
     "heldout/experts",
     "test/experts",
   }
+
+
+def test_resumed_runs_of_another_heldout_split_are_made_again(
+  chain_gpu, tmp_path
+):
+  runs = {
+    "heldout/dm_start": 100,  # session 30's held-out split
+    "heldout/ee1_s20_m6": 100,
+    "heldout/ee1_s20_m6_lr02": 500,
+    "test/dm_start": 0,
+    "test/ee1_s20_m6": 0,
+  }
+  for name, validation in runs.items():
+    (tmp_path / name).mkdir(parents=True)
+    (tmp_path / name / "results.json").write_text("{}")
+    (tmp_path / name / "config.json").write_text(
+      json.dumps({"dataset": {"validation_per_class": validation}})
+    )
+  args = chain_gpu.parse_args(["--validation=500"])
+  dropped = chain_gpu.drop_runs_of_other_splits(args, tmp_path)
+  assert dropped == ["heldout/dm_start", "heldout/ee1_s20_m6"]
+  assert not (tmp_path / "heldout" / "dm_start").exists()
+  assert (tmp_path / "heldout" / "ee1_s20_m6_lr02").is_dir()
+  assert (tmp_path / "test" / "ee1_s20_m6").is_dir()
+  assert "heldout/dm_start" in chain_gpu.stage_one_commands(args, tmp_path)
+  assert chain_gpu.drop_runs_of_other_splits(args, tmp_path) == []
 
 
 def test_the_archive_keeps_every_run_but_the_buffers(chain_gpu, tmp_path):
