@@ -75,7 +75,8 @@ def _mean_variance_parts(table: np.ndarray) -> dict:
   residual. Each effect's variance component comes from the expected mean
   squares, E[MS_T] = sum over effects U containing T of (N / n_U) s2_U
   (N cells, n_U the cells of U's axes), solved from the highest
-  interaction down; a negative estimate counts as 0.
+  interaction down; a negative estimate is solved with as it is and counts
+  as 0 in the parts returned.
 
   Args:
     table: a d-dimensional array, every axis of length >= 2.
