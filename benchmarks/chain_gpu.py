@@ -59,7 +59,6 @@ start past `--expert_epochs` is refused before anything runs.
 """
 
 import argparse
-import json
 import os
 import pathlib
 import shutil
@@ -71,6 +70,7 @@ import gpu_check
 
 from lowrank_distill import checkpoint
 from lowrank_distill import experts as experts_lib
+from lowrank_distill import workdir as workdir_lib
 from lowrank_distill.objectives import trajectory_matching
 
 REPO = gpu_check.REPO
@@ -211,10 +211,17 @@ def _tiny_flags() -> list:
   ]
 
 
+def _held_out(args, split: str) -> int:
+  """Train images per class the split holds out (0: the test split)."""
+  return args.validation if split == "heldout" else 0
+
+
 def _config_suffix(args, split: str) -> str:
   """The config arguments a split adds: its held-out images, runlocal."""
-  held = f",validation={args.validation}" if split == "heldout" else ""
-  return held + (",runlocal=true" if args.tiny else "")
+  held = _held_out(args, split)
+  return (f",validation={held}" if held else "") + (
+    ",runlocal=true" if args.tiny else ""
+  )
 
 
 def drop_runs_of_other_splits(args, workroot: pathlib.Path) -> list:
@@ -230,11 +237,10 @@ def drop_runs_of_other_splits(args, workroot: pathlib.Path) -> list:
   """
   dropped = []
   for split in SPLITS:
-    held = args.validation if split == "heldout" else 0
     for config_path in sorted((workroot / split).glob("*/config.json")):
-      config = json.loads(config_path.read_text())
+      config = workdir_lib.read_json(config_path)
       found = config.get("dataset", {}).get("validation_per_class", 0)
-      if found != held:
+      if found != _held_out(args, split):
         shutil.rmtree(config_path.parent)
         dropped.append(f"{split}/{config_path.parent.name}")
   return dropped
