@@ -9,9 +9,10 @@ evaluated with the same model seeds on the same split are compared by
 the mean of the table of their per-(model, image) differences, whose
 standard error here counts both samples: its square is the two-way
 crossed random-effects estimate (MS_models + MS_images - MS_residual) /
-(K m), with each variance component kept >= 0 (e.g. Searle, Casella & McCulloch,
-"Variance Components", 1992, ch. 4). The standard error with the images
-fixed, the spread of the K per-model differences, is given beside it.
+(K m), with each variance component kept >= 0 (e.g. Searle, Casella &
+McCulloch, "Variance Components", 1992, ch. 4). The standard error with
+the images fixed, the spread of the K per-model differences, is given
+beside it.
 
 A set is a sample too: another distillation seed (or buffer, or start)
 makes another set. Given S sets a side, paired by position (the same
@@ -23,9 +24,9 @@ The models need not be the same networks in every set: launch/evaluate.py
 trains the same ones for every set, a distillation's own evaluation keys
 them from its seed (models nested in sets). The estimate is unbiased for
 both before the truncation at 0, which makes it err high; in the nested
-case by about a tenth when the models' spread is large beside the rest
-(tests/compare_test.py), by nothing measurable when it is small, as in the
-evaluations of docs/RESULTS.md.
+case by about a tenth in a simulation where the models' spread was
+large beside the rest (tests/compare_test.py), by nothing measurable in
+one where it was small.
 """
 
 import dataclasses
@@ -329,9 +330,8 @@ def _percent(x: float) -> str:
 
 def _parts(acc: CrossedMean) -> str:
   sets = f"sets {_percent(acc.se_sets)}, " if acc.num_sets > 1 else ""
-  return f"{sets}models {_percent(acc.se_models)}, images " + _percent(
-    acc.se_images
-  )
+  models, images = _percent(acc.se_models), _percent(acc.se_images)
+  return f"{sets}models {models}, images {images}"
 
 
 def report(comparison: Comparison, names: Sequence[str] = ("a", "b")) -> str:
