@@ -1,5 +1,7 @@
 """Tests of the gradient-matching distances and losses (objectives)."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -182,7 +184,7 @@ def test_gradient_reaches_soft_label_logits():
       variables=variables,
     )
 
-  g = jax.grad(loss)(logits)
+  g = jax.jit(jax.grad(loss))(logits)
   chex.assert_tree_all_finite(g)
   assert float(jnp.max(jnp.abs(g))) > 0
 
@@ -202,9 +204,11 @@ def test_batch_norm_statistics_are_set_from_real_data_and_then_frozen():
   # gets a finite, non-zero gradient (batch statistics of one would not).
   syn = jax.random.normal(jax.random.key(4), (3, 1, 8, 8, 1))
   targets = jnp.eye(3)[:, None]
-  g = jax.grad(
-    lambda s: gm.matching_loss(
-      jax.random.key(2), s, targets, real, model=model, variables=updated
+  g = jax.jit(
+    jax.grad(
+      lambda s: gm.matching_loss(
+        jax.random.key(2), s, targets, real, model=model, variables=updated
+      )
     )
   )(syn)
   chex.assert_tree_all_finite(g)
@@ -391,18 +395,17 @@ def test_the_class_terms_sum_to_the_matching_loss():
     model=model, variables=variables, distance="l1", dsa_strategy=STRATEGY
   )
   key = jax.random.key(2)
-  total = gm.matching_loss(key, syn, targets, real, **settings)
-  terms = [
-    gm.class_matching_loss(
-      key, c, syn[c], targets[c], real[c], num_classes=3, **settings
-    )
-    for c in range(3)
-  ]
+  # Jitted: op by op, the augmentations and gradients compile ~300 programs.
+  total = jax.jit(functools.partial(gm.matching_loss, **settings))(
+    key, syn, targets, real
+  )
+  class_loss = jax.jit(
+    functools.partial(gm.class_matching_loss, num_classes=3, **settings)
+  )
+  terms = [class_loss(key, c, syn[c], targets[c], real[c]) for c in range(3)]
   np.testing.assert_allclose(sum(terms), total, rtol=1e-5)
   # Each term sees its own class only.
-  moved = gm.class_matching_loss(
-    key, 0, syn[0], targets[0], real[0] + 1.0, num_classes=3, **settings
-  )
+  moved = class_loss(key, 0, syn[0], targets[0], real[0] + 1.0)
   assert not np.isclose(moved, terms[0])
 
 
