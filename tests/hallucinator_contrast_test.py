@@ -216,8 +216,9 @@ def test_the_extractor_learns_its_losses_on_a_fixed_set():
 
 def test_a_non_finite_extractor_loss_leaves_the_extractor_unchanged():
   # Eager on purpose: jitted on XLA:CPU (jax 0.10.2), the ReLU fused into
-  # the pooling's sum over 128 channels drops the NaN and the loss comes out
-  # finite (docs/RESULTS.md, session 46), so the guard would see nothing.
+  # the pooling's sum over 128 channels drops the NaN, so the loss comes out
+  # finite (only the gradient is NaN) and the case tested here, a non-finite
+  # loss, does not arise (docs/RESULTS.md, session 46).
   params, bases, labels = _set(jax.random.key(0))
   _, extractor_params = _extractor()
   opt_state = hc.extractor_optimizer(lr=0.01, momentum=0.9).init(
