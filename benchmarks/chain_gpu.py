@@ -155,6 +155,9 @@ CANDIDATES = {
   # 82.71 against 82.65 and 82.63), and 0.04 lost on the held-out split.
   # Session 44 (another machine's buffer): +0.92 ± 0.53 held out, the
   # error over the models and the held-out images (± 0.20 over the models).
+  # 5,000 held-out images (session 45): +0.68 ± 0.28. The CPU test split,
+  # two seeds a side from one buffer (sessions 46-47): +0.13 ± 0.12, and
+  # the CPU chain's recipe now starts the student at 0.02.
   "ee1_s20_m6_lr02": dict(
     syn_steps=20, expert_epochs=1, max_start=6, lr_student=0.02
   ),
