@@ -192,7 +192,10 @@ On the test split, against a baseline from the same buffer, DM start and
 seed (session 46), it led by +0.13 ± 0.12 over six models and the 10,000
 test images (83.01 against 82.88), and by the same +0.13 with seed 1
 (session 47: two seeds a side, +0.13 ± 0.12; a seed alone moves a set by
-0.8, both lrs alike). So the Fashion-MNIST chain's recipe adds
+0.8, both lrs alike). Session 45's held-out sets, scored on the test
+images, kept +0.48 ± 0.24 of their +0.68: the lead belongs mostly to
+those sets, not to the held-out images; on the test images the lever is
+worth about +0.20 ± 0.11 (session 47). So the Fashion-MNIST chain's recipe adds
 `--config.distill.lr_student=0.02`, as the held-out split chose: 82.61
 ± 0.73 on the test split (2 seeds x 6 models at 1000 epochs; the
 baseline 82.48 ± 0.70; session 31's 82.65 ± 0.13 above is one set's
